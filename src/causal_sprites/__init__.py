@@ -1,0 +1,10 @@
+"""causal-sprites: a conditional VAE of dSprites inside a structural causal model (Pyro)."""
+
+from importlib import metadata
+
+from causal_sprites.data.dsprites import DSprites
+from causal_sprites.errors import CausalSpritesError
+from causal_sprites.scm.queries import CausalModel, load_run
+
+__version__ = metadata.version("causal-sprites")
+__all__ = ["CausalModel", "CausalSpritesError", "DSprites", "__version__", "load_run"]

@@ -1,0 +1,106 @@
+"""Frozen run configuration (model, training, run) <-> JSON; every default lives here only.
+
+Follows nanoGPT's habit of a config dataclass stored beside the weights, so a run is rebuilt from
+`config.json` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from causal_sprites.errors import CausalSpritesError
+
+#: Bumped when config.json changes incompatibly; a run from a newer format is refused.
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the conditional VAE; `decoder` picks the image network."""
+
+    decoder: Literal["pose", "mlp"] = "pose"
+    z_dim: int = 4
+    decoder_hidden: int = 32
+    decoder_layers: int = 3
+    num_frequencies: int = 6
+    window: int = 32
+    encoder_channels: int = 16
+    encoder_hidden: int = 256
+    mlp_hidden: int = 1000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping of `causal-sprites train`."""
+
+    batch_size: int = 256
+    lr: float = 2e-3
+    classifier_weight: float = 1.0
+    seed: int = 0
+    split: Literal["random", "heldout"] = "random"
+    test_fraction: float = 0.05
+    num_eval_images: int = 2048
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    checkpoint_minutes: float = 3.0
+    bf16: bool = True
+    max_steps: int | None = None
+    max_epochs: float | None = None
+    max_minutes: float | None = None
+    subset: int | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything needed to rebuild a run: model, training, data and the factor graph."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: str | None = None
+    graph: tuple[tuple[str, str], ...] = ()
+    version: int = CONFIG_VERSION
+    libraries: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The config as indented JSON text."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        """Parse config.json text; unknown keys or a newer format are refused; nothing imported."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise CausalSpritesError(f"config.json is not valid JSON: {error.msg}") from None
+        if not isinstance(raw, dict):
+            raise CausalSpritesError("config.json must hold a JSON object")
+        version = raw.get("version", CONFIG_VERSION)
+        if not isinstance(version, int) or version > CONFIG_VERSION:
+            raise CausalSpritesError(
+                f"config.json has format version {version!r}, newer than this causal-sprites "
+                f"understands ({CONFIG_VERSION}); upgrade the package"
+            )
+        try:
+            return cls(
+                model=_build(ModelConfig, raw.get("model", {})),
+                train=_build(TrainConfig, raw.get("train", {})),
+                data=raw.get("data"),
+                graph=tuple((str(a), str(b)) for a, b in raw.get("graph", ())),
+                version=version,
+                libraries=dict(raw.get("libraries", {})),
+            )
+        except (TypeError, ValueError) as error:
+            raise CausalSpritesError(f"config.json is malformed: {error}") from None
+
+
+def _build(kind: type[Any], values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise CausalSpritesError(f"config.json: {kind.__name__} must be a JSON object")
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CausalSpritesError(f"config.json: unknown {kind.__name__} keys {unknown}")
+    return kind(**values)

@@ -1,0 +1,1 @@
+"""The dSprites data layer: factors, official files, the generator and causal variants."""

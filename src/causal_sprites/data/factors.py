@@ -1,0 +1,102 @@
+"""dSprites factors: names, sizes, value grids, index <-> class tuple (index = classes . bases).
+
+Follows the official file (Matthey et al. 2017) and disentanglement_lib's `dsprites.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+import numpy as np
+
+from causal_sprites.errors import CausalSpritesError
+
+#: Every latent column of the official file, in its order (posY varies fastest).
+ALL_FACTORS: Final = ("color", "shape", "scale", "orientation", "posX", "posY")
+ALL_SIZES: Final = (1, 3, 6, 40, 32, 32)
+#: The five varying factors the model uses (color is constant).
+FACTORS: Final = ALL_FACTORS[1:]
+SIZES: Final = ALL_SIZES[1:]
+NUM_IMAGES: Final = int(np.prod(ALL_SIZES))
+SHAPE_NAMES: Final = ("square", "ellipse", "heart")
+
+VALUES: Final[dict[str, np.ndarray]] = {
+    "color": np.array([1.0]),
+    "shape": np.array([1.0, 2.0, 3.0]),
+    "scale": np.linspace(0.5, 1.0, 6),
+    "orientation": np.linspace(0.0, 2 * np.pi, 40),
+    "posX": np.linspace(0.0, 1.0, 32),
+    "posY": np.linspace(0.0, 1.0, 32),
+}
+
+#: Strides of the official order: index = classes (B, 6) @ BASES.
+BASES: Final = np.array(
+    [int(np.prod(ALL_SIZES[i + 1 :])) for i in range(len(ALL_SIZES))], dtype=np.int64
+)
+
+
+def classes_to_index(classes: np.ndarray) -> np.ndarray:
+    """Dataset indices of class tuples: (B, 6) with color, or (B, 5) without."""
+    classes = np.asarray(classes, dtype=np.int64)
+    bases = BASES if classes.shape[-1] == 6 else BASES[1:]
+    return classes @ bases
+
+
+def index_to_classes(index: np.ndarray | int, with_color: bool = True) -> np.ndarray:
+    """Class tuples (B, 6), or (B, 5) without color, of dataset indices."""
+    index = np.asarray(index, dtype=np.int64)
+    classes = (index[..., None] // BASES) % np.array(ALL_SIZES)
+    return classes if with_color else classes[..., 1:]
+
+
+def classes_to_values(classes: np.ndarray) -> np.ndarray:
+    """Factor values (B, 6) of class tuples (B, 6), as in `latents_values`."""
+    classes = np.asarray(classes, dtype=np.int64)
+    return np.stack([VALUES[name][classes[..., i]] for i, name in enumerate(ALL_FACTORS)], -1)
+
+
+def parse_factor_value(name: str, value: str | int) -> int:
+    """Class index of a factor value by index (`5`, `"5"`) or, for shape, by name (`heart`)."""
+    if name not in FACTORS:
+        raise CausalSpritesError(f"unknown factor {name!r}; factors are {', '.join(FACTORS)}")
+    size = SIZES[FACTORS.index(name)]
+    text = str(value).strip()
+    if name == "shape" and text.lower() in SHAPE_NAMES:
+        return SHAPE_NAMES.index(text.lower())
+    try:
+        index = int(text)
+    except ValueError:
+        hint = f" or one of {', '.join(SHAPE_NAMES)}" if name == "shape" else ""
+        raise CausalSpritesError(
+            f"bad value {text!r} for {name}: expected an integer in 0..{size - 1}{hint}"
+        ) from None
+    if not 0 <= index < size:
+        raise CausalSpritesError(f"value {index} for {name} is out of range 0..{size - 1}")
+    return index
+
+
+def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, int]:
+    """Parse `name=value` strings (the CLI's `--set`, `--do`, `--given`) into class indices."""
+    assignments: dict[str, int] = {}
+    for item in items:
+        name, sep, value = str(item).partition("=")
+        name = name.strip()
+        if not sep or not name or not value.strip():
+            raise CausalSpritesError(
+                f"bad assignment {item!r}: expected factor=value, e.g. shape=heart"
+            )
+        if name in assignments:
+            raise CausalSpritesError(f"factor {name!r} is given twice")
+        assignments[name] = parse_factor_value(name, value)
+    return assignments
+
+
+def normalize_assignments(assignments: Mapping[str, str | int]) -> dict[str, int]:
+    """Class indices of a mapping of factor names to values (names or indices)."""
+    return {name: parse_factor_value(name, value) for name, value in assignments.items()}
+
+
+def format_classes(classes: np.ndarray) -> dict[str, int]:
+    """A (5,) class tuple as {factor: index}, for JSON output."""
+    return {name: int(c) for name, c in zip(FACTORS, np.asarray(classes)[-5:], strict=True)}

@@ -1,0 +1,189 @@
+"""Plain torch networks of the conditional VAE: encoders q(z | x, y), the classifier q(y | x) and
+decoders p(x | y, z).
+
+The default decoder is a spatial-broadcast decoder (Watters et al. 2019) whose coordinate grid is
+expressed in the sprite's own frame (translation, rotation and zoom read off the factor values).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from causal_sprites.data.factors import SIZES, VALUES
+
+IMAGE_SIZE = 64
+NUM_CLASSES = sum(SIZES)
+
+
+def one_hot_factors(y: Tensor) -> Tensor:
+    """(B, 5) class indices -> (B, 113) concatenated one-hot codes."""
+    return torch.cat([F.one_hot(y[:, i], size) for i, size in enumerate(SIZES)], dim=-1).float()
+
+
+def split_factor_logits(logits: Tensor) -> list[Tensor]:
+    """(B, 113) concatenated logits -> one (B, K_i) tensor per factor."""
+    return list(torch.split(logits, list(SIZES), dim=-1))
+
+
+class ConvTrunk(nn.Module):
+    """(B, 1, 64, 64) images -> (B, hidden) features, four stride-2 convolutions."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        c = channels
+        self.convs = nn.Sequential(
+            nn.Conv2d(1, c, 4, 2, 1), nn.SiLU(),
+            nn.Conv2d(c, c, 4, 2, 1), nn.SiLU(),
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.SiLU(),
+            nn.Conv2d(2 * c, 2 * c, 4, 2, 1), nn.SiLU(),
+        )  # fmt: skip
+        self.linear = nn.Linear(2 * c * 4 * 4, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.silu(self.linear(self.convs(x).flatten(1)))
+
+
+class ConvEncoder(nn.Module):
+    """Shared conv features feed q(y | x) (one categorical head per factor) and q(z | x, y)."""
+
+    def __init__(self, z_dim: int, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.trunk = ConvTrunk(channels, hidden)
+        self.classifier_head = nn.Linear(hidden, NUM_CLASSES)
+        self.z_head = nn.Sequential(
+            nn.Linear(hidden + NUM_CLASSES, hidden), nn.SiLU(), nn.Linear(hidden, 2 * z_dim)
+        )
+
+    def features(self, x: Tensor) -> Tensor:
+        """(B, 1, 64, 64) -> (B, hidden) image features shared by both heads."""
+        return self.trunk(x)
+
+    def classify(self, features: Tensor) -> Tensor:
+        """Image features -> (B, 113) concatenated factor logits."""
+        return self.classifier_head(features)
+
+    def z_params(self, features: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Loc and scale (B, z_dim) of q(z | x, y) from image features and labels (B, 5)."""
+        h = torch.cat([features, one_hot_factors(y)], dim=-1)
+        loc, raw_scale = self.z_head(h).chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + 1e-4
+
+
+class MLPEncoder(nn.Module):
+    """The baseline's q(z | x, y): 4096 pixels + one-hot labels -> hidden -> hidden -> z."""
+
+    def __init__(self, z_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(IMAGE_SIZE**2 + NUM_CLASSES, hidden), nn.Softplus(),
+            nn.Linear(hidden, hidden), nn.Softplus(),
+            nn.Linear(hidden, 2 * z_dim),
+        )  # fmt: skip
+        self.classifier_head = nn.Sequential(nn.Linear(IMAGE_SIZE**2, NUM_CLASSES))
+
+    def features(self, x: Tensor) -> Tensor:
+        """(B, 1, 64, 64) -> (B, 4096): the baseline reads raw pixels."""
+        return x.flatten(1)
+
+    def classify(self, features: Tensor) -> Tensor:
+        """Pixels -> (B, 113) concatenated factor logits (a linear probe)."""
+        return self.classifier_head(features)
+
+    def z_params(self, features: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Loc and scale (B, z_dim) of q(z | x, y) from pixels and labels (B, 5)."""
+        loc, log_scale = self.net(torch.cat([features, one_hot_factors(y)], -1)).chunk(2, -1)
+        return loc, log_scale.clamp(-10, 10).exp()
+
+
+class MLPDecoder(nn.Module):
+    """The baseline's p(x | y, z): z + one-hot labels -> 3 hidden layers -> 4096 logits."""
+
+    def __init__(self, z_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(z_dim + NUM_CLASSES, hidden), nn.Softplus(),
+            nn.Linear(hidden, hidden), nn.Softplus(),
+            nn.Linear(hidden, hidden), nn.Softplus(),
+            nn.Linear(hidden, IMAGE_SIZE**2),
+        )  # fmt: skip
+
+    def forward(self, y: Tensor, z: Tensor) -> Tensor:
+        """Pixel logits (B, 64, 64)."""
+        logits = self.net(torch.cat([z, one_hot_factors(y)], dim=-1))
+        return logits.view(-1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+class PoseDecoder(nn.Module):
+    """p(x | y, z) as an implicit shape function evaluated in the sprite's frame.
+
+    Each pixel centre is moved into the sprite's frame: minus the position centre
+    (16 + 32 pos px), turned back by the orientation, divided by the scale. A per-pixel MLP of
+    those coordinates (plus Fourier features), biased per image by the shape and z, gives the
+    logit. The MLP runs on a `window` x `window` patch around the centre (sprites never reach
+    further); the rest of the canvas gets one learned background logit.
+    """
+
+    scales: Tensor
+    angles: Tensor
+    positions: Tensor
+    frequencies: Tensor
+
+    def __init__(
+        self, z_dim: int, hidden: int, num_layers: int, num_frequencies: int, window: int
+    ) -> None:
+        super().__init__()
+        self.window = window
+        self.register_buffer("scales", torch.tensor(VALUES["scale"], dtype=torch.float32))
+        self.register_buffer("angles", torch.tensor(VALUES["orientation"], dtype=torch.float32))
+        self.register_buffer("positions", torch.tensor(VALUES["posX"], dtype=torch.float32))
+        self.register_buffer("frequencies", (2.0 ** torch.arange(num_frequencies)) * math.pi / 16)
+        num_features = 2 + 4 * num_frequencies
+        self.coordinate_layer = nn.Linear(num_features, hidden)
+        self.image_bias = nn.Linear(SIZES[0] + z_dim, hidden)
+        layers: list[nn.Module] = []
+        for _ in range(num_layers - 1):
+            layers += [nn.SiLU(), nn.Linear(hidden, hidden)]
+        self.mlp = nn.Sequential(*layers, nn.SiLU(), nn.Linear(hidden, 1))
+        self.background_logit = nn.Parameter(torch.tensor(-8.0))
+
+    def window_origin(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Top-left pixel (row, column) of each image's window, (B,) each."""
+        centre = 16 + 32 * self.positions[y[:, 3:5]]
+        origin = (centre.floor().long() - self.window // 2).clamp(0, IMAGE_SIZE - self.window)
+        return origin[:, 1], origin[:, 0]
+
+    def sprite_coordinates(self, y: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        """(B, P, 2) coordinates (u, v) in the sprite frame of pixel centres (B, P)."""
+        scale = self.scales[y[:, 1]][:, None]
+        angle = self.angles[y[:, 2]][:, None]
+        centre = 16 + 32 * self.positions[y[:, 3:5]]
+        dx = cols + 0.5 - centre[:, 0:1]
+        dy = rows + 0.5 - centre[:, 1:2]
+        cos, sin = angle.cos(), angle.sin()
+        return torch.stack([dx * cos - dy * sin, dx * sin + dy * cos], dim=-1) / scale[..., None]
+
+    def features(self, uv: Tensor) -> Tensor:
+        """(B, P, 2) -> (B, P, 2 + 4F) scaled coordinates and their Fourier features."""
+        phases = (uv[..., None] * self.frequencies).flatten(-2)
+        return torch.cat([uv / 16, phases.sin(), phases.cos()], dim=-1)
+
+    def forward(self, y: Tensor, z: Tensor) -> Tensor:
+        """Pixel logits (B, 64, 64)."""
+        batch, w = y.shape[0], self.window
+        top, left = self.window_origin(y)
+        offsets = torch.arange(w, device=y.device)
+        rows = (top[:, None, None] + offsets[None, :, None]).expand(batch, w, w).reshape(batch, -1)
+        cols = (left[:, None, None] + offsets[None, None, :]).expand(batch, w, w).reshape(batch, -1)
+        uv = self.sprite_coordinates(y, rows.float(), cols.float())
+        bias = self.image_bias(torch.cat([F.one_hot(y[:, 0], SIZES[0]).float(), z], dim=-1))
+        hidden = self.coordinate_layer(self.features(uv)) + bias[:, None, :]
+        patch = self.mlp(hidden).squeeze(-1).float()
+        if w == IMAGE_SIZE:
+            return patch.view(batch, IMAGE_SIZE, IMAGE_SIZE)
+        canvas = self.background_logit.expand(batch, IMAGE_SIZE**2)
+        canvas = canvas.scatter(1, rows * IMAGE_SIZE + cols, patch)
+        return canvas.view(batch, IMAGE_SIZE, IMAGE_SIZE)

@@ -1,0 +1,219 @@
+"""The supervised conditional VAE as a Pyro model, one site per variable (Kingma et al. 2014, M2).
+
+Generative story: each factor (shape, scale, orientation, posX, posY) is drawn from its
+conditional probability table given its parents in the factor graph (uniform and parentless on
+dSprites); a style z ~ Normal(0, I); the image x ~ Bernoulli(decoder(y, z)) pixelwise. The guide is
+q(z | x, y); a classifier q(y | x) trained beside it labels images that come without factors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import cast
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import Tensor, nn
+from torch.distributions import kl_divergence
+from torch.nn import functional as F
+
+from causal_sprites.config import ModelConfig
+from causal_sprites.data.factors import FACTORS, SIZES
+from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.nets import (
+    ConvEncoder,
+    MLPDecoder,
+    MLPEncoder,
+    PoseDecoder,
+    split_factor_logits,
+)
+
+Graph = Sequence[tuple[str, str]]
+
+
+def topological_order(graph: Graph) -> list[str]:
+    """Factors ordered parents first (ties in the fixed factor order); a cycle is refused."""
+    for parent, child in graph:
+        for name in (parent, child):
+            if name not in FACTORS:
+                raise CausalSpritesError(f"unknown factor {name!r} in graph; use {FACTORS}")
+    order: list[str] = []
+    remaining = list(FACTORS)
+    while remaining:
+        ready = [n for n in remaining if all(p in order for p, c in graph if c == n)]
+        if not ready:
+            raise CausalSpritesError(f"graph has a cycle among {', '.join(remaining)}")
+        order.append(ready[0])
+        remaining.remove(ready[0])
+    return order
+
+
+def parents_of(graph: Graph, name: str) -> list[str]:
+    """Parents of a factor, in the fixed factor order."""
+    return [p for p in FACTORS if (p, name) in set(graph)]
+
+
+class ConditionalVAE(nn.Module):
+    """Factors y -> image x <- style z, with q(z | x, y) and q(y | x); see the module docstring."""
+
+    def __init__(self, config: ModelConfig, graph: Graph = ()) -> None:
+        super().__init__()
+        self.config = config
+        self.graph = tuple((str(a), str(b)) for a, b in graph)
+        self.order = topological_order(self.graph)
+        self.encoder: ConvEncoder | MLPEncoder
+        self.decoder: PoseDecoder | MLPDecoder
+        if config.decoder == "pose":
+            self.encoder = ConvEncoder(config.z_dim, config.encoder_channels, config.encoder_hidden)
+            self.decoder = PoseDecoder(
+                config.z_dim,
+                config.decoder_hidden,
+                config.decoder_layers,
+                config.num_frequencies,
+                config.window,
+            )
+        elif config.decoder == "mlp":
+            self.encoder = MLPEncoder(config.z_dim, config.mlp_hidden)
+            self.decoder = MLPDecoder(config.z_dim, config.mlp_hidden)
+        else:
+            raise CausalSpritesError(f"unknown decoder {config.decoder!r}; use 'pose' or 'mlp'")
+        for name in FACTORS:
+            sizes = [SIZES[FACTORS.index(p)] for p in parents_of(self.graph, name)]
+            size = SIZES[FACTORS.index(name)]
+            self.register_buffer(f"cpt_{name}", torch.full((*sizes, size), -math.log(size)))
+
+    def fit_tables(self, y: Tensor, smoothing: float = 1.0) -> None:
+        """Set every factor's table to smoothed frequencies of training labels y (N, 5)."""
+        for name in FACTORS:
+            parents = parents_of(self.graph, name)
+            columns = [FACTORS.index(p) for p in [*parents, name]]
+            shape = [SIZES[c] for c in columns]
+            flat = torch.zeros(math.prod(shape), dtype=torch.float64)
+            index = torch.zeros(len(y), dtype=torch.long)
+            for column, size in zip(columns, shape, strict=True):
+                index = index * size + y[:, column].long().cpu()
+            counts = flat.index_add_(0, index, torch.ones(len(y), dtype=torch.float64))
+            counts = counts.view(shape) + smoothing
+            log_probs = (counts / counts.sum(-1, keepdim=True)).log().float()
+            self.cpt(name).copy_(log_probs)
+
+    # -- one conditional per variable -------------------------------------------------------
+    def cpt(self, name: str) -> Tensor:
+        """Log-probability table of a factor, (*parent sizes, K)."""
+        table: Tensor = getattr(self, f"cpt_{name}")
+        return table
+
+    def factor_dist(self, name: str, parents: dict[str, Tensor]) -> dist.Categorical:
+        """p(factor | its parents): a row of its conditional probability table per image."""
+        index = tuple(parents[parent] for parent in parents_of(self.graph, name))
+        return dist.Categorical(logits=self.cpt(name)[index] if index else self.cpt(name))
+
+    def z_dist(self, batch_size: int) -> dist.TorchDistribution:
+        """p(z) = Normal(0, I)."""
+        loc = torch.zeros(batch_size, self.config.z_dim, device=self.device())
+        return dist.Normal(loc, 1.0).to_event(1)
+
+    def x_logits(self, y: Tensor, z: Tensor) -> Tensor:
+        """Decoder logits (B, 64, 64) of p(x | y, z)."""
+        return self.decoder(y, z).float()
+
+    def x_dist(self, y: Tensor, z: Tensor) -> dist.TorchDistribution:
+        """p(x | y, z): independent Bernoulli pixels, (B,) events of shape (64, 64)."""
+        return dist.Bernoulli(logits=self.x_logits(y, z), validate_args=False).to_event(2)
+
+    def z_posterior(
+        self, x: Tensor, y: Tensor, features: Tensor | None = None
+    ) -> dist.TorchDistribution:
+        """q(z | x, y) for images (B, 1, 64, 64) and labels (B, 5); `features` skips the trunk."""
+        features = self.encoder.features(x) if features is None else features
+        loc, scale = self.encoder.z_params(features, y)
+        return dist.Normal(loc.float(), scale.float()).to_event(1)
+
+    def classify(self, x: Tensor, features: Tensor | None = None) -> list[Tensor]:
+        """q(y | x): one (B, K_i) logit tensor per factor for images (B, 1, 64, 64)."""
+        features = self.encoder.features(x) if features is None else features
+        return split_factor_logits(self.encoder.classify(features).float())
+
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- Pyro model and guide --------------------------------------------------------------
+    def model(
+        self,
+        x: Tensor | None = None,
+        y: Tensor | None = None,
+        batch_size: int = 1,
+        features: Tensor | None = None,
+    ) -> Tensor:
+        """The generative story; returns images (B, 64, 64). Observed where x, y are given.
+
+        `features` belongs to the guide (Pyro hands model and guide the same arguments).
+        """
+        if x is not None:
+            batch_size = x.shape[0]
+        elif y is not None:
+            batch_size = y.shape[0]
+        with pyro.plate("data", batch_size):
+            factors: dict[str, Tensor] = {}
+            for name in self.order:
+                obs = None if y is None else y[:, FACTORS.index(name)]
+                factors[name] = pyro.sample(name, self.factor_dist(name, factors), obs=obs)
+            labels = torch.stack([factors[n] for n in FACTORS], dim=-1)
+            z = pyro.sample("z", self.z_dist(batch_size))
+            obs_x = None if x is None else x.reshape(batch_size, 64, 64)
+            image: Tensor = pyro.sample("x", self.x_dist(labels, z), obs=obs_x)
+        return image
+
+    def guide(
+        self, x: Tensor, y: Tensor, batch_size: int = 1, features: Tensor | None = None
+    ) -> None:
+        """q(z | x, y); the factors are observed, so the guide only proposes z."""
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", self.z_posterior(x, y, features))
+
+    # -- losses ------------------------------------------------------------------------------
+    def loss(self, x: Tensor, y: Tensor, classifier_weight: float) -> dict[str, Tensor]:
+        """Training objective: mean NELBO of x | y plus the weighted classifier cross-entropy.
+
+        Returns the scalar `loss` and its batch-mean parts `recon`, `kl`, `classifier`.
+        """
+        features = self.encoder.features(x)
+        recon, kl = self.elbo_terms(x, y, features)
+        classifier = self.classifier_loss(x, y, features)
+        nelbo = (kl - recon).mean()
+        return {
+            "loss": nelbo + classifier_weight * classifier.mean(),
+            "recon": -recon.mean(),
+            "kl": kl.mean(),
+            "classifier": classifier.mean(),
+        }
+
+    def elbo_terms(
+        self, x: Tensor, y: Tensor, features: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Per-image reconstruction log p(x | y, z) with z ~ q and analytic KL(q(z|x,y) || p(z)).
+
+        Built from a guide trace replayed through the model, so it is the model's own ELBO of
+        log p(x | y) (the label term log p(y) is left out). Both (B,).
+        """
+        guide_trace = poutine.trace(self.guide).get_trace(x, y, features=features)
+        replayed = poutine.replay(self.model, trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(x, y)
+        x_site, z_model = model_trace.nodes["x"], model_trace.nodes["z"]
+        z_guide = guide_trace.nodes["z"]
+        recon = cast(dist.TorchDistribution, x_site["fn"]).log_prob(cast(Tensor, x_site["value"]))
+        kl = kl_divergence(
+            cast(dist.TorchDistribution, z_guide["fn"]), cast(dist.TorchDistribution, z_model["fn"])
+        )
+        return recon, kl
+
+    def classifier_loss(self, x: Tensor, y: Tensor, features: Tensor | None = None) -> Tensor:
+        """Per-image cross-entropy of q(y | x) summed over the factors, (B,)."""
+        logits = self.classify(x, features)
+        return sum(
+            (F.cross_entropy(lg, y[:, i], reduction="none") for i, lg in enumerate(logits)),
+            torch.zeros(x.shape[0], device=x.device),
+        )

@@ -1,0 +1,153 @@
+"""Run directories: config.json, model.safetensors, checkpoint.safetensors, metrics.jsonl.
+
+Weights and training state are safetensors (never pickle) and every file is written atomically
+(temporary name, fsync, rename), so a crash leaves the previous version whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from causal_sprites.config import RunConfig
+from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.vae import ConditionalVAE
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+METRICS_FILE = "metrics.jsonl"
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+
+
+def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Write a safetensors file atomically; `meta` rides in its header."""
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as temporary:
+        save_file(contiguous, str(temporary), metadata=meta)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, refusing anything else (a pickle renamed, a truncated file)."""
+    if not path.is_file():
+        raise CausalSpritesError(f"{path} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CausalSpritesError(f"{path} is not a valid safetensors file ({error})") from None
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CausalSpritesError(f"{path} is not a valid safetensors file ({error})") from None
+
+
+def resolve_run(run: str | Path) -> Path:
+    """The directory of a run name: `pretrained` means the run shipped with the package."""
+    path = PRETRAINED_DIR if str(run) == "pretrained" else Path(run)
+    if not path.is_dir():
+        raise CausalSpritesError(f"run directory {path} does not exist")
+    return path
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    """The run's config.json."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise CausalSpritesError(f"{path} is missing: not a run directory")
+    return RunConfig.from_json(path.read_text())
+
+
+def build_model(config: RunConfig) -> ConditionalVAE:
+    """A fresh model from the config alone."""
+    return ConditionalVAE(config.model, config.graph)
+
+
+def load_model(
+    run: str | Path, device: torch.device | None = None
+) -> tuple[ConditionalVAE, RunConfig]:
+    """Rebuild a run's model from config.json and model.safetensors, in eval mode."""
+    run_dir = resolve_run(run)
+    config = read_config(run_dir)
+    model = build_model(config)
+    state = load_tensors(run_dir / MODEL_FILE)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CausalSpritesError(
+            f"{run_dir / MODEL_FILE} does not fit config.json: {first}"
+        ) from None
+    model.eval()
+    return model.to(device or torch.device("cpu")), config
+
+
+def save_model(run_dir: Path, model: ConditionalVAE, config: RunConfig) -> None:
+    """Write config.json and model.safetensors."""
+    write_text_atomic(run_dir / CONFIG_FILE, config.to_json())
+    state = {k: v for k, v in model.state_dict().items()}
+    save_tensors_atomic(run_dir / MODEL_FILE, state, {"format": "causal-sprites"})
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All records of metrics.jsonl (an absent file is empty)."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a crash ends the readable log
+    return records
+
+
+def truncate_metrics(run_dir: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite metrics.jsonl keeping only the records `keep` accepts (used on resume)."""
+    records = [r for r in read_metrics(run_dir) if keep(r)]
+    write_text_atomic(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one JSON record to metrics.jsonl."""
+    with open(run_dir / METRICS_FILE, "a") as handle:
+        handle.write(json.dumps(record) + "\n")

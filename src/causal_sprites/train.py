@@ -1,0 +1,333 @@
+"""Fit the conditional VAE by stochastic variational inference with exact, resumable checkpoints.
+
+The loss is Pyro's ELBO of x | y (guide trace replayed through the model, analytic KL) plus the
+M2 classifier term (Kingma et al. 2014), minimised by Adam. The data order is a function of
+(seed, epoch), so a checkpoint holding weights, optimiser state, RNG state and the step resumes
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from causal_sprites.config import RunConfig
+from causal_sprites.data.dsprites import DSprites, unpack_torch
+from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.vae import ConditionalVAE
+from causal_sprites.runs import (
+    CHECKPOINT_FILE,
+    append_metrics,
+    build_model,
+    load_tensors,
+    read_config,
+    read_safetensors_metadata,
+    save_model,
+    save_tensors_atomic,
+    truncate_metrics,
+)
+from causal_sprites.runtime import autocast, library_versions, preserved_rng, seed_everything
+
+CHECKPOINT_FORMAT = 1
+LOG_EVERY = 50
+
+
+class Batches:
+    """Training batches in a seeded order per epoch; batch `step` is a pure function of step."""
+
+    def __init__(
+        self, packed: torch.Tensor, labels: torch.Tensor, rows: np.ndarray, config: RunConfig
+    ):
+        self.packed, self.labels = packed, labels
+        self.rows = torch.from_numpy(rows).to(packed.device)
+        self.batch_size = min(config.train.batch_size, len(rows))
+        self.seed = config.train.seed
+        self.per_epoch = len(rows) // self.batch_size
+        self._epoch, self._order = -1, self.rows
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 1, 64, 64) float and labels (B, 5) of batch `step`."""
+        epoch, position = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            permutation = torch.randperm(len(self.rows), generator=generator).to(self.rows.device)
+            self._epoch, self._order = epoch, self.rows[permutation]
+        chosen = self._order[position * self.batch_size : (position + 1) * self.batch_size]
+        images = unpack_torch(self.packed[chosen]).unsqueeze(1).float()
+        return images, self.labels[chosen]
+
+
+def split_rows(data: DSprites, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test rows of the run's split; `subset` trims the training rows (for tiny runs)."""
+    train_rows, test_rows = data.split(
+        config.train.split, test_fraction=config.train.test_fraction, seed=config.train.seed
+    )
+    if config.train.subset is not None:
+        keep = np.random.default_rng(config.train.seed).permutation(len(train_rows))
+        train_rows = np.sort(train_rows[keep[: config.train.subset]])
+    return train_rows, test_rows
+
+
+def total_steps(config: RunConfig, per_epoch: int) -> int | None:
+    """The step budget from --steps or --epochs (None: time-limited only)."""
+    budgets = []
+    if config.train.max_steps is not None:
+        budgets.append(config.train.max_steps)
+    if config.train.max_epochs is not None:
+        budgets.append(math.ceil(config.train.max_epochs * per_epoch))
+    return min(budgets) if budgets else None
+
+
+@torch.no_grad()
+def evaluate_nelbo(
+    model: ConditionalVAE,
+    packed: torch.Tensor,
+    labels: torch.Tensor,
+    rows: np.ndarray,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """Mean test NELBO, reconstruction and KL (nats/image) and classifier accuracy per factor.
+
+    Always in float32, whatever precision training used, so numbers compare across runs.
+    """
+    from causal_sprites.data.factors import FACTORS
+
+    device = packed.device
+    totals = {"recon": 0.0, "kl": 0.0}
+    correct = torch.zeros(len(FACTORS))
+    was_training = model.training
+    model.eval()
+    with preserved_rng():
+        for start in range(0, len(rows), batch_size):
+            chosen = torch.from_numpy(rows[start : start + batch_size]).to(device)
+            x = unpack_torch(packed[chosen]).unsqueeze(1).float()
+            y = labels[chosen]
+            features = model.encoder.features(x)
+            recon, kl = model.elbo_terms(x, y, features)
+            logits = model.classify(x, features)
+            totals["recon"] -= recon.sum().item()
+            totals["kl"] += kl.sum().item()
+            for i, factor_logits in enumerate(logits):
+                correct[i] += (factor_logits.argmax(-1) == y[:, i]).sum().item()
+    model.train(was_training)
+    count = max(len(rows), 1)
+    return {
+        "test_recon": totals["recon"] / count,
+        "test_kl": totals["kl"] / count,
+        "test_nelbo": (totals["recon"] + totals["kl"]) / count,
+        "classifier_accuracy": {n: float(c) / count for n, c in zip(FACTORS, correct, strict=True)},
+    }
+
+
+def save_checkpoint(
+    run_dir: Path, model: ConditionalVAE, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Weights, Adam moments, RNG state and the step in one safetensors file, atomically."""
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    for index, slots in optimizer_state["state"].items():
+        for key, value in slots.items():
+            tensors[f"optim/{index}/{key}"] = torch.as_tensor(value)
+    tensors["rng/torch"] = torch.get_rng_state()
+    meta = {**state, "param_groups": optimizer_state["param_groups"], "format": CHECKPOINT_FORMAT}
+    save_tensors_atomic(run_dir / CHECKPOINT_FILE, tensors, {"state": json.dumps(meta)})
+
+
+def load_checkpoint(
+    run_dir: Path, model: ConditionalVAE, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Restore what save_checkpoint wrote; returns its JSON state (step, elapsed, ...)."""
+    path = run_dir / CHECKPOINT_FILE
+    tensors = load_tensors(path)
+    try:
+        meta = json.loads(read_safetensors_metadata(path)["state"])
+    except (KeyError, json.JSONDecodeError):
+        raise CausalSpritesError(f"{path} has no readable training state") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CausalSpritesError(f"{path} has checkpoint format {meta.get('format')!r}")
+    model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    model.load_state_dict(model_state)
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/")
+            slots.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": meta.pop("param_groups")})
+    torch.set_rng_state(tensors["rng/torch"])
+    return meta
+
+
+@contextmanager
+def progress_bar(enabled: bool, total: int | None) -> Iterator[Progress]:
+    """A rich bar showing step, NELBO and images/s."""
+    columns = [
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("step {task.completed}"),
+        TextColumn("NELBO {task.fields[nelbo]}"),
+        TextColumn("{task.fields[rate]} img/s"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, disable=not enabled, transient=False) as progress:
+        yield progress
+
+
+def prepare_run(run_dir: Path, config: RunConfig, resume: bool) -> RunConfig:
+    """Check the run directory and return the config to train with."""
+    if resume:
+        if not (run_dir / CHECKPOINT_FILE).is_file():
+            raise CausalSpritesError(f"nothing to resume: {run_dir / CHECKPOINT_FILE} is missing")
+        stored = read_config(run_dir)
+        return replace(stored, train=replace(stored.train, **_budget(config)))
+    if (run_dir / CHECKPOINT_FILE).exists():
+        raise CausalSpritesError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    return replace(config, libraries=library_versions())
+
+
+def _budget(config: RunConfig) -> dict[str, Any]:
+    """The stopping fields a resumed run takes from the command line."""
+    train = config.train
+    return {
+        "max_steps": train.max_steps,
+        "max_epochs": train.max_epochs,
+        "max_minutes": train.max_minutes,
+    }
+
+
+def fit(
+    run_dir: Path,
+    config: RunConfig,
+    data: DSprites,
+    device: torch.device,
+    resume: bool = False,
+    progress: bool = True,
+    tensorboard: bool = False,
+) -> dict[str, Any]:
+    """Train (or resume) a run in `run_dir`; returns the final evaluation record."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = prepare_run(run_dir, config, resume)
+    train_cfg = config.train
+    seed_everything(train_cfg.seed)
+    train_rows, test_rows = split_rows(data, config)
+    if len(train_rows) == 0 or len(test_rows) == 0:
+        raise CausalSpritesError("the split leaves no training or no test images")
+    eval_rows = np.random.default_rng(train_cfg.seed).permutation(test_rows)[
+        : train_cfg.num_eval_images
+    ]
+    packed = torch.from_numpy(data.packed).to(device)
+    labels = torch.from_numpy(data.classes(slice(None))[:, 1:]).to(device)
+    model = build_model(config)
+    model.fit_tables(labels[torch.from_numpy(train_rows).to(device)].cpu())
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
+    batches = Batches(packed, labels, train_rows, config)
+    steps = total_steps(config, batches.per_epoch)
+    step, elapsed = 0, 0.0
+    if resume:
+        state = load_checkpoint(run_dir, model, optimizer)
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+        truncate_metrics(run_dir, lambda r: int(r.get("step", 0)) <= step)
+    else:
+        truncate_metrics(run_dir, lambda r: False)
+        save_model(run_dir, model, config)
+    writer = _tensorboard_writer(run_dir) if tensorboard else None
+
+    def done() -> bool:
+        over_time = train_cfg.max_minutes is not None and elapsed >= 60 * train_cfg.max_minutes
+        return over_time or (steps is not None and step >= steps)
+
+    def checkpoint() -> None:
+        save_checkpoint(run_dir, model, optimizer, {"step": step, "elapsed": elapsed})
+        save_model(run_dir, model, config)
+
+    if steps is None and train_cfg.max_minutes is None:
+        raise CausalSpritesError("give a budget: --steps, --epochs or --minutes")
+    last_checkpoint = time.monotonic()
+    window_start, window_images = time.monotonic(), 0
+    record: dict[str, Any] = {}
+    with progress_bar(progress, steps) as bar:
+        task = bar.add_task("train", total=steps, completed=step, nelbo="-", rate="-")
+        while not done():
+            started = time.monotonic()
+            x, y = batches(step)
+            with autocast(device, train_cfg.bf16):
+                parts = model.loss(x, y, train_cfg.classifier_weight)
+            loss = parts["loss"]
+            if not torch.isfinite(loss):
+                raise CausalSpritesError(
+                    f"loss became {loss.item()} at step {step}; stopped, the last good checkpoint "
+                    f"in {run_dir} is kept (try a lower learning rate)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            elapsed += time.monotonic() - started
+            window_images += x.shape[0]
+            if step % LOG_EVERY == 0:
+                rate = window_images / max(time.monotonic() - window_start, 1e-9)
+                window_start, window_images = time.monotonic(), 0
+                record = {
+                    "step": step,
+                    "epoch": step / batches.per_epoch,
+                    "elapsed": elapsed,
+                    "images_per_s": rate,
+                    **{f"train_{k}": v.item() for k, v in parts.items()},
+                }
+                record["train_nelbo"] = record["train_recon"] + record["train_kl"]
+                append_metrics(run_dir, record)
+                _log_scalars(writer, record, step)
+                bar.update(task, nelbo=f"{record['train_nelbo']:.2f}", rate=f"{rate:.0f}")
+            bar.update(task, completed=step)
+            if step % train_cfg.eval_every == 0 and not done():
+                evaluation = evaluate_nelbo(model, packed, labels, eval_rows)
+                append_metrics(run_dir, {"step": step, "elapsed": elapsed, **evaluation})
+                _log_scalars(writer, evaluation, step)
+            minutes_since = (time.monotonic() - last_checkpoint) / 60
+            if (
+                step % train_cfg.checkpoint_every == 0
+                or minutes_since >= train_cfg.checkpoint_minutes
+            ):
+                checkpoint()
+                last_checkpoint = time.monotonic()
+    checkpoint()
+    final = evaluate_nelbo(model, packed, labels, eval_rows)
+    final = {"step": step, "elapsed": elapsed, "final": True, **final}
+    append_metrics(run_dir, final)
+    _log_scalars(writer, final, step)
+    if writer is not None:
+        writer.close()
+    return final
+
+
+def _tensorboard_writer(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise CausalSpritesError(
+            "--tensorboard needs the tensorboard extra: pip install 'causal-sprites[tensorboard]'"
+        ) from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _log_scalars(writer: Any, record: dict[str, Any], step: int) -> None:
+    if writer is None:
+        return
+    for key, value in record.items():
+        if isinstance(value, float):
+            writer.add_scalar(key, value, step)
+        elif isinstance(value, dict):
+            for name, inner in value.items():
+                writer.add_scalar(f"{key}/{name}", inner, step)

@@ -1,0 +1,128 @@
+"""Shared fixtures: seeded RNGs, tiny official-format dSprites files, a loopback HTTP server."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyro
+import pytest
+import torch
+
+from causal_sprites.data.dsprites import DSprites
+from causal_sprites.data.factors import classes_to_values, index_to_classes
+
+#: Rows in the tiny official-format files: the first two orientations of the first sprite.
+NUM_TINY = 2048
+
+
+def make_images(classes: np.ndarray) -> np.ndarray:
+    """Images (B, 64, 64) of classes (B, 6): the generator's when it is there, else squares."""
+    try:
+        from causal_sprites.data.render import render
+    except ImportError:
+        centre = 16 + classes[:, 4:6] * 32 / 31
+        half = 2 + classes[:, 2] + 2 * classes[:, 1]
+        grid = np.arange(64) + 0.5
+        inside_x = np.abs(grid - centre[:, :1]) < half[:, None]
+        inside_y = np.abs(grid - centre[:, 1:]) < half[:, None]
+        return (inside_y[:, :, None] & inside_x[:, None, :]).astype(np.uint8)
+    return render(classes)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Every test starts from seeded RNGs and an empty Pyro param store."""
+    np.random.seed(0)
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def official_arrays() -> dict[str, np.ndarray]:
+    """The first NUM_TINY rows of the official set: imgs, latents_classes, latents_values."""
+    classes = index_to_classes(np.arange(NUM_TINY))
+    return {
+        "imgs": make_images(classes),
+        "latents_classes": classes,
+        "latents_values": classes_to_values(classes),
+    }
+
+
+def _write_file(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write arrays in the official .npz layout, or the .hdf5 twin's when `path` ends in .hdf5."""
+    if path.suffix == ".hdf5":
+        names = {"latents_classes": "latents/classes", "latents_values": "latents/values"}
+        with h5py.File(path, "w") as file:
+            for key, array in arrays.items():
+                file.create_dataset(names.get(key, key), data=array, compression="gzip")
+    else:
+        np.savez_compressed(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def write_dsprites() -> Callable[[Path, dict[str, np.ndarray]], Path]:
+    """`write_dsprites(path, arrays)`: write arrays as an official-format .npz or .hdf5."""
+    return _write_file
+
+
+@pytest.fixture
+def official_file(tmp_path: Path, official_arrays: dict[str, np.ndarray]) -> Callable[..., Path]:
+    """`official_file(name, **changes)`: a tiny official-format file; None drops a key."""
+
+    def write(name: str = "tiny.npz", **changes: np.ndarray | None) -> Path:
+        arrays = {**official_arrays, **changes}
+        return _write_file(tmp_path / name, {k: v for k, v in arrays.items() if v is not None})
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def subset_classes() -> np.ndarray:
+    """180 class tuples (N, 6): every shape, 2 scales, 2 orientations, 5 posX, 3 posY."""
+    grids = np.meshgrid([0], [0, 1, 2], [0, 5], [0, 10], [0, 8, 16, 25, 31], [0, 16, 31])
+    return np.stack([g.reshape(-1) for g in grids], axis=1).astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def subset_data(subset_classes: np.ndarray) -> DSprites:
+    """A tiny DSprites over a subset of the official rows (not in the official order)."""
+    return DSprites.from_arrays(make_images(subset_classes), subset_classes)
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A loopback HTTP server of `routes[path]`; paths starting /broken send half, then close."""
+    routes: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = routes.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.path.startswith("/broken"):
+                body = body[: len(body) // 2]
+                self.close_connection = True
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", routes
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -1,0 +1,152 @@
+"""The `data` commands and `demo`: outputs, one-line errors (exit 1), usage errors (exit 2)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from causal_sprites.cli import app
+from causal_sprites.data import dsprites
+from causal_sprites.data.dsprites import DSprites
+
+NUM = 2048
+PNG = b"\x89PNG\r\n\x1a\n"
+runner = CliRunner()
+
+
+def run(*args: str, code: int = 0) -> tuple[str, str]:
+    """Run the CLI; check the exit code; return (stdout, stderr)."""
+    result = runner.invoke(app, [str(arg) for arg in args])
+    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+    if code == 1:
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+        assert "Traceback" not in result.output
+    return result.stdout, result.stderr
+
+
+@pytest.fixture
+def subset_file(
+    tmp_path: Path,
+    subset_data: DSprites,
+    write_dsprites: Callable[[Path, dict[str, np.ndarray]], Path],
+) -> Path:
+    """The tiny subset (every shape) as an .npz."""
+    rows = np.arange(len(subset_data))
+    classes = subset_data.classes(rows)
+    return write_dsprites(
+        tmp_path / "subset.npz",
+        {
+            "imgs": subset_data.images(rows),
+            "latents_classes": classes,
+            "latents_values": subset_data.values(rows),
+        },
+    )
+
+
+def test_verify(
+    official_file: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = official_file()
+    _, err = run("data", "verify", path, code=1)
+    assert f"wrong shape: {NUM} images, expected 737280" in err
+    monkeypatch.setattr(dsprites, "verify", functools.partial(dsprites.verify, num_images=NUM))
+    out, _ = run("data", "verify", path)
+    assert out.startswith(f"ok: {path} (npz, {NUM} images, sha256 ")
+    summary = json.loads(run("data", "verify", path, "--json")[0])
+    assert summary["num_images"] == NUM and summary["checksum"] == "not known"
+    assert (
+        json.loads(run("data", "verify", path, "--json", "--sha256", summary["sha256"])[0])[
+            "checksum"
+        ]
+        == "matched"
+    )
+    assert "checksum mismatch" in run("data", "verify", path, "--sha256", "ab", code=1)[1]
+
+
+def test_verify_bad_files(
+    official_file: Callable[..., Path], official_arrays: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    evil = np.empty(1, dtype=object)
+    evil[0] = functools.partial(Path.touch, marker)
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(official_file().read_bytes()[:5000])
+    cases = {
+        tmp_path / "missing.npz": "no such file",
+        cut: "truncated or corrupt zip",
+        official_file("keys.npz", latents_values=None): "wrong keys",
+        official_file("pickled.npz", imgs=evil): "pickled object array",
+        official_file("dtype.hdf5", imgs=official_arrays["imgs"].astype(np.int16)): "wrong dtype",
+    }
+    for path, message in cases.items():
+        assert message in run("data", "verify", path, code=1)[1]
+    assert not marker.exists()
+
+
+def test_show(subset_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "figs" / "hearts.png"
+    args = ("data", "show", "--data", subset_file, "--out", out)
+    assert run(*args, "--given", "shape=heart", "--given", "posX=31", "--num", "4")[0] == f"{out}\n"
+    assert out.read_bytes().startswith(PNG)
+    assert [p.name for p in out.parent.iterdir()] == ["hearts.png"]  # no temp file left
+    run(*args, "--given", "shape=heart", "--given", "posX=31", "--num", "500", "--seed", "3")
+    assert "bad value 'circle' for shape" in run(*args, "--given", "shape=circle", code=1)[1]
+    assert "out of range" in run(*args, "--given", "posX=32", code=1)[1]
+    assert "no images match scale=3" in run(*args, "--given", "scale=3", code=1)[1]
+    assert "bad assignment" in run(*args, "--given", "shape", code=1)[1]
+    run(*args, "--num", "0", code=2)
+    run("data", "show", "--data", subset_file, code=2)
+    run("data", "frobnicate", code=2)
+
+
+def test_generate_and_demo(
+    subset_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from causal_sprites.data import render
+
+    def fake_write_npz(path: Path, progress: Callable[[int, int], None] | None = None) -> None:
+        path.write_bytes(subset_file.read_bytes())
+
+    monkeypatch.setattr(render, "write_npz", fake_write_npz, raising=False)
+    out = tmp_path / "generated"
+    assert run("data", "generate", "--out", out)[0] == f"{out / dsprites.DEFAULT_FILENAME}\n"
+    monkeypatch.setenv("CAUSAL_SPRITES_DATA", str(tmp_path / "data"))
+    stdout, _ = run("demo", "--out", tmp_path / "demo")
+    assert stdout == f"{tmp_path / 'demo' / 'samples.png'}\n"
+    assert (tmp_path / "demo" / "samples.png").read_bytes().startswith(PNG)
+    assert dsprites.default_path().exists()
+
+
+def test_download(
+    official_file: Callable[..., Path],
+    http_server: tuple[str, dict[str, bytes]],
+    tmp_path: Path,
+) -> None:
+    url, routes = http_server
+    routes["/tiny.npz"] = official_file().read_bytes()
+    out = tmp_path / "out"
+    args = ("data", "download", "--out", out)
+    _, err = run(*args, "--url", f"{url}/tiny.npz", "--sha256", "00", code=1)
+    assert err.startswith(f"error: {url}/tiny.npz: checksum mismatch: sha256 ")
+    assert "needs the network" in run(*args, "--url", "http://127.0.0.1:9/x.npz", code=1)[1]
+    assert list(out.iterdir()) == []
+
+
+def test_console_script_prints_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.npz"
+    result = subprocess.run(
+        [sys.executable, "-m", "causal_sprites", "data", "verify", str(missing)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"error: no such file: {missing}\n" and result.stdout == ""

@@ -1,0 +1,121 @@
+"""Training: exact resume, the NaN guard, metrics and a short end-to-end fit."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from causal_sprites.config import ModelConfig, RunConfig, TrainConfig
+from causal_sprites.data.dsprites import DSprites
+from causal_sprites.data.factors import NUM_IMAGES, index_to_classes
+from causal_sprites.data.render import render
+from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.vae import ConditionalVAE
+from causal_sprites.runs import load_tensors, read_metrics
+from causal_sprites.train import fit
+
+TINY = RunConfig(
+    model=ModelConfig(decoder_hidden=16, num_frequencies=2, encoder_channels=4, encoder_hidden=16),
+    train=TrainConfig(
+        batch_size=16, eval_every=4, checkpoint_every=2, num_eval_images=32, bf16=False
+    ),
+)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_data() -> DSprites:
+    rows = np.sort(np.random.default_rng(0).choice(NUM_IMAGES, 400, replace=False))
+    classes = index_to_classes(rows)
+    return DSprites.from_arrays(render(classes), classes)
+
+
+def with_steps(config: RunConfig, steps: int) -> RunConfig:
+    return replace(config, train=replace(config.train, max_steps=steps))
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_tensors(run_dir / "model.safetensors")
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+def test_stopped_and_resumed_run_is_bit_identical(tiny_data: DSprites, tmp_path: Path) -> None:
+    fit(tmp_path / "whole", with_steps(TINY, 30), tiny_data, CPU, progress=False)
+    fit(tmp_path / "parts", with_steps(TINY, 11), tiny_data, CPU, progress=False)
+    fit(tmp_path / "parts", with_steps(TINY, 30), tiny_data, CPU, resume=True, progress=False)
+    assert_same_weights(tmp_path / "whole", tmp_path / "parts")
+    steps = [r["step"] for r in read_metrics(tmp_path / "parts") if "train_loss" in r]
+    assert steps == sorted(set(steps))  # no duplicated log lines after the resume
+
+
+def test_crash_between_checkpoints_resumes_bit_identically(
+    tiny_data: DSprites, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fit(tmp_path / "whole", with_steps(TINY, 12), tiny_data, CPU, progress=False)
+    calls = {"n": 0}
+    original_step = torch.optim.Adam.step
+
+    def crashing_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 7:  # after the checkpoint at step 6, mid-way to the next
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "crashed", with_steps(TINY, 12), tiny_data, CPU, progress=False)
+    monkeypatch.setattr(torch.optim.Adam, "step", original_step)
+    fit(tmp_path / "crashed", with_steps(TINY, 12), tiny_data, CPU, resume=True, progress=False)
+    assert_same_weights(tmp_path / "whole", tmp_path / "crashed")
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
+    tiny_data: DSprites, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fit(tmp_path, with_steps(TINY, 4), tiny_data, CPU, progress=False)
+    good = weights(tmp_path)
+    original_loss = ConditionalVAE.loss
+
+    def nan_loss(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        parts = original_loss(self, *args, **kwargs)
+        return {**parts, "loss": parts["loss"] * float("nan")}
+
+    monkeypatch.setattr(ConditionalVAE, "loss", nan_loss)
+    with pytest.raises(CausalSpritesError, match=r"loss became nan at step 4.*checkpoint"):
+        fit(tmp_path, with_steps(TINY, 8), tiny_data, CPU, resume=True, progress=False)
+    kept = weights(tmp_path)
+    assert all(torch.equal(good[k], kept[k]) for k in good)
+
+
+def test_refuses_to_overwrite_or_resume_nothing(tiny_data: DSprites, tmp_path: Path) -> None:
+    with pytest.raises(CausalSpritesError, match="nothing to resume"):
+        fit(tmp_path, with_steps(TINY, 2), tiny_data, CPU, resume=True, progress=False)
+    fit(tmp_path, with_steps(TINY, 2), tiny_data, CPU, progress=False)
+    with pytest.raises(CausalSpritesError, match="already holds a run"):
+        fit(tmp_path, with_steps(TINY, 2), tiny_data, CPU, progress=False)
+    with pytest.raises(CausalSpritesError, match="give a budget"):
+        fit(tmp_path / "new", TINY, tiny_data, CPU, progress=False)
+
+
+@pytest.mark.slow
+def test_short_fit_lowers_the_test_nelbo(tiny_data: DSprites, tmp_path: Path) -> None:
+    config = replace(TINY, train=replace(TINY.train, batch_size=32, eval_every=10, lr=3e-3))
+    final = fit(tmp_path, with_steps(config, 60), tiny_data, CPU, progress=False)
+    records = read_metrics(tmp_path)
+    evaluations = [r for r in records if "test_nelbo" in r]
+    assert final["test_nelbo"] < 0.5 * evaluations[0]["test_nelbo"]
+    assert final["test_nelbo"] == pytest.approx(final["test_recon"] + final["test_kl"])
+    assert set(final["classifier_accuracy"]) == {"shape", "scale", "orientation", "posX", "posY"}
+    config_json = json.loads((tmp_path / "config.json").read_text())
+    assert config_json["libraries"]["torch"] == torch.__version__.split("+")[0] or config_json[
+        "libraries"
+    ]["torch"].startswith("2.")
