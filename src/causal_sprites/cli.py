@@ -142,6 +142,154 @@ def data_show(
     typer.echo(_sample_grid(store, rows, num, seed, out))
 
 
+RunArgument = Annotated[str, typer.Argument(help="Run directory, or `pretrained`.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+DeviceOption = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, mps.")]
+
+
+@app.command("train")
+def train(
+    out: Annotated[Path, typer.Option(help="Run directory to create (or resume).")],
+    data: DataOption = None,
+    preset: Annotated[str, typer.Option(help="default, baseline or tiny.")] = "default",
+    minutes: Annotated[float | None, typer.Option(min=0, help="Stop after M minutes.")] = None,
+    epochs: Annotated[float | None, typer.Option(min=0, help="Stop after E epochs.")] = None,
+    steps: Annotated[int | None, typer.Option(min=0, help="Stop after N steps.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: DeviceOption = "auto",
+    checkpoint_every: Annotated[
+        int | None, typer.Option(min=1, help="Checkpoint every STEPS steps.")
+    ] = None,
+    graph: Annotated[str | None, typer.Option(help='Factor DAG, e.g. "shape->scale".')] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    lr: Annotated[float | None, typer.Option(min=0)] = None,
+    split: Annotated[str | None, typer.Option(help="random or heldout.")] = None,
+    subset: Annotated[int | None, typer.Option(min=1, help="Train on N images only.")] = None,
+    bf16: Annotated[bool | None, typer.Option(help="bfloat16 autocast.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard events.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train the conditional VAE (or resume it exactly where it stopped)."""
+    from dataclasses import replace
+
+    from causal_sprites.config import PRESETS, parse_graph
+    from causal_sprites.runs import read_metrics
+    from causal_sprites.runtime import choose_device
+    from causal_sprites.train import fit
+    from causal_sprites.viz import nelbo_curve_figure
+
+    if preset not in PRESETS:
+        raise CausalSpritesError(f"unknown preset {preset!r}; choose {', '.join(PRESETS)}")
+    if split not in (None, "random", "heldout"):
+        raise CausalSpritesError(f"unknown split {split!r}; use random or heldout")
+    if minutes is None and epochs is None and steps is None:
+        raise CausalSpritesError("give a budget: --minutes, --epochs or --steps")
+    base = PRESETS[preset]
+    overrides: dict[str, Any] = {
+        "seed": seed,
+        "checkpoint_every": checkpoint_every,
+        "batch_size": batch_size,
+        "lr": lr,
+        "split": split,
+        "subset": subset,
+        "bf16": bf16,
+    }
+    train_config = replace(
+        base.train,
+        max_minutes=minutes,
+        max_epochs=epochs,
+        max_steps=steps,
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
+    config = replace(
+        base,
+        train=train_config,
+        data=str(data) if data else None,
+        graph=parse_graph(graph) if graph else base.graph,
+    )
+    store = dsprites.DSprites.load(data)
+    final = fit(out, config, store, choose_device(device), resume, progress, tensorboard)
+    write_png(nelbo_curve_figure(read_metrics(out)), out / "nelbo.png")
+    typer.echo(
+        f"{out}: step {final['step']}, test NELBO {final['test_nelbo']:.3f} nats/image "
+        f"(recon {final['test_recon']:.3f}, KL {final['test_kl']:.3f})"
+    )
+
+
+def _load(run: str, data: Path | None = None) -> tuple[Any, dsprites.DSprites]:
+    """The run's model and the data it was trained on (or --data)."""
+    from causal_sprites.scm.queries import load_run
+
+    model = load_run(run)
+    path = data or (Path(model.config.data) if model.config.data else None)
+    return model, dsprites.DSprites.load(path)
+
+
+@app.command("evaluate")
+def evaluate(
+    run: RunArgument,
+    data: DataOption = None,
+    num_images: Annotated[int, typer.Option(min=2, help="Held-out images to score.")] = 4096,
+    json_out: JsonOption = False,
+) -> None:
+    """Test NELBO (recon, KL), reconstruction IoU, classifier accuracy and z-leakage."""
+    from causal_sprites.metrics import evaluate as evaluate_run
+
+    model, store = _load(run, data)
+    scores = evaluate_run(model, store, num_images)
+    if json_out:
+        typer.echo(json.dumps(scores))
+        return
+    for key, value in scores.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v:.3f}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.4f}"
+        typer.echo(f"{key:>22}: {value}")
+
+
+@app.command("reconstruct")
+def reconstruct(
+    run: RunArgument,
+    out: Annotated[Path, typer.Option(help="PNG to write.")],
+    index: Annotated[list[int], typer.Option(help="Dataset index (repeatable).")],
+    data: DataOption = None,
+) -> None:
+    """Originals and their reconstructions."""
+    from causal_sprites.viz import reconstruction_figure
+
+    model, store = _load(run, data)
+    images, classes = store.images(index), store.classes(index)
+    typer.echo(write_png(reconstruction_figure(images, model.reconstruct(images, classes)), out))
+
+
+@app.command("edit")
+def edit(
+    run: RunArgument,
+    index: Annotated[int, typer.Option(help="Dataset index of the image.")],
+    set_: Annotated[list[str], typer.Option("--set", help="factor=value; repeat to chain.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")],
+    data: DataOption = None,
+) -> None:
+    """Same z, changed labels: each --set adds to the previous ones (shape, then orientation)."""
+    from causal_sprites.viz import edit_figure
+
+    model, store = _load(run, data)
+    image, classes = store.images([index]), store.classes([index])
+    panels = [("reconstruction", model.reconstruct(image, classes)[0])]
+    changes: dict[str, int] = {}
+    for item in set_:
+        changes.update(parse_assignments([item]))
+        panels.append(
+            (
+                ", ".join(f"{k}={v}" for k, v in changes.items()),
+                model.edit(image, classes, changes)[0],
+            )
+        )
+    typer.echo(write_png(edit_figure(image[0], panels), out))
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/demo"),

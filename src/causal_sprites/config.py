@@ -104,3 +104,32 @@ def _build(kind: type[Any], values: Any) -> Any:
     if unknown:
         raise CausalSpritesError(f"config.json: unknown {kind.__name__} keys {unknown}")
     return kind(**values)
+
+
+#: Named starting points of `train --preset`; command-line flags override their fields.
+PRESETS: dict[str, RunConfig] = {
+    "default": RunConfig(),
+    # The issue's baseline: MLP encoder/decoder (1000 units, z 50), Adam 1e-3, fp32, no classifier.
+    "baseline": RunConfig(
+        model=ModelConfig(decoder="mlp", z_dim=50),
+        train=TrainConfig(lr=1e-3, classifier_weight=0.0, bf16=False),
+    ),
+    # Seconds-long runs for tests and trying things.
+    "tiny": RunConfig(
+        model=ModelConfig(
+            decoder_hidden=16, num_frequencies=3, encoder_channels=8, encoder_hidden=64
+        ),
+        train=TrainConfig(batch_size=64, eval_every=100, num_eval_images=256),
+    ),
+}
+
+
+def parse_graph(text: str) -> tuple[tuple[str, str], ...]:
+    """`"shape->scale, shape->posX"` -> (("shape", "scale"), ("shape", "posX")); empty is ()."""
+    edges = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        parent, arrow, child = item.partition("->")
+        if not arrow or not parent.strip() or not child.strip():
+            raise CausalSpritesError(f"bad edge {item!r} in --graph: expected parent->child")
+        edges.append((parent.strip(), child.strip()))
+    return tuple(edges)
