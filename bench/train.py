@@ -1,0 +1,132 @@
+"""Training benchmark: the issue's MLP baseline and our default, side by side, same data, split
+and wall-clock budget; test NELBO, images/s, FLOPs per image and fraction of the matmul peak.
+
+Run `.venv/bin/python bench/train.py [--minutes 10] [--quick]`; prints JSON and writes
+bench/results/train.json (or train-quick.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from causal_sprites.config import PRESETS, RunConfig
+from causal_sprites.data.dsprites import DSprites
+from causal_sprites.runs import read_metrics
+from causal_sprites.runtime import choose_device
+from causal_sprites.train import Batches, fit, split_rows
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def flops_per_image(config: RunConfig, data: DSprites, device: torch.device) -> float:
+    """FLOPs of one training step (forward and backward) divided by the batch size."""
+    from causal_sprites.runs import build_model
+
+    model = build_model(config).to(device)
+    train_rows, _ = split_rows(data, config)
+    packed = torch.from_numpy(data.packed).to(device)
+    labels = torch.from_numpy(data.classes(slice(None))[:, 1:]).to(device)
+    x, y = Batches(packed, labels, train_rows[:4096], config)(0)
+    with FlopCounterMode(display=False) as counter:
+        model.loss(x, y, config.train.classifier_weight)["loss"].backward()
+    return counter.get_total_flops() / x.shape[0]
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:
+    """Measured FLOP/s of a large square matmul in `dtype` (the machine's practical peak)."""
+    a = torch.randn(2048, 2048, device=device).to(dtype)
+    b = torch.randn(2048, 2048, device=device).to(dtype)
+    torch.mm(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * 2048**3 * count / (time.perf_counter() - start)
+
+
+def run_one(
+    name: str, config: RunConfig, data: DSprites, device: torch.device, minutes: float
+) -> dict[str, Any]:
+    """Train one preset for `minutes` of step time; report its final test NELBO and speed."""
+    config = replace(config, train=replace(config.train, max_minutes=minutes, num_eval_images=4096))
+    with tempfile.TemporaryDirectory() as tmp:
+        final = fit(Path(tmp) / name, config, data, device, progress=False)
+        records = read_metrics(Path(tmp) / name)
+    steps = int(final["step"])
+    images_per_s = steps * config.train.batch_size / final["elapsed"]
+    flops = flops_per_image(config, data, device)
+    return {
+        "preset": name,
+        "bf16": config.train.bf16,
+        "steps": steps,
+        "epochs": steps / (len(split_rows(data, config)[0]) // config.train.batch_size),
+        "train_seconds": final["elapsed"],
+        "test_nelbo": final["test_nelbo"],
+        "test_recon": final["test_recon"],
+        "test_kl": final["test_kl"],
+        "classifier_accuracy": final["classifier_accuracy"],
+        "images_per_s": images_per_s,
+        "flops_per_image": flops,
+        "achieved_flops_per_s": flops * images_per_s,
+        "curve": [(r["step"], r["test_nelbo"]) for r in records if "test_nelbo" in r],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=float, default=10.0, help="Training budget per model.")
+    parser.add_argument("--quick", action="store_true", help="1 minute per model.")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--fp32-too", action="store_true", help="Also train ours in float32.")
+    args = parser.parse_args()
+    minutes = 1.0 if args.quick else args.minutes
+    device = choose_device(args.device)
+    data = DSprites.load()
+    contenders = [("baseline", PRESETS["baseline"]), ("default", PRESETS["default"])]
+    if args.fp32_too:
+        default = PRESETS["default"]
+        contenders.append(
+            ("default-fp32", replace(default, train=replace(default.train, bf16=False)))
+        )
+    results = [run_one(name, config, data, device, minutes) for name, config in contenders]
+    peak = {
+        "float32": matmul_peak(torch.float32, device),
+        "bfloat16": matmul_peak(torch.bfloat16, device),
+    }
+    for result in results:
+        result["fraction_of_matmul_peak"] = (
+            result["achieved_flops_per_s"] / peak["bfloat16" if result["bf16"] else "float32"]
+        )
+    baseline, ours = results[0], results[1]
+    report = {
+        "command": f"bench/train.py --minutes {minutes}" + (" --fp32-too" if args.fp32_too else ""),
+        "device": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "minutes_per_model": minutes,
+        "matmul_peak_flops_per_s": peak,
+        "results": results,
+        "nelbo_ratio_baseline_over_ours": baseline["test_nelbo"] / ours["test_nelbo"],
+        "throughput_ratio_ours_over_baseline": ours["images_per_s"] / baseline["images_per_s"],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    name = "train-quick.json" if args.quick else f"train-{device.type}.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
