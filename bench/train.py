@@ -36,9 +36,9 @@ def flops_per_image(config: RunConfig, data: DSprites, device: torch.device) -> 
     train_rows, _ = split_rows(data, config)
     packed = torch.from_numpy(data.packed).to(device)
     labels = torch.from_numpy(data.classes(slice(None))[:, 1:]).to(device)
-    x, y = Batches(packed, labels, train_rows[:4096], config)(0)
+    x, y, noise = Batches(packed, labels, train_rows[:4096], config)(0)
     with FlopCounterMode(display=False) as counter:
-        model.loss(x, y, config.train.classifier_weight)["loss"].backward()
+        model.loss(x, y, config.train.classifier_weight, noise)["loss"].backward()
     return counter.get_total_flops() / x.shape[0]
 
 

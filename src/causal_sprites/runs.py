@@ -6,6 +6,7 @@ Weights and training state are safetensors (never pickle) and every file is writ
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -26,6 +27,7 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
 
@@ -43,6 +45,26 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run directory while training into it.
+
+    flock: the kernel drops the lock when its holder dies, so a killed run never leaves it stuck.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CausalSpritesError(
+                f"another process is training into {run_dir}; wait for it or choose another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

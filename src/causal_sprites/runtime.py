@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata
 
 import numpy as np
@@ -63,3 +65,40 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "unknown"
     return versions
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone logs, evaluates and writes checkpoints."""
+        return self.rank == 0
+
+
+def init_distributed(device_name: str = "auto") -> tuple[Distributed, torch.device]:
+    """Join the torchrun job described by the environment (gloo on CPU, NCCL on CUDA).
+
+    Without WORLD_SIZE > 1 this is a single process on `choose_device(device_name)`.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = choose_device(device_name)
+    if world_size == 1:
+        return Distributed(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size()), device
+
+
+def current_distributed() -> Distributed:
+    """The job this process already joined (a lone process when none)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size())
+    return Distributed()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -32,39 +32,70 @@ from causal_sprites.runs import (
     load_tensors,
     read_config,
     read_safetensors_metadata,
+    run_lock,
     save_model,
     save_tensors_atomic,
     truncate_metrics,
 )
-from causal_sprites.runtime import autocast, library_versions, preserved_rng, seed_everything
+from causal_sprites.runtime import (
+    Distributed,
+    autocast,
+    current_distributed,
+    library_versions,
+    preserved_rng,
+    seed_everything,
+)
 
 CHECKPOINT_FORMAT = 1
+StepHook = Callable[[int, ConditionalVAE], None]
 LOG_EVERY = 50
 
 
 class Batches:
-    """Training batches in a seeded order per epoch; batch `step` is a pure function of step."""
+    """Training batches in a seeded order per epoch: batch `step` is a pure function of step.
+
+    Under torchrun each rank takes its contiguous share of the global batch (the role of a
+    DistributedSampler), so a resumed or a distributed run sees exactly the same images; the
+    standard normal noise behind z is drawn per global batch too and sliced the same way.
+    """
 
     def __init__(
-        self, packed: torch.Tensor, labels: torch.Tensor, rows: np.ndarray, config: RunConfig
+        self,
+        packed: torch.Tensor,
+        labels: torch.Tensor,
+        rows: np.ndarray,
+        config: RunConfig,
+        distributed: Distributed | None = None,
     ):
         self.packed, self.labels = packed, labels
         self.rows = torch.from_numpy(rows).to(packed.device)
         self.batch_size = min(config.train.batch_size, len(rows))
+        self.z_dim = config.model.z_dim
         self.seed = config.train.seed
         self.per_epoch = len(rows) // self.batch_size
+        distributed = distributed or Distributed()
+        if self.batch_size % distributed.world_size:
+            raise CausalSpritesError(
+                f"batch size {self.batch_size} does not split evenly over "
+                f"{distributed.world_size} processes"
+            )
+        share = self.batch_size // distributed.world_size
+        self.share = slice(distributed.rank * share, (distributed.rank + 1) * share)
         self._epoch, self._order = -1, self.rows
 
-    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, 1, 64, 64) float and labels (B, 5) of batch `step`."""
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's images (b, 1, 64, 64) float, labels (b, 5) and z noise (b, z_dim)."""
         epoch, position = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             permutation = torch.randperm(len(self.rows), generator=generator).to(self.rows.device)
             self._epoch, self._order = epoch, self.rows[permutation]
         chosen = self._order[position * self.batch_size : (position + 1) * self.batch_size]
+        chosen = chosen[self.share]
+        noise_generator = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * step + 1)
+        noise = torch.randn(self.batch_size, self.z_dim, generator=noise_generator)[self.share]
         images = unpack_torch(self.packed[chosen]).unsqueeze(1).float()
-        return images, self.labels[chosen]
+        return images, self.labels[chosen], noise.to(images.device)
 
 
 def split_rows(data: DSprites, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -214,56 +245,88 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     tensorboard: bool = False,
+    on_step: StepHook | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a run in `run_dir`; returns the final evaluation record."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Train (or resume) a run in `run_dir`; returns the final evaluation record.
+
+    Under torchrun (an initialised process group) every rank trains its share of each batch with
+    DistributedDataParallel; rank 0 alone holds the run's lock, logs and writes checkpoints.
+    `on_step(step, model)` runs after every optimiser step (tests check ranks agree with it).
+    """
+    distributed = current_distributed()
+    hook = on_step or (lambda step, model: None)
+    if not distributed.is_main:
+        return _fit(run_dir, config, data, device, resume, False, False, distributed, hook)
+    with run_lock(run_dir):
+        return _fit(run_dir, config, data, device, resume, progress, tensorboard, distributed, hook)
+
+
+def _fit(
+    run_dir: Path,
+    config: RunConfig,
+    data: DSprites,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    tensorboard: bool,
+    distributed: Distributed,
+    on_step: StepHook,
+) -> dict[str, Any]:
+    main = distributed.is_main
     config = prepare_run(run_dir, config, resume)
     train_cfg = config.train
+    if total_steps(config, 1) is None and train_cfg.max_minutes is None:
+        raise CausalSpritesError("give a budget: --steps, --epochs or --minutes")
     seed_everything(train_cfg.seed)
     train_rows, test_rows = split_rows(data, config)
     if len(train_rows) == 0 or len(test_rows) == 0:
         raise CausalSpritesError("the split leaves no training or no test images")
-    eval_rows = np.random.default_rng(train_cfg.seed).permutation(test_rows)[
-        : train_cfg.num_eval_images
-    ]
+    eval_rows = np.random.default_rng(train_cfg.seed).permutation(test_rows)
+    eval_rows = eval_rows[: train_cfg.num_eval_images]
     packed = torch.from_numpy(data.packed).to(device)
     labels = torch.from_numpy(data.classes(slice(None))[:, 1:]).to(device)
     model = build_model(config)
     model.fit_tables(labels[torch.from_numpy(train_rows).to(device)].cpu())
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
-    batches = Batches(packed, labels, train_rows, config)
+    batches = Batches(packed, labels, train_rows, config, distributed)
     steps = total_steps(config, batches.per_epoch)
     step, elapsed = 0, 0.0
     if resume:
         state = load_checkpoint(run_dir, model, optimizer)
         step, elapsed = int(state["step"]), float(state["elapsed"])
-        truncate_metrics(run_dir, lambda r: int(r.get("step", 0)) <= step)
-    else:
+        if main:
+            truncate_metrics(run_dir, lambda r: int(r.get("step", 0)) <= step)
+    elif main:
         truncate_metrics(run_dir, lambda r: False)
         save_model(run_dir, model, config)
-    writer = _tensorboard_writer(run_dir) if tensorboard else None
+    trainer: torch.nn.Module = model
+    if distributed.world_size > 1:
+        trainer = torch.nn.parallel.DistributedDataParallel(model)
+    writer = _tensorboard_writer(run_dir) if tensorboard and main else None
 
     def done() -> bool:
         over_time = train_cfg.max_minutes is not None and elapsed >= 60 * train_cfg.max_minutes
+        if distributed.world_size > 1 and train_cfg.max_minutes is not None:
+            flag = torch.tensor([float(over_time)], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            over_time = bool(flag.item())
         return over_time or (steps is not None and step >= steps)
 
     def checkpoint() -> None:
-        save_checkpoint(run_dir, model, optimizer, {"step": step, "elapsed": elapsed})
-        save_model(run_dir, model, config)
+        if main:
+            save_checkpoint(run_dir, model, optimizer, {"step": step, "elapsed": elapsed})
+            save_model(run_dir, model, config)
 
-    if steps is None and train_cfg.max_minutes is None:
-        raise CausalSpritesError("give a budget: --steps, --epochs or --minutes")
     last_checkpoint = time.monotonic()
     window_start, window_images = time.monotonic(), 0
-    record: dict[str, Any] = {}
     with progress_bar(progress, steps) as bar:
         task = bar.add_task("train", total=steps, completed=step, nelbo="-", rate="-")
         while not done():
             started = time.monotonic()
-            x, y = batches(step)
+            x, y, noise = batches(step)
             with autocast(device, train_cfg.bf16):
-                parts = model.loss(x, y, train_cfg.classifier_weight)
+                parts = trainer(x, y, train_cfg.classifier_weight, noise)
             loss = parts["loss"]
             if not torch.isfinite(loss):
                 raise CausalSpritesError(
@@ -274,9 +337,10 @@ def fit(
             loss.backward()
             optimizer.step()
             step += 1
+            on_step(step, model)
             elapsed += time.monotonic() - started
-            window_images += x.shape[0]
-            if step % LOG_EVERY == 0:
+            window_images += x.shape[0] * distributed.world_size
+            if step % LOG_EVERY == 0 and main:
                 rate = window_images / max(time.monotonic() - window_start, 1e-9)
                 window_start, window_images = time.monotonic(), 0
                 record = {
@@ -291,7 +355,7 @@ def fit(
                 _log_scalars(writer, record, step)
                 bar.update(task, nelbo=f"{record['train_nelbo']:.2f}", rate=f"{rate:.0f}")
             bar.update(task, completed=step)
-            if step % train_cfg.eval_every == 0 and not done():
+            if main and step % train_cfg.eval_every == 0 and not done():
                 evaluation = evaluate_nelbo(model, packed, labels, eval_rows)
                 append_metrics(run_dir, {"step": step, "elapsed": elapsed, **evaluation})
                 _log_scalars(writer, evaluation, step)
@@ -303,6 +367,8 @@ def fit(
                 checkpoint()
                 last_checkpoint = time.monotonic()
     checkpoint()
+    if not main:
+        return {"step": step, "elapsed": elapsed}
     final = evaluate_nelbo(model, packed, labels, eval_rows)
     final = {"step": step, "elapsed": elapsed, "final": True, **final}
     append_metrics(run_dir, final)

@@ -175,13 +175,23 @@ class ConditionalVAE(nn.Module):
             pyro.sample("z", self.z_posterior(x, y, features))
 
     # -- losses ------------------------------------------------------------------------------
-    def loss(self, x: Tensor, y: Tensor, classifier_weight: float) -> dict[str, Tensor]:
+    def forward(
+        self, x: Tensor, y: Tensor, classifier_weight: float, noise: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The training loss (what DistributedDataParallel calls); see `loss`."""
+        return self.loss(x, y, classifier_weight, noise)
+
+    def loss(
+        self, x: Tensor, y: Tensor, classifier_weight: float, noise: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Training objective: mean NELBO of x | y plus the weighted classifier cross-entropy.
 
         Returns the scalar `loss` and its batch-mean parts `recon`, `kl`, `classifier`.
+        `noise` (B, z_dim), when given, is the standard normal draw behind z's reparameterised
+        sample, so training randomness can be a pure function of the step.
         """
         features = self.encoder.features(x)
-        recon, kl = self.elbo_terms(x, y, features)
+        recon, kl = self.elbo_terms(x, y, features, noise)
         classifier = self.classifier_loss(x, y, features)
         nelbo = (kl - recon).mean()
         return {
@@ -192,14 +202,26 @@ class ConditionalVAE(nn.Module):
         }
 
     def elbo_terms(
-        self, x: Tensor, y: Tensor, features: Tensor | None = None
+        self,
+        x: Tensor,
+        y: Tensor,
+        features: Tensor | None = None,
+        noise: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Per-image reconstruction log p(x | y, z) with z ~ q and analytic KL(q(z|x,y) || p(z)).
 
         Built from a guide trace replayed through the model, so it is the model's own ELBO of
-        log p(x | y) (the label term log p(y) is left out). Both (B,).
+        log p(x | y) (the label term log p(y) is left out). Both (B,). With `noise`, the guide's
+        z is replayed as loc + scale * noise (still reparameterised, still unobserved).
         """
-        guide_trace = poutine.trace(self.guide).get_trace(x, y, features=features)
+        guide = self.guide
+        if noise is not None:
+            posterior = cast(dist.Independent, self.z_posterior(x, y, features)).base_dist
+            z = posterior.loc + posterior.scale * noise
+            fixed = poutine.Trace()
+            fixed.add_node("z", type="sample", value=z, is_observed=False, infer={})
+            guide = poutine.replay(self.guide, trace=fixed)
+        guide_trace = poutine.trace(guide).get_trace(x, y, features=features)
         replayed = poutine.replay(self.model, trace=guide_trace)
         model_trace = poutine.trace(replayed).get_trace(x, y)
         x_site, z_model = model_trace.nodes["x"], model_trace.nodes["z"]

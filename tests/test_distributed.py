@@ -1,0 +1,112 @@
+"""torchrun with 2 CPU processes (gloo): ranks agree after every step, match one process with the
+same global batch, and a killed distributed run resumes to the same weights."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from causal_sprites.config import PRESETS
+from causal_sprites.data.dsprites import DSprites
+from causal_sprites.data.factors import NUM_IMAGES, classes_to_values, index_to_classes
+from causal_sprites.data.render import render
+from causal_sprites.runs import load_tensors
+from causal_sprites.train import fit
+
+pytestmark = pytest.mark.slow
+WORKER = Path(__file__).with_name("ddp_worker.py")
+#: Largest parameter difference allowed between DDP and one process: only the order of the
+#: floating-point sums differs (two means of 16 averaged vs one mean of 32).
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    classes = index_to_classes(
+        np.sort(np.random.default_rng(1).choice(NUM_IMAGES, 600, replace=False))
+    )
+    path = tmp_path_factory.mktemp("ddp") / "tiny.npz"
+    np.savez_compressed(
+        path,
+        imgs=render(classes),
+        latents_classes=classes,
+        latents_values=classes_to_values(classes),
+    )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def torchrun(data: Path, out: Path, steps: int, report: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               str(WORKER), str(data), str(out), str(steps), str(report)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+def run_to_end(data: Path, out: Path, steps: int, report: Path) -> dict:
+    process = torchrun(data, out, steps, report)
+    try:
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 0, output.decode()[-2000:]
+    return json.loads(report.read_text())
+
+
+def test_two_processes_agree_and_match_one(data_file: Path, tmp_path: Path) -> None:
+    result = run_to_end(data_file, tmp_path / "ddp", 6, tmp_path / "report.json")
+    assert result["world_size"] == 2
+    assert len(result["gaps"]) == 6
+    assert max(result["gaps"]) == 0.0  # identical parameters on both ranks after every step
+    tiny = PRESETS["tiny"]
+    config = replace(tiny, train=replace(tiny.train, batch_size=32, bf16=False, max_steps=6))
+    fit(tmp_path / "single", config, DSprites.load(data_file), torch.device("cpu"), progress=False)
+    ddp, single = (
+        load_tensors(tmp_path / "ddp" / "model.safetensors"),
+        load_tensors(tmp_path / "single" / "model.safetensors"),
+    )
+    moved = max(
+        (single[k] - load_tensors(tmp_path / "ddp" / "model.safetensors")[k]).abs().max()
+        for k in single
+    )
+    assert max((ddp[k] - single[k]).abs().max().item() for k in single) < TOLERANCE
+    assert moved < TOLERANCE
+
+
+def test_killed_distributed_run_resumes_to_the_same_weights(
+    data_file: Path, tmp_path: Path
+) -> None:
+    run_to_end(data_file, tmp_path / "whole", 60, tmp_path / "whole.json")
+    process = torchrun(data_file, tmp_path / "killed", 60, tmp_path / "killed.json")
+    checkpoint = tmp_path / "killed" / "checkpoint.safetensors"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # torchrun puts its workers in sessions of their own: kill every process of this run.
+    subprocess.run(["pkill", "-9", "-f", str(tmp_path / "killed")], check=False)
+    process.communicate()
+    assert not (tmp_path / "killed.json").exists()  # it really died before the end
+    run_to_end(data_file, tmp_path / "killed", 60, tmp_path / "killed.json")
+    whole = load_tensors(tmp_path / "whole" / "model.safetensors")
+    resumed = load_tensors(tmp_path / "killed" / "model.safetensors")
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
