@@ -14,23 +14,15 @@ import pytest
 import torch
 
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.data.factors import classes_to_values, index_to_classes
+from causal_sprites.data.factors import NUM_IMAGES, classes_to_values, index_to_classes
+from causal_sprites.data.render import render
 
 #: Rows in the tiny official-format files: the first two orientations of the first sprite.
 NUM_TINY = 2048
 
 
 def make_images(classes: np.ndarray) -> np.ndarray:
-    """Images (B, 64, 64) of classes (B, 6): the generator's when it is there, else squares."""
-    try:
-        from causal_sprites.data.render import render
-    except ImportError:
-        centre = 16 + classes[:, 4:6] * 32 / 31
-        half = 2 + classes[:, 2] + 2 * classes[:, 1]
-        grid = np.arange(64) + 0.5
-        inside_x = np.abs(grid - centre[:, :1]) < half[:, None]
-        inside_y = np.abs(grid - centre[:, 1:]) < half[:, None]
-        return (inside_y[:, :, None] & inside_x[:, None, :]).astype(np.uint8)
+    """Images (B, 64, 64) of classes (B, 6), drawn by the generator."""
     return render(classes)
 
 
@@ -80,6 +72,16 @@ def official_file(tmp_path: Path, official_arrays: dict[str, np.ndarray]) -> Cal
         return _write_file(tmp_path / name, {k: v for k, v in arrays.items() if v is not None})
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An official-format .npz of 600 random dSprites rows, for runs in subprocesses."""
+    rows = np.sort(np.random.default_rng(1).choice(NUM_IMAGES, 600, replace=False))
+    classes = index_to_classes(rows)
+    arrays = {"imgs": render(classes), "latents_classes": classes}
+    arrays["latents_values"] = classes_to_values(classes)
+    return _write_file(tmp_path_factory.mktemp("tiny") / "tiny.npz", arrays)
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from causal_sprites.config import PRESETS
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.data.factors import NUM_IMAGES, classes_to_values, index_to_classes
-from causal_sprites.data.render import render
 from causal_sprites.runs import load_tensors
 from causal_sprites.train import fit
 
@@ -27,21 +24,6 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 #: Largest parameter difference allowed between DDP and one process: only the order of the
 #: floating-point sums differs (two means of 16 averaged vs one mean of 32).
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    classes = index_to_classes(
-        np.sort(np.random.default_rng(1).choice(NUM_IMAGES, 600, replace=False))
-    )
-    path = tmp_path_factory.mktemp("ddp") / "tiny.npz"
-    np.savez_compressed(
-        path,
-        imgs=render(classes),
-        latents_classes=classes,
-        latents_values=classes_to_values(classes),
-    )
-    return path
 
 
 def free_port() -> int:
@@ -72,14 +54,20 @@ def run_to_end(data: Path, out: Path, steps: int, report: Path) -> dict:
     return json.loads(report.read_text())
 
 
-def test_two_processes_agree_and_match_one(data_file: Path, tmp_path: Path) -> None:
-    result = run_to_end(data_file, tmp_path / "ddp", 6, tmp_path / "report.json")
+def test_two_processes_agree_and_match_one(tiny_data_file: Path, tmp_path: Path) -> None:
+    result = run_to_end(tiny_data_file, tmp_path / "ddp", 6, tmp_path / "report.json")
     assert result["world_size"] == 2
     assert len(result["gaps"]) == 6
     assert max(result["gaps"]) == 0.0  # identical parameters on both ranks after every step
     tiny = PRESETS["tiny"]
     config = replace(tiny, train=replace(tiny.train, batch_size=32, bf16=False, max_steps=6))
-    fit(tmp_path / "single", config, DSprites.load(data_file), torch.device("cpu"), progress=False)
+    fit(
+        tmp_path / "single",
+        config,
+        DSprites.load(tiny_data_file),
+        torch.device("cpu"),
+        progress=False,
+    )
     ddp, single = (
         load_tensors(tmp_path / "ddp" / "model.safetensors"),
         load_tensors(tmp_path / "single" / "model.safetensors"),
@@ -93,10 +81,10 @@ def test_two_processes_agree_and_match_one(data_file: Path, tmp_path: Path) -> N
 
 
 def test_killed_distributed_run_resumes_to_the_same_weights(
-    data_file: Path, tmp_path: Path
+    tiny_data_file: Path, tmp_path: Path
 ) -> None:
-    run_to_end(data_file, tmp_path / "whole", 60, tmp_path / "whole.json")
-    process = torchrun(data_file, tmp_path / "killed", 60, tmp_path / "killed.json")
+    run_to_end(tiny_data_file, tmp_path / "whole", 60, tmp_path / "whole.json")
+    process = torchrun(tiny_data_file, tmp_path / "killed", 60, tmp_path / "killed.json")
     checkpoint = tmp_path / "killed" / "checkpoint.safetensors"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and time.monotonic() < deadline:
@@ -105,7 +93,7 @@ def test_killed_distributed_run_resumes_to_the_same_weights(
     subprocess.run(["pkill", "-9", "-f", str(tmp_path / "killed")], check=False)
     process.communicate()
     assert not (tmp_path / "killed.json").exists()  # it really died before the end
-    run_to_end(data_file, tmp_path / "killed", 60, tmp_path / "killed.json")
+    run_to_end(tiny_data_file, tmp_path / "killed", 60, tmp_path / "killed.json")
     whole = load_tensors(tmp_path / "whole" / "model.safetensors")
     resumed = load_tensors(tmp_path / "killed" / "model.safetensors")
     for name in whole:

@@ -28,14 +28,23 @@ MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".lock"
+TEMPORARY_SUFFIX = ".tmp"
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A failed write (disk full, say) raises one clear error and leaves the previous file whole.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
+        )
+    except OSError as error:
+        raise CausalSpritesError(f"cannot write {path}: {error.strerror or error}") from None
     os.close(handle)
     temporary = Path(name)
     try:
@@ -43,8 +52,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        raise CausalSpritesError(
+            f"could not write {path} ({error.strerror or error}); the previous version is intact"
+        ) from None
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete temporary files that a killed writer left in a run directory (call under the lock)."""
+    for stale in run_dir.glob(f".*{TEMPORARY_SUFFIX}"):
+        stale.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from causal_sprites.runs import (
     load_tensors,
     read_config,
     read_safetensors_metadata,
+    remove_stale_temporaries,
     run_lock,
     save_model,
     save_tensors_atomic,
@@ -258,6 +259,7 @@ def fit(
     if not distributed.is_main:
         return _fit(run_dir, config, data, device, resume, False, False, distributed, hook)
     with run_lock(run_dir):
+        remove_stale_temporaries(run_dir)
         return _fit(run_dir, config, data, device, resume, progress, tensorboard, distributed, hook)
 
 
