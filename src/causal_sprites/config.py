@@ -83,11 +83,19 @@ class RunConfig:
                 f"config.json has format version {version!r}, newer than this causal-sprites "
                 f"understands ({CONFIG_VERSION}); upgrade the package"
             )
+        unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise CausalSpritesError(f"config.json: unknown keys {unknown}")
+        data = raw.get("data")
+        if data is not None and not (
+            isinstance(data, str) and data.endswith((".npz", ".hdf5", ".h5"))
+        ):
+            raise CausalSpritesError("config.json: data must name a .npz or .hdf5 file")
         try:
             return cls(
                 model=_build(ModelConfig, raw.get("model", {})),
                 train=_build(TrainConfig, raw.get("train", {})),
-                data=raw.get("data"),
+                data=data,
                 graph=tuple((str(a), str(b)) for a, b in raw.get("graph", ())),
                 version=version,
                 libraries=dict(raw.get("libraries", {})),
