@@ -425,3 +425,12 @@ def test_loader_shuffles_reproducibly(subset_data: DSprites) -> None:
     assert not np.array_equal(first, order(2))
     with pytest.raises(CausalSpritesError, match="uint8 or floating point"):
         subset_data.dataset(None, torch.int32)
+
+
+def test_device_bit_table_matches_numpy_unpacking() -> None:
+    """The accelerator path (a byte -> bits table) agrees with numpy's unpackbits."""
+    from causal_sprites.data.dsprites import _bit_table
+
+    packed = torch.randint(0, 256, (8, 512), dtype=torch.uint8)
+    bits = _bit_table(packed.device).index_select(0, packed.reshape(-1).int()).reshape(8, 64, 64)
+    assert torch.equal(bits, torch.from_numpy(dsprites.unpack(packed.numpy())))

@@ -174,7 +174,9 @@ def unpack_torch(packed: torch.Tensor) -> torch.Tensor:
     """Unpack (B, 512) uint8 into 0/1 images (B, 64, 64) uint8 on the tensor's own device."""
     if packed.dtype != torch.uint8 or packed.shape[-1:] != (PACKED_SIZE,):
         raise CausalSpritesError(f"packed images must be (B, 512) uint8, got {tuple(packed.shape)}")
-    # A byte -> 8 bits table lookup is ~70x faster on CPU than broadcast shifts on uint8.
+    if packed.device.type == "cpu":  # numpy's unpackbits beats any torch kernel on the CPU
+        return torch.from_numpy(unpack(packed.numpy()))
+    # On an accelerator, a byte -> 8 bits table lookup keeps the batch on the device.
     bits = _bit_table(packed.device).index_select(0, packed.reshape(-1).int())
     return bits.reshape(*packed.shape[:-1], IMAGE_SIZE, IMAGE_SIZE)
 
