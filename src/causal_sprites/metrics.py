@@ -1,12 +1,15 @@
 """Evaluation: pure metric functions of arrays, and `evaluate(run)` that applies them.
 
 z-leakage follows the probing idea of disentanglement_lib (a small classifier predicts each factor
-from the latent code); for a conditional VAE low is good, the factors belong in y.
+from the latent code); for a conditional VAE low is good, the factors belong in y. Counterfactual
+soundness (effectiveness, composition, reversibility, with preservation and ground-truth fidelity)
+follows Monteiro et al. 2023, "Measuring axiomatic soundness of counterfactual image models".
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -74,6 +77,159 @@ def probe_leakage(
 def summarize(values: Tensor | np.ndarray) -> float:
     """Mean of an array as a plain float."""
     return float(np.asarray(values, dtype=np.float64).mean())
+
+
+# --- counterfactual soundness (Monteiro et al. 2023) and ground truth ---------------------------
+
+#: Classes a read-back factor may be off by and still count: exact for shape and scale, one class
+#: for orientation and position (neighbouring classes differ by about a pixel).
+TOLERANCE: Final[dict[str, int]] = {"shape": 0, "scale": 0, "orientation": 1, "posX": 1, "posY": 1}
+#: Rotational symmetry of square, ellipse and heart: orientations a quarter, a half, a full turn
+#: apart draw the same image.
+SYMMETRY_FOLD: Final = (4, 2, 1)
+#: Distinct orientation angles: class k is 2 pi k / 39, so classes 0 and 39 are the same angle.
+_NUM_ANGLES: Final = SIZES[FACTORS.index("orientation")] - 1
+
+
+def class_distance(
+    factor: str, a: np.ndarray, b: np.ndarray, shapes: np.ndarray | None = None
+) -> np.ndarray:
+    """Distance in classes between class arrays (B,) of one factor. Orientation is circular and,
+    given the shapes (B,), taken modulo each shape's rotational symmetry (then fractional)."""
+    diff = np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    if factor != "orientation":
+        return diff
+    period = np.full(diff.shape, float(_NUM_ANGLES))
+    if shapes is not None:
+        period = period / np.asarray(SYMMETRY_FOLD)[np.asarray(shapes)]
+    diff = np.mod(diff, period)
+    return np.minimum(diff, period - diff)
+
+
+def factor_matches(
+    predicted: np.ndarray,
+    target: np.ndarray,
+    tolerance: Mapping[str, int] | None = None,
+    symmetric: bool = False,
+) -> np.ndarray:
+    """(B, 5) bool: each predicted class is within `tolerance[factor]` classes (default 0) of the
+    target's; with `symmetric`, orientation counts modulo the target shape's symmetry."""
+    predicted, target = np.asarray(predicted), np.asarray(target)
+    shapes = target[:, FACTORS.index("shape")] if symmetric else None
+    tolerance = tolerance or {}
+    return np.stack(
+        [
+            class_distance(name, predicted[:, i], target[:, i], shapes)
+            <= tolerance.get(name, 0) + 0.5
+            for i, name in enumerate(FACTORS)
+        ],
+        axis=-1,
+    )
+
+
+def _match_rates(
+    predicted: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray,
+    tolerance: Mapping[str, int] | None,
+    symmetric: bool,
+) -> dict[str, float]:
+    """Fraction of masked entries (B, 5) that match, per factor (factors never masked left out)
+    and `overall` (nan when nothing is masked)."""
+    mask = np.asarray(mask, dtype=bool)
+    matches = factor_matches(predicted, target, tolerance, symmetric) & mask
+    rates = {
+        name: float(matches[:, i].sum() / mask[:, i].sum())
+        for i, name in enumerate(FACTORS)
+        if mask[:, i].any()
+    }
+    rates["overall"] = float(matches.sum() / mask.sum()) if mask.any() else float("nan")
+    return rates
+
+
+def effectiveness(
+    predicted: np.ndarray,
+    intended: np.ndarray,
+    intervened: np.ndarray,
+    tolerance: Mapping[str, int] | None = TOLERANCE,
+    symmetric: bool = False,
+) -> dict[str, float]:
+    """How often the oracle reads the intervened factors back as intended: oracle predictions on the
+    counterfactuals (B, 5), intended classes (B, 5), intervened mask (B, 5) bool. Per factor and
+    `overall`; `tolerance=None` asks for exact classes."""
+    return _match_rates(predicted, intended, intervened, tolerance, symmetric)
+
+
+def preservation(
+    predicted: np.ndarray,
+    factual: np.ndarray,
+    preserved: np.ndarray,
+    tolerance: Mapping[str, int] | None = TOLERANCE,
+    symmetric: bool = False,
+) -> dict[str, float]:
+    """How often the oracle sees the factors that should not change unchanged: oracle predictions on
+    the counterfactuals (B, 5), factual classes (B, 5), mask (B, 5) bool of factors neither
+    intervened on nor descending from one (see `preserved_mask`). Per factor and `overall`."""
+    return _match_rates(predicted, factual, preserved, tolerance, symmetric)
+
+
+def preserved_mask(intervened: np.ndarray, edges: Iterable[tuple[str, str]]) -> np.ndarray:
+    """(B, 5) bool: the factors neither intervened on (mask (B, 5)) nor descending from one."""
+    reach = np.eye(len(FACTORS), dtype=bool)
+    for parent, child in edges:
+        reach[FACTORS.index(parent), FACTORS.index(child)] = True
+    for _ in FACTORS:  # transitive closure by repeated squaring of a 5-node graph
+        reach = (reach.astype(int) @ reach.astype(int)) > 0
+    intervened = np.asarray(intervened, dtype=bool)
+    return ~((intervened.astype(int) @ reach.astype(int)) > 0)
+
+
+def ground_truth_fidelity(counterfactuals: np.ndarray, truths: np.ndarray) -> dict[str, float]:
+    """Mean IoU and mean pixel error of counterfactual images (B, 64, 64) against the true ones."""
+    return {
+        "iou": summarize(iou(counterfactuals, truths)),
+        "pixel_error": summarize(pixel_error(counterfactuals, truths)),
+    }
+
+
+def composition(images: np.ndarray, repeated: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """Mean IoU (T,) against the inputs (B, 64, 64) of the null intervention applied 1..T times:
+    `repeated` (T, B, 64, 64), entry t after t + 1 applications. Perfect composition is all ones."""
+    return np.array([summarize(iou(after, images)) for after in repeated])
+
+
+def reversibility(images: np.ndarray, returned: np.ndarray) -> float:
+    """Mean IoU of the inputs (B, 64, 64) with do(a -> b) then do(b -> a) applied to them."""
+    return summarize(iou(returned, images))
+
+
+def label_distribution(labels: np.ndarray, size: int) -> np.ndarray:
+    """Empirical distribution (K,) of class labels (N,) over `size` classes."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    return np.bincount(labels, minlength=size)[:size] / max(len(labels), 1)
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    """Total variation distance 1/2 sum |p - q| of two distributions (K,) (normalised first)."""
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    return 0.5 * float(np.abs(p / p.sum() - q / q.sum()).sum())
+
+
+def oracle_accuracy(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Accuracy of predicted classes (B, 5) against the truth: exact per factor, within one class
+    for orientation and position, and orientation modulo each shape's rotational symmetry."""
+    exact = factor_matches(predicted, truth)
+    near = factor_matches(predicted, truth, TOLERANCE)
+    symmetric = factor_matches(predicted, truth, None, symmetric=True)
+    symmetric_near = factor_matches(predicted, truth, TOLERANCE, symmetric=True)
+    scores = {name: float(exact[:, i].mean()) for i, name in enumerate(FACTORS)}
+    for i, name in enumerate(FACTORS):
+        if TOLERANCE[name]:
+            scores[f"{name}_within_1"] = float(near[:, i].mean())
+    o = FACTORS.index("orientation")
+    scores["orientation_mod_symmetry"] = float(symmetric[:, o].mean())
+    scores["orientation_mod_symmetry_within_1"] = float(symmetric_near[:, o].mean())
+    return scores
 
 
 def evaluate(run: Any, data: Any, num_images: int = 4096, seed: int = 0) -> dict[str, Any]:
