@@ -30,6 +30,8 @@ METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".lock"
 TEMPORARY_SUFFIX = ".tmp"
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextmanager
@@ -51,6 +53,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield temporary
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode
         os.replace(temporary, path)
     except OSError as error:
         raise CausalSpritesError(
