@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -57,9 +60,12 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 2.0) 
 
 
 def run_one(
-    name: str, config: RunConfig, data: DSprites, device: torch.device, minutes: float
+    name: str, config: RunConfig, data: DSprites | None, device: torch.device, minutes: float
 ) -> dict[str, Any]:
-    """Train one preset for `minutes` of step time; report its final test NELBO and speed."""
+    """Train one preset for `minutes` of step time; report its final test NELBO and speed.
+
+    `data` None loads the default data (in a worker process of --side-by-side)."""
+    data = data if data is not None else DSprites.load()
     config = replace(config, train=replace(config.train, max_minutes=minutes, num_eval_images=4096))
     with tempfile.TemporaryDirectory() as tmp:
         final = fit(Path(tmp) / name, config, data, device, progress=False)
@@ -90,17 +96,32 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 minute per model.")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--fp32-too", action="store_true", help="Also train ours in float32.")
+    parser.add_argument(
+        "--side-by-side", action="store_true", help="Train all models at once, one core each."
+    )
     args = parser.parse_args()
     minutes = 1.0 if args.quick else args.minutes
     device = choose_device(args.device)
-    data = DSprites.load()
+    data = None if args.side_by_side else DSprites.load()
     contenders = [("baseline", PRESETS["baseline"]), ("default", PRESETS["default"])]
     if args.fp32_too:
         default = PRESETS["default"]
         contenders.append(
             ("default-fp32", replace(default, train=replace(default.train, bf16=False)))
         )
-    results = [run_one(name, config, data, device, minutes) for name, config in contenders]
+    if args.side_by_side:
+        # Both models train at once, one core each, so that whatever else the machine is doing
+        # slows them alike.
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(
+            len(contenders), initializer=torch.set_num_threads, initargs=(1,)
+        ) as pool:
+            jobs = [(name, config, None, device, minutes) for name, config in contenders]
+            results = pool.starmap(run_one, jobs)
+    else:
+        results = [run_one(name, config, data, device, minutes) for name, config in contenders]
+    if args.side_by_side:
+        torch.set_num_threads(1)  # each model had one thread: compare with one thread's peak
     peak = {
         "float32": matmul_peak(torch.float32, device),
         "bfloat16": matmul_peak(torch.bfloat16, device),
@@ -111,7 +132,9 @@ def main() -> None:
         )
     baseline, ours = results[0], results[1]
     report = {
-        "command": f"bench/train.py --minutes {minutes}" + (" --fp32-too" if args.fp32_too else ""),
+        "command": "bench/train.py " + " ".join(sys.argv[1:]),
+        "side_by_side": args.side_by_side,
+        "load_average_at_end": os.getloadavg(),
         "device": torch.cuda.get_device_name()
         if device.type == "cuda"
         else platform.processor() or "cpu",
@@ -124,6 +147,8 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     name = "train-quick.json" if args.quick else f"train-{device.type}.json"
+    if args.side_by_side:
+        name = name.replace(".json", "-side-by-side.json")
     (RESULTS / name).write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -17,7 +18,7 @@ from matplotlib.figure import Figure
 from typer.core import TyperGroup
 
 from causal_sprites.data import dsprites
-from causal_sprites.data.factors import parse_assignments
+from causal_sprites.data.factors import SHAPE_NAMES, normalize_assignments, parse_assignments
 from causal_sprites.errors import CausalSpritesError
 
 
@@ -288,6 +289,294 @@ def edit(
             )
         )
     typer.echo(write_png(edit_figure(image[0], panels), out))
+
+
+def _write_npz(path: Path, factual: np.ndarray, counterfactual: np.ndarray) -> Path:
+    """Write the image arrays as a compressed .npz atomically (temp file, rename); returns path."""
+    from causal_sprites.runs import atomic_path
+
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        np.savez_compressed(handle, factual=factual, counterfactual=counterfactual)
+    return path
+
+
+def read_binary_png(path: Path) -> np.ndarray:
+    """A 64x64 black-and-white image file as (64, 64) uint8 0/1; anything else is refused."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise CausalSpritesError(f"cannot read {path} as an image: {error}") from None
+    if pixels.shape != (64, 64):
+        height, width = pixels.shape
+        raise CausalSpritesError(f"{path} is {width}x{height} pixels; expected a 64x64 image")
+    levels = set(np.unique(pixels).tolist())
+    if not (levels <= {0, 1} or levels <= {0, 255}):
+        raise CausalSpritesError(
+            f"{path} is not binary: it has {len(levels)} gray levels; expected black and white "
+            "(0/1 or 0/255) pixels"
+        )
+    return (pixels > 0).astype(np.uint8)
+
+
+def _assignment_text(assignments: dict[str, int]) -> str:
+    """`shape=heart, scale=3`: factor values as a user would type them."""
+    return ", ".join(
+        f"{name}={SHAPE_NAMES[value] if name == 'shape' else value}"
+        for name, value in assignments.items()
+    )
+
+
+def _marginals_json(marginals: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    return {name: [round(float(p), 6) for p in probs] for name, probs in marginals.items()}
+
+
+SamplesOption = Annotated[int, typer.Option("--samples", min=1, max=4096, help="Images to draw.")]
+SeedOption = Annotated[int, typer.Option(help="Random seed.")]
+#: Sample images drawn in a figure (the JSON lists them all).
+FIGURE_IMAGES = 64
+
+
+@app.command("condition")
+def condition(
+    run: RunArgument,
+    out: Annotated[Path, typer.Option(help="PNG: posterior bars beside sampled images.")],
+    given: Annotated[
+        list[str] | None, typer.Option(help="factor=value evidence, e.g. scale=5 (repeatable).")
+    ] = None,
+    samples: SamplesOption = 16,
+    seed: SeedOption = 0,
+    json_out: JsonOption = False,
+) -> None:
+    """Images given factor values: the exact posterior over the other factors, then images."""
+    from causal_sprites.data.factors import format_classes
+    from causal_sprites.scm.queries import load_run
+    from causal_sprites.viz import query_samples_figure
+
+    evidence = parse_assignments(given or [])
+    result = load_run(run).condition_query(evidence, samples, seed)
+    title = f"p(x | {_assignment_text(evidence)})" if evidence else "p(x)"
+    shown = slice(0, FIGURE_IMAGES)
+    figure = query_samples_figure(
+        result.images[shown], result.classes[shown], result.marginals, title
+    )
+    write_png(figure, out)
+    if json_out:
+        record = {
+            "given": evidence,
+            "posterior": _marginals_json(result.marginals),
+            "samples": [format_classes(c) for c in result.classes],
+            "seconds": result.seconds,
+            "out": str(out),
+        }
+        typer.echo(json.dumps(record))
+    else:
+        typer.echo(out)
+
+
+@app.command("intervene")
+def intervene(
+    run: RunArgument,
+    do: Annotated[list[str], typer.Option("--do", help="factor=value, e.g. posX=31 (repeatable).")],
+    out: Annotated[Path, typer.Option(help="PNG: marginal bars beside sampled images.")],
+    samples: SamplesOption = 16,
+    seed: SeedOption = 0,
+    json_out: JsonOption = False,
+) -> None:
+    """Images under do(factor=value): intervened factors cut from their parents, the rest
+    sampled through the model."""
+    from causal_sprites.data.factors import format_classes
+    from causal_sprites.scm.queries import load_run
+    from causal_sprites.viz import query_samples_figure
+
+    actions = parse_assignments(do)
+    result = load_run(run).intervene_query(actions, samples, seed)
+    shown = slice(0, FIGURE_IMAGES)
+    figure = query_samples_figure(
+        result.images[shown],
+        result.classes[shown],
+        result.marginals,
+        f"p(x | do({_assignment_text(actions)}))",
+    )
+    write_png(figure, out)
+    if json_out:
+        record = {
+            "do": actions,
+            "marginals": _marginals_json(result.marginals),
+            "samples": [format_classes(c) for c in result.classes],
+            "seconds": result.seconds,
+            "out": str(out),
+        }
+        typer.echo(json.dumps(record))
+    else:
+        typer.echo(out)
+
+
+@dataclass(frozen=True)
+class _Query:
+    """One counterfactual query: a dataset index or an image file, and its do()."""
+
+    index: int | None
+    image: Path | None
+    do: dict[str, int]
+
+
+def read_queries(path: Path, default_do: dict[str, int]) -> list[_Query]:
+    """Parse a JSON-lines query file: {"index": I} or {"image": PNG} (relative to the file), with
+    an optional "do" object (else the command line's --do); errors name the line."""
+    queries = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CausalSpritesError(f"{where}: not valid JSON ({error.msg})") from None
+        if not isinstance(item, dict):
+            raise CausalSpritesError(f"{where}: expected a JSON object")
+        unknown = sorted(set(item) - {"index", "image", "do"})
+        if unknown:
+            raise CausalSpritesError(f"{where}: unknown keys {unknown}; use index, image, do")
+        if ("index" in item) == ("image" in item):
+            raise CausalSpritesError(f"{where}: give exactly one of index and image")
+        index = item.get("index")
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
+            raise CausalSpritesError(f"{where}: index must be an integer, got {index!r}")
+        image = item.get("image")
+        if image is not None and not isinstance(image, str):
+            raise CausalSpritesError(f"{where}: image must be a path string, got {image!r}")
+        do = item.get("do", default_do)
+        if not isinstance(do, dict):
+            raise CausalSpritesError(f'{where}: do must be an object like {{"shape": "heart"}}')
+        if not do:
+            raise CausalSpritesError(f'{where}: no do(); give "do" or --do')
+        try:
+            actions = normalize_assignments(do)
+        except CausalSpritesError as error:
+            raise CausalSpritesError(f"{where}: {error}") from None
+        queries.append(_Query(index, None if image is None else path.parent / image, actions))
+    if not queries:
+        raise CausalSpritesError(f"{path} holds no queries")
+    return queries
+
+
+@app.command("counterfactual")
+def counterfactual(
+    run: RunArgument,
+    do: Annotated[
+        list[str] | None, typer.Option("--do", help="factor=value, e.g. shape=heart (repeatable).")
+    ] = None,
+    index: Annotated[
+        list[int] | None, typer.Option(help="Dataset index, labels from the data (repeatable).")
+    ] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(help="A 64x64 binary PNG, labels from the classifier (repeatable)."),
+    ] = None,
+    queries: Annotated[
+        Path | None,
+        typer.Option(help='JSON lines: {"index": I} or {"image": PNG}, optional "do": {...}.'),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="PNG: factual | counterfactual | difference.")
+    ] = None,
+    out_npz: Annotated[
+        Path | None,
+        typer.Option("--out-npz", help="factual and counterfactual images, uint8 (B, 64, 64)."),
+    ] = None,
+    data: DataOption = None,
+    seed: SeedOption = 0,
+    json_out: JsonOption = False,
+) -> None:
+    """What each image would have looked like under do(...): abduction, action, prediction."""
+    from causal_sprites.data.factors import format_classes
+    from causal_sprites.scm.queries import load_run
+
+    if sum(source is not None for source in (index, image, queries)) != 1:
+        raise typer.BadParameter("give exactly one", param_hint="--index, --image or --queries")
+    actions = parse_assignments(do or [])
+    if queries is not None:
+        if not queries.is_file():
+            raise CausalSpritesError(f"query file {queries} does not exist")
+        items = read_queries(queries, actions)
+    elif not actions:
+        raise typer.BadParameter("give at least one factor=value", param_hint="--do")
+    else:
+        items = [_Query(i, None, actions) for i in index or []]
+        items += [_Query(None, path, actions) for path in image or []]
+    model = load_run(run)
+    store = None
+    if any(item.index is not None for item in items):
+        path = data or (Path(model.config.data) if model.config.data else None)
+        store = dsprites.DSprites.load(path)
+    factual = np.zeros((len(items), 64, 64), dtype=np.uint8)
+    labels: dict[int, np.ndarray] = {}
+    for k, item in enumerate(items):
+        if store is not None and item.index is not None:
+            factual[k], labels[k] = store.images(item.index), store.factors(item.index)
+        elif item.image is not None:
+            factual[k] = read_binary_png(item.image)
+    groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
+    for k, item in enumerate(items):
+        groups.setdefault((tuple(sorted(item.do)), k in labels), []).append(k)
+    images = np.zeros_like(factual)
+    classes = np.zeros((2, len(items), 5), dtype=np.int64)
+    seconds = 0.0
+    for (names, given), rows in groups.items():
+        y = np.stack([labels[k] for k in rows]) if given else None
+        per_row = {name: np.array([items[k].do[name] for k in rows]) for name in names}
+        result = model.counterfactual_query(factual[rows], y, per_row, seed=seed)
+        images[rows], classes[0, rows], classes[1, rows] = (
+            result.images,
+            result.factual,
+            result.counterfactual,
+        )
+        seconds += result.seconds
+    if out is not None:
+        from causal_sprites.viz import counterfactual_figure
+
+        shown = slice(0, FIGURE_IMAGES // 4)
+        titles = [f"do({_assignment_text(item.do)})" for item in items[shown]]
+        write_png(counterfactual_figure(factual[shown], images[shown], titles), out)
+    if out_npz is not None:
+        _write_npz(out_npz, factual, images)
+    records: list[dict[str, Any]] = [
+        {
+            "index": item.index,
+            "image": None if item.image is None else str(item.image),
+            "do": item.do,
+            "labels": "given" if k in labels else "inferred",
+            "factual": format_classes(classes[0, k]),
+            "counterfactual": format_classes(classes[1, k]),
+        }
+        for k, item in enumerate(items)
+    ]
+    if json_out:
+        summary = {
+            "queries": records,
+            "seconds": seconds,
+            "seconds_per_query": seconds / len(items),
+            "out": None if out is None else str(out),
+            "out_npz": None if out_npz is None else str(out_npz),
+        }
+        typer.echo(json.dumps(summary))
+        return
+    for query in records[:20]:
+        source = f"index {query['index']}" if query["index"] is not None else query["image"]
+        changed = {
+            k: f"{query['factual'][k]}->{v}"
+            for k, v in query["counterfactual"].items()
+            if v != query["factual"][k]
+        }
+        typer.echo(f"{source}: {', '.join(f'{k} {v}' for k, v in changed.items()) or 'no change'}")
+    if len(records) > 20:
+        typer.echo(f"... and {len(records) - 20} more")
+    for path in (out, out_npz):
+        if path is not None:
+            typer.echo(path)
 
 
 @app.command("demo")

@@ -84,3 +84,64 @@ def nelbo_curve_figure(records: list[dict]) -> Figure:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return fig
+
+
+def difference_map(factual: np.ndarray, counterfactual: np.ndarray) -> np.ndarray:
+    """RGB (H, W, 3) of two binary images (H, W): kept pixels gray, removed red, added green."""
+    a, b = np.asarray(factual).astype(bool), np.asarray(counterfactual).astype(bool)
+    rgb = np.zeros((*a.shape, 3))
+    rgb[a & b] = 0.6
+    rgb[a & ~b] = (1.0, 0.2, 0.2)
+    rgb[~a & b] = (0.2, 1.0, 0.2)
+    return rgb
+
+
+def counterfactual_figure(
+    factual: np.ndarray, counterfactual: np.ndarray, labels: list[str] | None = None
+) -> Figure:
+    """One row per query: factual (B, 64, 64) | counterfactual (B, 64, 64) | difference map
+    (gray kept, red removed, green added); `labels` name the rows (e.g. the do())."""
+    factual, counterfactual = np.asarray(factual), np.asarray(counterfactual)
+    num = len(factual)
+    fig = Figure(figsize=(4.6, 1.5 * num + 0.3), layout="constrained")
+    axes = fig.subplots(num, 3, squeeze=False)
+    for r in range(num):
+        titles = ("factual", "counterfactual", "difference") if r == 0 else ("", "", "")
+        _image_axis(axes[r, 0], factual[r], titles[0])
+        _image_axis(axes[r, 1], counterfactual[r], titles[1])
+        axes[r, 2].imshow(difference_map(factual[r], counterfactual[r]), interpolation="nearest")
+        axes[r, 2].set_title(titles[2], fontsize=8)
+        axes[r, 2].set_axis_off()
+        if labels:
+            axes[r, 0].text(-8, 32, labels[r], ha="right", va="center", fontsize=7, rotation=90)
+    return fig
+
+
+def query_samples_figure(
+    images: np.ndarray, classes: np.ndarray, marginals: dict[str, np.ndarray], title: str
+) -> Figure:
+    """Bars of the exact per-factor marginals {factor: (K,)} next to a grid of the sampled
+    images (N, 64, 64) with their classes (N, 5): a conditioning or intervention query."""
+    fig = Figure(figsize=(11, 6), layout="constrained")
+    fig.suptitle(title, fontsize=10)
+    left, right = fig.subfigures(1, 2, width_ratios=(1, 1.6), squeeze=False)[0]
+    for ax, (name, probs) in zip(left.subplots(len(marginals), 1), marginals.items(), strict=True):
+        probs = np.asarray(probs)
+        ax.bar(np.arange(len(probs)), probs, color="tab:blue", width=0.8)
+        ax.set_ylim(0, max(1e-9, float(probs.max())) * 1.1)
+        ax.set_ylabel(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+        if name == "shape":
+            ax.set_xticks(range(len(SHAPE_NAMES)), SHAPE_NAMES)
+    images, classes = np.asarray(images), np.asarray(classes)[:, -5:]
+    num = len(images)
+    cols = max(1, math.ceil(math.sqrt(num)))
+    rows = max(1, math.ceil(num / cols))
+    for k, ax in enumerate(right.subplots(rows, cols, squeeze=False).flat):
+        ax.set_axis_off()
+        if k < num:
+            shape, scale, orientation, pos_x, pos_y = (int(c) for c in classes[k])
+            title = f"{SHAPE_NAMES[shape]} sc{scale} or{orientation}\nx{pos_x} y{pos_y}"
+            _image_axis(ax, images[k], title)
+            ax.title.set_fontsize(6)
+    return fig
