@@ -227,18 +227,48 @@ def _load(run: str, data: Path | None = None) -> tuple[Any, dsprites.DSprites]:
     return model, dsprites.DSprites.load(path)
 
 
+def _variant_of(path: Path | None) -> Any:
+    """(spec, recorded noise) when `path` is a causal variant file, else None (plain dSprites)."""
+    from causal_sprites.data.variants import read_variant
+
+    if path is None:
+        return None
+    with np.load(path, allow_pickle=False) as archive:
+        is_variant = "spec" in archive.files
+    return read_variant(path) if is_variant else None
+
+
 @app.command("evaluate")
 def evaluate(
     run: RunArgument,
     data: DataOption = None,
     num_images: Annotated[int, typer.Option(min=2, help="Held-out images to score.")] = 4096,
+    counterfactual: Annotated[
+        bool, typer.Option("--counterfactual", help="Also score counterfactual soundness.")
+    ] = False,
+    oracle: Annotated[
+        str, typer.Option(help="Oracle classifier directory, or `pretrained`.")
+    ] = "pretrained",
+    num_counterfactuals: Annotated[
+        int, typer.Option(min=2, help="Images per intervened factor (with --counterfactual).")
+    ] = 128,
     json_out: JsonOption = False,
 ) -> None:
-    """Test NELBO (recon, KL), reconstruction IoU, classifier accuracy and z-leakage."""
+    """Test NELBO (recon, KL), reconstruction IoU, classifier accuracy and z-leakage; with
+    --counterfactual also ground-truth fidelity, effectiveness, preservation, composition and
+    reversibility (Monteiro et al. 2023)."""
     from causal_sprites.metrics import evaluate as evaluate_run
+    from causal_sprites.metrics import evaluate_counterfactuals
+    from causal_sprites.oracle import load_oracle
 
     model, store = _load(run, data)
     scores = evaluate_run(model, store, num_images)
+    if counterfactual:
+        variant = _variant_of(data or (Path(model.config.data) if model.config.data else None))
+        soundness = evaluate_counterfactuals(
+            model, store, load_oracle(oracle), variant, num_counterfactuals
+        )
+        scores.update(soundness)
     if json_out:
         typer.echo(json.dumps(scores))
         return
@@ -582,10 +612,110 @@ def counterfactual(
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/demo"),
+    minutes: Annotated[float, typer.Option(min=0, help="Training minutes.")] = 4.0,
+    device: DeviceOption = "auto",
 ) -> None:
-    """The main job on the default data (generated on first use); for now, a grid of samples."""
-    store = dsprites.DSprites.load()
-    typer.echo(_sample_grid(store, np.arange(len(store)), 16, 0, out / "samples.png"))
+    """The main job end to end on the default data: data, training, evaluation, figures."""
+    from causal_sprites.demo import run_demo
+
+    run_demo(out, minutes, device)
+
+
+@data_app.command("variant")
+def data_variant(
+    spec: Annotated[Path, typer.Argument(help="Variant spec: a factor-level SCM (YAML or JSON).")],
+    out: Annotated[Path, typer.Option("--out", help="The .npz to write.")],
+    num_samples: Annotated[
+        int | None, typer.Option(min=1, help="Override the spec's num_samples.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Override the spec's seed.")] = None,
+) -> None:
+    """Sample a causal variant: an official-format .npz plus each sample's noise and the spec."""
+    import dataclasses
+
+    from causal_sprites.data.variants import load_spec, sample_variant
+
+    loaded = load_spec(spec)
+    if num_samples is not None:
+        loaded = dataclasses.replace(loaded, num_samples=num_samples)
+    if seed is not None:
+        loaded = dataclasses.replace(loaded, seed=seed)
+    path = sample_variant(loaded, out)
+    edges = loaded.graph_string() or "no edges"
+    typer.echo(f"{path}: {loaded.num_samples} samples of {loaded.name} ({edges})")
+
+
+@app.command("discover")
+def discover(
+    run: Annotated[
+        str | None,
+        typer.Argument(help="Infer labels from the pixels with this run's classifier."),
+    ] = None,
+    data: DataOption = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="Variant spec whose graph to score against (SHD).")
+    ] = None,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Test level.")] = 1e-3,
+    test: Annotated[str, typer.Option(help="Independence test: chisq or gsq.")] = "chisq",
+    num_images: Annotated[
+        int, typer.Option(min=50, help="Images to classify (with RUN), a seeded subsample.")
+    ] = 20_000,
+    seed: Annotated[int, typer.Option(help="Seed of the subsample.")] = 0,
+    json_out: JsonOption = False,
+) -> None:
+    """PC causal discovery over the factors, from a data file's labels or a run's classifier."""
+    from causal_sprites.data.variants import load_spec
+    from causal_sprites.discovery import discover_file, discover_from_images
+
+    spec = load_spec(truth) if truth is not None else None
+    options: dict[str, Any] = {"alpha": alpha, "test": test}
+    if run is None:
+        result = discover_file(data, spec, **options)
+    else:
+        model, store = _load(run, data)
+        count = min(num_images, len(store))
+        rows = np.sort(np.random.default_rng(seed).choice(len(store), count, replace=False))
+        result = discover_from_images(model, store.images(rows), spec, **options)
+    if json_out:
+        typer.echo(json.dumps(result))
+        return
+    source = f"{run}'s classifier" if run else "labels"
+    typer.echo(
+        f"PC ({result['test']}, alpha {result['alpha']:g}) on {result['num_samples']} rows "
+        f"({source}), {result['seconds']:.2f} s"
+    )
+    for edge in result["edges"] or [None]:
+        if edge is None:
+            typer.echo("  no edges: every factor pair is independent")
+        else:
+            arrow = "->" if edge["directed"] else "--"
+            typer.echo(f"  {edge['from']} {arrow} {edge['to']}")
+    for t in result["tests"]:
+        pair = f"{t['a']:>11} ~ {t['b']:<11}"
+        typer.echo(f"  {pair} p {t['p_value']:<9.3g} V {t['cramers_v']:.3f}")
+    if result["shd"] is not None:
+        typer.echo(f"  SHD to {truth}: {result['shd']}")
+    if any(not e["directed"] for e in result["edges"]):
+        typer.echo("  undirected edges: the data cannot orient them; choose a direction yourself")
+
+
+@app.command("train-oracle")
+def train_oracle(
+    out: Annotated[Path, typer.Option("--out", help="Directory for oracle.safetensors + .json.")],
+    data: DataOption = None,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps (batches of 64).")] = 3000,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    json_out: JsonOption = False,
+) -> None:
+    """Train the oracle factor classifier on real images (for the soundness metrics)."""
+    from causal_sprites.oracle import train_oracle as fit_oracle
+
+    oracle = fit_oracle(dsprites.DSprites.load(data), steps, seed, out, log_every=0)
+    if json_out:
+        typer.echo(json.dumps({"out": str(out), **oracle.info}))
+        return
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in oracle.info["accuracy"].items())
+    typer.echo(f"{out}: held-out accuracy {scores}")
 
 
 def main() -> None:

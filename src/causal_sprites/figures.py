@@ -59,7 +59,7 @@ def write_run_figures(
             out_dir / "reconstructions.png",
         ),
     }
-    source = data.index(shape=0, scale=5, orientation=5, posX=10, posY=20)
+    source = rows[0]
     image, label = data.images([source]), data.classes([source])[:, 1:]
     heart = {"shape": SHAPE_NAMES.index("heart")}
     turned = {**heart, "orientation": 15}

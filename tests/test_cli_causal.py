@@ -1,0 +1,39 @@
+"""CLI: data variant, discover, train-oracle (one-line errors, parseable --json)."""
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from causal_sprites.cli import app
+
+EXAMPLES = Path(__file__).parents[1] / "examples" / "variants"
+runner = CliRunner()
+
+
+def test_variant_then_discover(tmp_path: Path) -> None:
+    out = tmp_path / "fork.npz"
+    spec = str(EXAMPLES / "fork.yaml")
+    args = ["data", "variant", spec, "--out", str(out), "--num-samples", "5000"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and out.is_file()
+    result = runner.invoke(app, ["discover", "--data", str(out), "--truth", spec, "--json"])
+    assert result.exit_code == 0
+    found = json.loads(result.stdout)
+    assert found["shd"] == 0 and {"edges", "tests", "shd"} <= set(found)
+
+
+def test_bad_spec_and_test_fail_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("num_samples: 10\nedges: [[shape, colour]]\n")
+    result = runner.invoke(app, ["data", "variant", str(bad), "--out", str(tmp_path / "x.npz")])
+    assert result.exit_code == 1 and "unknown factor 'colour'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_train_oracle(tmp_path: Path, official_file) -> None:
+    out = tmp_path / "oracle"
+    args = ["train-oracle", "--out", str(out), "--data", str(official_file()), "--steps", "5"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0 and "shape" in json.loads(result.stdout)["accuracy"]
+    assert (out / "oracle.safetensors").is_file()
