@@ -16,7 +16,7 @@ import torch
 
 from causal_sprites.config import PRESETS
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.runs import load_tensors
+from causal_sprites.runs import load_tensors, read_metrics
 from causal_sprites.train import fit
 
 pytestmark = pytest.mark.slow
@@ -98,3 +98,16 @@ def test_killed_distributed_run_resumes_to_the_same_weights(
     resumed = load_tensors(tmp_path / "killed" / "model.safetensors")
     for name in whole:
         assert torch.equal(whole[name], resumed[name]), name
+
+
+def test_train_nproc_shortcut_launches_torchrun(tiny_data_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "causal_sprites", "train", "--nproc", "2", "--out", str(out),
+               "--data", str(tiny_data_file), "--preset", "tiny", "--steps", "4",
+               "--device", "cpu", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("step 4, test NELBO") == 1  # rank 0 alone reports
+    steps = [r["step"] for r in read_metrics(out) if "train_loss" in r or r.get("final")]
+    assert steps[-1] == 4

@@ -170,13 +170,22 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard events.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    graph_from: Annotated[
+        Path | None, typer.Option(help="Take the factor DAG from a variant spec.")
+    ] = None,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Launch N processes with torchrun (DDP) on this machine.")
+    ] = 1,
 ) -> None:
     """Train the conditional VAE (or resume it exactly where it stopped)."""
     from dataclasses import replace
 
-    from causal_sprites.config import PRESETS, parse_graph
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_launch_torchrun(nproc))
+
+    from causal_sprites.config import PRESETS
     from causal_sprites.runs import read_metrics
-    from causal_sprites.runtime import choose_device
+    from causal_sprites.runtime import init_distributed
     from causal_sprites.train import fit
     from causal_sprites.viz import nelbo_curve_figure
 
@@ -207,15 +216,48 @@ def train(
         base,
         train=train_config,
         data=str(data) if data else None,
-        graph=parse_graph(graph) if graph else base.graph,
+        graph=_graph(graph, graph_from) or base.graph,
     )
+    distributed, chosen = init_distributed(device)
     store = dsprites.DSprites.load(data)
-    final = fit(out, config, store, choose_device(device), resume, progress, tensorboard)
+    progress = progress and distributed.is_main
+    final = fit(out, config, store, chosen, resume, progress, tensorboard)
+    if not distributed.is_main:
+        return
     write_png(nelbo_curve_figure(read_metrics(out)), out / "nelbo.png")
     typer.echo(
         f"{out}: step {final['step']}, test NELBO {final['test_nelbo']:.3f} nats/image "
         f"(recon {final['test_recon']:.3f}, KL {final['test_kl']:.3f})"
     )
+
+
+def _graph(text: str | None, spec: Path | None) -> tuple[tuple[str, str], ...]:
+    """The factor DAG from --graph or --graph-from (not both)."""
+    from causal_sprites.config import parse_graph
+    from causal_sprites.data.variants import load_spec
+
+    if text and spec:
+        raise CausalSpritesError("give --graph or --graph-from, not both")
+    if spec is not None:
+        return tuple(load_spec(spec).edges)
+    return parse_graph(text) if text else ()
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this very command under torchrun with `nproc` processes; returns its exit code."""
+    import subprocess
+    import sys
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg == "--nproc":
+            skip = not skip
+            continue
+        if not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "causal_sprites", *args]  # fmt: skip
+    return subprocess.call(command)
 
 
 def _load(run: str, data: Path | None = None) -> tuple[Any, dsprites.DSprites]:
