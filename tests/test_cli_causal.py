@@ -37,3 +37,28 @@ def test_train_oracle(tmp_path: Path, official_file) -> None:
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0 and "shape" in json.loads(result.stdout)["accuracy"]
     assert (out / "oracle.safetensors").is_file()
+
+
+def test_discovered_graph_is_written_into_a_run(tmp_path: Path) -> None:
+    from causal_sprites.runs import load_model
+
+    data = tmp_path / "fork.npz"
+    spec = str(EXAMPLES / "fork.yaml")
+    assert runner.invoke(app, ["data", "variant", spec, "--out", str(data)]).exit_code == 0
+    run = tmp_path / "run"
+    train = ["train", "--out", str(run), "--data", str(data), "--preset", "tiny", "--steps", "2"]
+    assert runner.invoke(app, [*train, "--no-progress", "--device", "cpu"]).exit_code == 0
+    discover = ["discover", "--data", str(data), "--write-graph", str(run)]
+    unoriented = runner.invoke(app, discover)
+    assert unoriented.exit_code == 1 and "cannot orient" in unoriented.stderr
+    oriented = runner.invoke(app, [*discover, "--orient", "shape->scale,shape->posX", "--json"])
+    assert oriented.exit_code == 0, oriented.output
+    assert sorted(json.loads(oriented.stdout)["written_graph"]) == [
+        ["shape", "posX"],
+        ["shape", "scale"],
+    ]
+    model, config = load_model(run)
+    assert set(config.graph) == {("shape", "scale"), ("shape", "posX")}
+    table = model.cpt("scale").exp()
+    assert table.shape == (3, 6)
+    assert (table[0] - table[2]).abs().max() > 0.1  # the fork's scale depends on shape

@@ -687,6 +687,30 @@ def data_variant(
     typer.echo(f"{path}: {loaded.num_samples} samples of {loaded.name} ({edges})")
 
 
+def _write_discovered_graph(
+    run_dir: Path, edges: list[dict], orient: str | None
+) -> list[list[str]]:
+    """Orient the discovered edges (undirected ones by --orient) and store the DAG in a run."""
+    from causal_sprites.config import parse_graph
+    from causal_sprites.runs import rewrite_graph
+
+    chosen = set(parse_graph(orient or ""))
+    graph = []
+    for edge in edges:
+        pair = (edge["from"], edge["to"])
+        if edge["directed"]:
+            graph.append(pair)
+        elif pair in chosen or pair[::-1] in chosen:
+            graph.append(pair if pair in chosen else pair[::-1])
+        else:
+            raise CausalSpritesError(
+                f"the data cannot orient {pair[0]} -- {pair[1]}; choose a direction with "
+                f'--orient "{pair[0]}->{pair[1]}" (or the reverse)'
+            )
+    rewrite_graph(run_dir, tuple(graph))
+    return [list(pair) for pair in graph]
+
+
 @app.command("discover")
 def discover(
     run: Annotated[
@@ -703,6 +727,12 @@ def discover(
         int, typer.Option(min=50, help="Images to classify (with RUN), a seeded subsample.")
     ] = 20_000,
     seed: Annotated[int, typer.Option(help="Seed of the subsample.")] = 0,
+    write_graph: Annotated[
+        Path | None, typer.Option(help="Store the discovered DAG in this run directory.")
+    ] = None,
+    orient: Annotated[
+        str | None, typer.Option(help='Directions for undirected edges, e.g. "shape->scale".')
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """PC causal discovery over the factors, from a data file's labels or a run's classifier."""
@@ -718,6 +748,8 @@ def discover(
         count = min(num_images, len(store))
         rows = np.sort(np.random.default_rng(seed).choice(len(store), count, replace=False))
         result = discover_from_images(model, store.images(rows), spec, **options)
+    if write_graph is not None:
+        result["written_graph"] = _write_discovered_graph(write_graph, result["edges"], orient)
     if json_out:
         typer.echo(json.dumps(result))
         return
