@@ -121,7 +121,8 @@ def test_generate_and_demo(
     monkeypatch.setenv("CAUSAL_SPRITES_DATA", str(tmp_path / "data"))
     stdout, _ = run("demo", "--out", tmp_path / "demo", "--minutes", "0.02", "--device", "cpu")
     assert f"{tmp_path / 'demo' / 'samples.png'}\n" in stdout
-    for figure in ("samples", "reconstructions", "edit", "traversals", "nelbo"):
+    figures = ("samples", "reconstructions", "edit", "traversals", "nelbo", "condition")
+    for figure in (*figures, "intervene", "counterfactual"):
         assert (tmp_path / "demo" / f"{figure}.png").read_bytes().startswith(PNG)
     scores = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
     assert scores["test_nelbo"] > 0 and 0 <= scores["recon_iou"] <= 1

@@ -13,8 +13,10 @@ from causal_sprites.data.factors import FACTORS, SHAPE_NAMES, SIZES
 from causal_sprites.runs import atomic_path, read_metrics
 from causal_sprites.scm.queries import CausalModel
 from causal_sprites.viz import (
+    counterfactual_figure,
     edit_figure,
     nelbo_curve_figure,
+    query_samples_figure,
     reconstruction_figure,
     sample_grid_figure,
     traversal_figure,
@@ -72,10 +74,40 @@ def write_run_figures(
     paths["traversals"] = save_figure(
         traversal_figure(traversal_rows(model, image[0], label[0])), out_dir / "traversals.png"
     )
+    paths.update(write_query_figures(model, data, out_dir, rows[:4]))
     if model.run_dir is not None and read_metrics(model.run_dir):
         curve = nelbo_curve_figure(read_metrics(model.run_dir))
         paths["nelbo"] = save_figure(curve, out_dir / "nelbo.png")
     return paths
+
+
+def write_query_figures(
+    model: CausalModel, data: DSprites, out_dir: Path, rows: np.ndarray, seed: int = 0
+) -> dict[str, Path]:
+    """One conditioning (scale = 5), one intervention (posX = 31) and one counterfactual
+    (shape = heart) of the given data rows, each as a figure."""
+    conditioned = model.condition_query({"scale": 5}, num_samples=16, seed=seed)
+    intervened = model.intervene_query({"posX": 31}, num_samples=16, seed=seed)
+    images, classes = data.images(rows), data.classes(rows)[:, 1:]
+    counterfactual = model.counterfactual_query(images, classes, do={"shape": "heart"}, seed=seed)
+    return {
+        "condition": save_figure(
+            query_samples_figure(
+                conditioned.images, conditioned.classes, conditioned.marginals, "given scale = 5"
+            ),
+            out_dir / "condition.png",
+        ),
+        "intervene": save_figure(
+            query_samples_figure(
+                intervened.images, intervened.classes, intervened.marginals, "do(posX = 31)"
+            ),
+            out_dir / "intervene.png",
+        ),
+        "counterfactual": save_figure(
+            counterfactual_figure(images, counterfactual.images, ["do(shape = heart)"] * len(rows)),
+            out_dir / "counterfactual.png",
+        ),
+    }
 
 
 def write_json(path: Path, payload: dict) -> Path:
