@@ -155,9 +155,10 @@ def load_model(
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]  # the first mismatch, not the preamble
         raise CausalSpritesError(
-            f"{run_dir / MODEL_FILE} does not fit config.json: {first}"
+            f"{run_dir / MODEL_FILE} does not fit config.json: {detail}"
         ) from None
     model.eval()
     return model.to(device or torch.device("cpu")), config

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from causal_sprites.config import RunConfig
 from causal_sprites.data.dsprites import DSprites, unpack_torch
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.model.vae import ConditionalVAE
+from causal_sprites.model.vae import ConditionalVAE, topological_order
 from causal_sprites.runs import (
     CHECKPOINT_FILE,
     append_metrics,
@@ -254,6 +254,11 @@ def fit(
     DistributedDataParallel; rank 0 alone holds the run's lock, logs and writes checkpoints.
     `on_step(step, model)` runs after every optimiser step (tests check ranks agree with it).
     """
+    # Refuse bad input before touching the run directory.
+    topological_order(config.graph)
+    if total_steps(config, 1) is None and config.train.max_minutes is None:
+        raise CausalSpritesError("give a budget: --steps, --epochs or --minutes")
+    config = prepare_run(run_dir, config, resume)
     distributed = current_distributed()
     hook = on_step or (lambda step, model: None)
     if not distributed.is_main:
@@ -275,10 +280,7 @@ def _fit(
     on_step: StepHook,
 ) -> dict[str, Any]:
     main = distributed.is_main
-    config = prepare_run(run_dir, config, resume)
     train_cfg = config.train
-    if total_steps(config, 1) is None and train_cfg.max_minutes is None:
-        raise CausalSpritesError("give a budget: --steps, --epochs or --minutes")
     seed_everything(train_cfg.seed)
     train_rows, test_rows = split_rows(data, config)
     if len(train_rows) == 0 or len(test_rows) == 0:

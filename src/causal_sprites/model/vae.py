@@ -39,7 +39,9 @@ def topological_order(graph: Graph) -> list[str]:
     for parent, child in graph:
         for name in (parent, child):
             if name not in FACTORS:
-                raise CausalSpritesError(f"unknown factor {name!r} in graph; use {FACTORS}")
+                raise CausalSpritesError(
+                    f"unknown factor {name!r} in graph; factors are {', '.join(FACTORS)}"
+                )
     order: list[str] = []
     remaining = list(FACTORS)
     while remaining:
