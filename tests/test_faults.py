@@ -162,7 +162,9 @@ def test_second_trainer_is_refused_and_a_dead_ones_lock_is_not_stuck(
     deadline = time.monotonic() + 60
     while not (out / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    second = subprocess.run(train_command(tiny_data_file, out), capture_output=True, text=True)
+    second = subprocess.run(
+        train_command(tiny_data_file, out, "--resume"), capture_output=True, text=True
+    )
     assert second.returncode == 1
     assert second.stderr.strip() == (
         f"error: another process is training into {out}; wait for it or choose another --out"

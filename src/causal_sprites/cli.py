@@ -792,6 +792,40 @@ def train_oracle(
     typer.echo(f"{out}: held-out accuracy {scores}")
 
 
+@app.command("report")
+def report(
+    run: RunArgument,
+    data: DataOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="HTML to write (default: RUN/report.html).")
+    ] = None,
+) -> None:
+    """One self-contained HTML page with every figure and metric of a run."""
+    from causal_sprites.report import write_report
+
+    model, store = _load(run, data)
+    typer.echo(write_report(model, store, out))
+
+
+@app.command("app")
+def web_app(
+    run: RunArgument,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; anything but loopback exposes the app.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 7860,
+    data: DataOption = None,
+) -> None:
+    """Serve the web UI of a run (needs the `app` extra: pip install 'causal-sprites[app]')."""
+    try:
+        from causal_sprites.app import launch
+    except ImportError:
+        raise CausalSpritesError(
+            "the web UI needs Gradio: pip install 'causal-sprites[app]'"
+        ) from None
+    launch(run, host, port, data)
+
+
 def main() -> None:
     """Console-script entry point (`causal-sprites`)."""
     app(prog_name="causal-sprites")

@@ -13,6 +13,7 @@ from causal_sprites.config import PRESETS
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.figures import write_json, write_run_figures
 from causal_sprites.metrics import evaluate
+from causal_sprites.report import write_report
 from causal_sprites.runs import CHECKPOINT_FILE
 from causal_sprites.runtime import choose_device
 from causal_sprites.scm.queries import load_run
@@ -40,6 +41,9 @@ def run_demo(
     )
     paths = {"metrics": write_json(out / "evaluation.json", scores)}
     paths.update(write_run_figures(model, data, out))
+    paths["report"] = write_report(model, data, out / "report.html", scores=scores)
     for name, path in paths.items():
         typer.echo(f"{name:>16}: {path}")
+    typer.echo(f"open the report in a browser: {paths['report']}")
+    typer.echo(f"explore the run in the web app: causal-sprites app {run_dir}")
     return {"scores": scores, "paths": paths}

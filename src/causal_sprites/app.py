@@ -1,0 +1,478 @@
+"""The web UI (Gradio): pick a sprite, intervene on its factors and see the counterfactual
+(abduction, action, prediction; Pearl 2009, ch. 7) beside the original, the reconstruction and their
+difference, with tabs for intervention samples and the conditional posterior."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import gradio as gr
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from causal_sprites.data.dsprites import DSprites
+from causal_sprites.data.factors import (
+    FACTORS,
+    NUM_IMAGES,
+    SHAPE_NAMES,
+    SIZES,
+    index_to_classes,
+    parse_factor_value,
+)
+from causal_sprites.data.render import render
+from causal_sprites.errors import CausalSpritesError
+from causal_sprites.scm.queries import CausalModel, load_run
+from causal_sprites.viz import difference_map, query_samples_figure
+
+HOST = "127.0.0.1"
+PORT = 7860
+SOURCES = ("factors", "dataset index", "upload")
+#: Dropdown entry for "no intervention on this factor" and "no evidence on this factor".
+KEEP = "keep"
+ANY = "any"
+#: The CLI's default seed: a request served alone reproduces `causal-sprites counterfactual`.
+SEED = 0
+#: Concurrent counterfactual requests answered by one batched query.
+MAX_BATCH = 64
+IMAGE_PX = 192
+ORIGINALS = (("original", "original"), ("reconstruction", "reconstruction"))
+COUNTERFACTUALS = (
+    ("counterfactual", "counterfactual"),
+    ("difference", "difference (red removed, green added)"),
+)
+#: Sprites are 64x64 PNGs scaled up in the page with square pixels, not smoothed.
+CSS = ".sprite img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
+UPLOAD_HELP = (
+    "A 64x64 black-and-white PNG (pixels 0/255 or 0/1); its factors are inferred by the model's "
+    "classifier. Other sizes or gray levels are refused, not resized."
+)
+
+
+def value_choices(name: str) -> list[str]:
+    """A factor's values as the dropdowns show them: shape names, else class indices."""
+    if name == "shape":
+        return list(SHAPE_NAMES)
+    return [str(k) for k in range(SIZES[FACTORS.index(name)])]
+
+
+def value_text(name: str, value: int) -> str:
+    """A class index as shown to the user (`heart (2)` for shapes)."""
+    return f"{SHAPE_NAMES[value]} ({value})" if name == "shape" else str(value)
+
+
+def binary_upload(pixels: np.ndarray) -> np.ndarray:
+    """An uploaded picture (H, W) or (H, W, C) -> (64, 64) uint8 0/1; anything but a 64x64
+    black-and-white image is refused with a message that says why."""
+    array = np.asarray(pixels)
+    if array.ndim == 3:
+        array = array[..., :3].max(-1) if array.shape[-1] >= 3 else array[..., 0]
+    if array.ndim != 2 or array.shape != (64, 64):
+        size = "x".join(str(n) for n in array.shape[1::-1]) if array.ndim >= 2 else "?"
+        raise CausalSpritesError(f"the upload is {size} pixels; expected a 64x64 image")
+    levels = set(np.unique(array).tolist())
+    if not (levels <= {0, 1} or levels <= {0, 255}):
+        raise CausalSpritesError(
+            f"the upload has {len(levels)} gray levels; expected black and white pixels (0/255)"
+        )
+    return (array > 0).astype(np.uint8)
+
+
+def figure_array(fig: Figure) -> np.ndarray:
+    """A matplotlib figure rendered to RGB pixels (H, W, 3) uint8."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+@dataclass(frozen=True)
+class Query:
+    """One counterfactual request: the image (64, 64) 0/1, its labels (5,) (None: inferred by the
+    classifier) and the interventions {factor: class}."""
+
+    image: np.ndarray
+    labels: np.ndarray | None
+    do: dict[str, int]
+
+
+class Explorer:
+    """The app's handlers over one CausalModel; a lock serialises queries (the model keeps a memo
+    of decoder outputs while it answers one)."""
+
+    def __init__(self, model: CausalModel, data: DSprites | None = None) -> None:
+        self.model = model
+        self.data = data
+        self.lock = threading.Lock()
+
+    @property
+    def num_images(self) -> int:
+        """Images reachable by index: the data's rows, or the full official grid."""
+        return NUM_IMAGES if self.data is None else len(self.data)
+
+    def sprite(self, classes: np.ndarray) -> np.ndarray:
+        """The dSprites image (64, 64) of a class tuple (5,): the data's, else the generator's."""
+        if self.data is None:
+            return render(classes[None])[0]
+        row = self.data.index(**dict(zip(FACTORS, (int(c) for c in classes), strict=True)))
+        return self.data.images([row])[0]
+
+    def choose(
+        self, source: str, factors: list[Any], index: Any, upload: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The chosen image (64, 64) and its labels (5,), or None when the classifier must say."""
+        if source == "factors":
+            classes = np.array(
+                [parse_factor_value(n, v) for n, v in zip(FACTORS, factors, strict=True)]
+            )
+            return self.sprite(classes), classes
+        if source == "dataset index":
+            if index is None or not 0 <= int(index) < self.num_images:
+                raise CausalSpritesError(f"the index must lie in 0..{self.num_images - 1}")
+            row = int(index)
+            if self.data is None:
+                classes = index_to_classes(row, with_color=False)
+                return render(classes[None])[0], classes
+            return self.data.images([row])[0], self.data.factors([row])[0]
+        if source == "upload":
+            if upload is None:
+                raise CausalSpritesError("upload a PNG first")
+            return binary_upload(upload), None
+        raise CausalSpritesError(f"unknown image source {source!r}")
+
+    def query(
+        self,
+        source: str,
+        factors: list[Any],
+        index: Any,
+        upload: np.ndarray | None,
+        actions: list[str | None],
+    ) -> Query:
+        """Parse one request: the image, its labels and the interventions ("keep" or a value)."""
+        image, labels = self.choose(source, factors, index, upload)
+        do = {
+            name: parse_factor_value(name, value)
+            for name, value in zip(FACTORS, actions, strict=True)
+            if value not in (None, KEEP)
+        }
+        return Query(image, labels, do)
+
+    def counterfactuals(
+        self,
+        source: list[str],
+        shape: list[str],
+        scale: list[float],
+        orientation: list[float],
+        posX: list[float],
+        posY: list[float],
+        index: list[float | None],
+        upload: list[np.ndarray | None],
+        do_shape: list[str],
+        do_scale: list[str],
+        do_orientation: list[str],
+        do_posX: list[str],
+        do_posY: list[str],
+    ) -> tuple[list[Any], ...]:
+        """Batched handler (Gradio passes one list per input, an entry per request): returns lists
+        of original, reconstruction, counterfactual, difference map, factor table, latency and
+        status. Requests are grouped by intervened factors and label source, and each group is
+        one `counterfactual_query` (the CLI's call, with its default seed)."""
+        start = time.perf_counter()
+        count = len(source)
+        out: list[list[Any]] = [[None] * count for _ in range(4)] + [[""] * count for _ in range(3)]
+        queries: dict[int, Query] = {}
+        factors = list(zip(shape, scale, orientation, posX, posY, strict=True))
+        actions = list(zip(do_shape, do_scale, do_orientation, do_posX, do_posY, strict=True))
+        for k in range(count):
+            try:
+                queries[k] = self.query(
+                    source[k], list(factors[k]), index[k], upload[k], list(actions[k])
+                )
+            except CausalSpritesError as error:
+                out[6][k] = f"**Not answered:** {error}"
+        groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
+        for k, q in queries.items():
+            groups.setdefault((tuple(sorted(q.do)), q.labels is not None), []).append(k)
+        for (names, given), rows in groups.items():
+            images = np.stack([queries[k].image for k in rows])
+            labels = (
+                np.stack([cast(np.ndarray, queries[k].labels) for k in rows]) if given else None
+            )
+            do = {name: np.array([queries[k].do[name] for k in rows]) for name in names}
+            with self.lock:
+                result = self.model.counterfactual_query(images, labels, do or None, seed=SEED)
+                recon = self.model.reconstruct(images, result.factual)
+            for j, k in enumerate(rows):
+                image, cf = images[j], result.images[j]
+                out[0][k], out[1][k], out[2][k] = image * 255, recon[j] * 255, cf * 255
+                out[3][k] = (difference_map(image, cf) * 255).astype(np.uint8)
+                out[4][k] = factor_table(result.factual[j], result.counterfactual[j], given)
+                out[5][k] = (
+                    f"Counterfactual query: **{result.seconds * 1e3:.0f} ms** "
+                    f"(a batch of {len(rows)}, seed {SEED})"
+                )
+        elapsed = time.perf_counter() - start
+        for k in queries:
+            out[5][k] += f"; request handled in {elapsed * 1e3:.0f} ms."
+        return tuple(out)
+
+    def intervention_samples(self, *inputs: Any) -> tuple[np.ndarray | None, str]:
+        """Samples of p(x | do(...)) with the mutilated network's marginals, as one figure."""
+        *values, num = inputs
+        do = {
+            n: parse_factor_value(n, v) for n, v in zip(FACTORS, values, strict=True) if v != KEEP
+        }
+        if not do:
+            return None, "Choose a value for at least one factor."
+        with self.lock:
+            result = self.model.intervene_query(do, int(num), seed=SEED)
+        title = "p(x | do(" + ", ".join(f"{n}={value_text(n, v)}" for n, v in do.items()) + "))"
+        fig = query_samples_figure(result.images, result.classes, result.marginals, title)
+        return figure_array(fig), f"Query: {result.seconds * 1e3:.0f} ms"
+
+    def conditional_samples(self, *inputs: Any) -> tuple[np.ndarray | None, str]:
+        """The exact posterior over factors given evidence, with images sampled from it."""
+        *values, num = inputs
+        given = {
+            n: parse_factor_value(n, v) for n, v in zip(FACTORS, values, strict=True) if v != ANY
+        }
+        try:
+            with self.lock:
+                result = self.model.condition_query(given, int(num), seed=SEED)
+        except CausalSpritesError as error:
+            return None, f"**Not answered:** {error}"
+        evidence = ", ".join(f"{n}={value_text(n, v)}" for n, v in given.items())
+        title = f"p(x | {evidence})" if given else "p(x)"
+        fig = query_samples_figure(result.images, result.classes, result.marginals, title)
+        return figure_array(fig), f"Query: {result.seconds * 1e3:.0f} ms"
+
+
+def factor_table(factual: np.ndarray, counterfactual: np.ndarray, given: bool) -> str:
+    """A Markdown table of the factual and counterfactual classes (5,) of one query."""
+    source = "given" if given else "inferred by the classifier"
+    lines = [f"| factor | factual ({source}) | counterfactual |", "| --- | --- | --- |"]
+    for i, name in enumerate(FACTORS):
+        before, after = int(factual[i]), int(counterfactual[i])
+        mark = " **(changed)**" if before != after else ""
+        lines.append(f"| {name} | {value_text(name, before)} | {value_text(name, after)}{mark} |")
+    return "\n".join(lines)
+
+
+def _sprite_image(label: str, elem_id: str) -> gr.Image:
+    return gr.Image(
+        label=label,
+        elem_id=elem_id,
+        elem_classes="sprite",
+        format="png",
+        height=IMAGE_PX,
+        width=IMAGE_PX,
+        interactive=False,
+        buttons=["download", "fullscreen"],
+    )
+
+
+def build_app(model: CausalModel, data: DSprites | None = None) -> gr.Blocks:
+    """The UI over a model. Images come from `data` when given, else from the generator (the
+    default data's own pixels); uploads are arrays, never file-system paths."""
+    explorer = Explorer(model, data)
+    name = model.run_dir.name if model.run_dir is not None else "model"
+    with gr.Blocks(
+        title="causal-sprites", analytics_enabled=False, delete_cache=(3600, 3600)
+    ) as app:
+        gr.Markdown(f"# causal-sprites: counterfactual explorer\nRun: `{name}`")
+        with gr.Tab("Counterfactual"), gr.Row():
+            with gr.Column(scale=1):
+                source = gr.Radio(list(SOURCES), value="factors", label="Image", elem_id="source")
+                controls: list[gr.components.Component] = [
+                    gr.Dropdown(list(SHAPE_NAMES), value="square", label="shape", elem_id="f-shape")
+                ]
+                defaults = {"scale": 5, "orientation": 0, "posX": 16, "posY": 16}
+                for factor, value in defaults.items():
+                    top = SIZES[FACTORS.index(factor)] - 1
+                    controls.append(
+                        gr.Slider(
+                            0,
+                            top,
+                            value=value,
+                            step=1,
+                            precision=0,
+                            label=factor,
+                            elem_id=f"f-{factor}",
+                        )
+                    )
+                index = gr.Number(
+                    value=0,
+                    precision=0,
+                    minimum=0,
+                    maximum=explorer.num_images - 1,
+                    label=f"dataset index (0..{explorer.num_images - 1})",
+                    elem_id="index",
+                )
+                upload = gr.Image(
+                    type="numpy",
+                    image_mode="L",
+                    sources=["upload"],
+                    format="png",
+                    label="upload",
+                    elem_id="upload",
+                    elem_classes="sprite",
+                    height=IMAGE_PX,
+                )
+                gr.Markdown(UPLOAD_HELP)
+            with gr.Column(scale=1):
+                gr.Markdown("### Interventions\n`keep` leaves a factor to its mechanism.")
+                actions = [
+                    gr.Dropdown(
+                        [KEEP, *value_choices(f)], value=KEEP, label=f"do({f})", elem_id=f"do-{f}"
+                    )
+                    for f in FACTORS
+                ]
+                run = gr.Button("Counterfactual", variant="primary", elem_id="run")
+            with gr.Column(scale=2):
+                shown = []
+                for pair in (ORIGINALS, COUNTERFACTUALS):
+                    with gr.Row():
+                        shown += [_sprite_image(label, elem_id) for elem_id, label in pair]
+                status = gr.Markdown(elem_id="status")
+                table = gr.Markdown(elem_id="factors")
+                latency = gr.Markdown(elem_id="latency")
+        upload.upload(
+            lambda: "upload",
+            None,
+            source,
+            queue=False,
+            show_progress="hidden",
+            api_visibility="private",
+        )
+        run.click(
+            explorer.counterfactuals,
+            [source, *controls, index, upload, *actions],
+            [*shown, table, latency, status],
+            api_name="counterfactual",
+            batch=True,
+            max_batch_size=MAX_BATCH,
+            concurrency_limit=1,
+        )
+        with gr.Tab("Intervention samples"):
+            with gr.Row():
+                do_values = [
+                    gr.Dropdown([KEEP, *value_choices(f)], value=KEEP, label=f"do({f})")
+                    for f in FACTORS
+                ]
+            do_count = gr.Slider(4, 64, value=16, step=1, label="samples")
+            do_run = gr.Button("Sample", variant="primary")
+            do_figure = gr.Image(label="p(x | do(...))", format="png", interactive=False)
+            do_note = gr.Markdown()
+            do_run.click(
+                explorer.intervention_samples,
+                [*do_values, do_count],
+                [do_figure, do_note],
+                api_name="intervene",
+            )
+        with gr.Tab("Conditional posterior"):
+            with gr.Row():
+                given_values = [
+                    gr.Dropdown([ANY, *value_choices(f)], value=ANY, label=f) for f in FACTORS
+                ]
+            given_count = gr.Slider(4, 64, value=16, step=1, label="samples")
+            given_run = gr.Button("Sample", variant="primary")
+            given_figure = gr.Image(label="p(x | evidence)", format="png", interactive=False)
+            given_note = gr.Markdown()
+            given_run.click(
+                explorer.conditional_samples,
+                [*given_values, given_count],
+                [given_figure, given_note],
+                api_name="condition",
+            )
+    return app
+
+
+def serve(
+    model: CausalModel, host: str = HOST, port: int = PORT, data: DSprites | None = None
+) -> tuple[gr.Blocks, str]:
+    """Start the app without blocking (threads); returns it and its URL; `app.close()` stops it.
+    Never a public share link."""
+    app = build_app(model, data)
+    app.queue(default_concurrency_limit=1)
+    _, url, _ = app.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        prevent_thread_lock=True,
+        quiet=True,
+        show_error=False,
+        ssr_mode=False,
+        pwa=False,
+        mcp_server=False,
+        css=CSS,
+    )
+    return app, url
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def running(
+    run: str | Path, host: str = HOST, port: int | None = None, timeout: float = 180.0
+) -> Iterator[str]:
+    """The app of a run served by a child process, as `causal-sprites app` serves it: yields its
+    URL once it answers, and stops the process after (tests, benchmarks)."""
+    port = free_port(host) if port is None else port
+    code = f"from causal_sprites.app import launch; launch({str(run)!r}, {host!r}, {port})"
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    with tempfile.TemporaryFile() as errors:
+        child = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=errors
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while not _answers(url):
+                if child.poll() is not None or time.monotonic() > deadline:
+                    errors.seek(0)
+                    tail = errors.read().decode(errors="replace").strip().splitlines()[-1:]
+                    raise CausalSpritesError(f"the app did not start on {url}: {' '.join(tail)}")
+                time.sleep(0.25)
+            yield url
+        finally:
+            child.terminate()
+            child.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def launch(
+    run: str | Path, host: str = HOST, port: int = PORT, data: Path | str | None = None
+) -> None:
+    """Load a run (`pretrained` or a directory) and serve its app until interrupted. Images by
+    index come from `data`, else the run's data file, else the generator."""
+    model = load_run(run)
+    path = data if data is not None else model.config.data
+    app, url = serve(model, host, port, DSprites.load(path) if path is not None else None)
+    print(f"causal-sprites app: {url} (Ctrl+C stops it)", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: bound to {host}, so other machines that reach it can use the app", flush=True)
+    try:
+        app.block_thread()
+    finally:
+        app.close()

@@ -1,0 +1,378 @@
+"""The HTML report of a run (`causal-sprites report RUN`): data, training, reconstructions, causal
+queries, counterfactual soundness, discovery and environment in one self-contained page, rendered
+from a Jinja2 template with every figure embedded as a base64 PNG."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jinja2 import Environment, PackageLoader
+
+from causal_sprites.data.dsprites import DSprites
+from causal_sprites.data.factors import FACTORS, SIZES
+from causal_sprites.data.variants import read_variant
+from causal_sprites.discovery import discover
+from causal_sprites.errors import CausalSpritesError
+from causal_sprites.figures import write_run_figures
+from causal_sprites.metrics import evaluate, evaluate_counterfactuals
+from causal_sprites.oracle import load_oracle
+from causal_sprites.runs import PRETRAINED_DIR, read_metrics, write_text_atomic
+from causal_sprites.scm.queries import CausalModel, load_run
+
+REPORT_FILE = "report.html"
+#: Section ids and titles, in page order (the browser test checks each is there).
+SECTIONS = (
+    ("data", "Data"),
+    ("training", "Training"),
+    ("reconstructions", "Reconstructions"),
+    ("queries", "Causal queries"),
+    ("soundness", "Soundness"),
+    ("discovery", "Discovery"),
+    ("environment", "Environment"),
+)
+#: Rows of factor labels PC runs on, and images whose labels the classifier infers for it.
+DISCOVERY_SAMPLES = 100_000
+DISCOVERY_IMAGES = 10_000
+#: Captions of the figures `write_run_figures` draws (the demo's figures).
+CAPTIONS = {
+    "samples": "Random images of the data with their factors.",
+    "nelbo": "Train and test NELBO (nats per image) during training.",
+    "reconstructions": "Images (top) and their reconstructions (bottom).",
+    "edit": "An edit: the same z decoded with other labels.",
+    "traversals": "Traversals: one factor swept, the others and z fixed.",
+    "condition": "Conditioning on scale = 5: the exact posterior over the factors, and samples.",
+    "intervene": "Intervention do(posX = 31): the factors' marginals, and samples.",
+    "counterfactual": "Counterfactuals under do(shape = heart): factual | counterfactual | "
+    "difference (red removed, green added).",
+}
+PACKAGES = ("causal-sprites", "torch", "pyro-ppl", "chirho", "numpy", "matplotlib", "jinja2")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table for the template: column titles and rows of formatted cells."""
+
+    columns: list[str]
+    rows: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A figure as a data: URI with its caption."""
+
+    uri: str
+    caption: str
+
+
+def default_path(model: CausalModel) -> Path:
+    """RUN/report.html; for the run shipped inside the package, report-pretrained.html in the
+    working directory (the package's own folder may be read-only and is no place for output)."""
+    if model.run_dir is None:
+        raise CausalSpritesError("give `out` for a model without a run directory")
+    if model.run_dir.resolve() == PRETRAINED_DIR.resolve():
+        return Path.cwd() / "report-pretrained.html"
+    return model.run_dir / REPORT_FILE
+
+
+def png_uri(png: bytes) -> str:
+    """PNG bytes as a data: URI."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def fmt(value: Any) -> str:
+    """A cell: floats to 4 significant digits, everything else as text."""
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def metric_tables(scores: Mapping[str, Any]) -> tuple[Table, Table | None]:
+    """Metrics as two tables: scalars (nested dicts flattened as `a.b`), and one row per metric
+    given per factor ({factor: value}, or {factor: {metric: value}}), with its overall value,
+    when there is one, in an `overall` column."""
+    scalars: dict[str, Any] = {}
+    per_factor: dict[str, dict[str, Any]] = {}
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value and set(value) <= {*FACTORS, "overall"}:
+            if all(isinstance(v, Mapping) for v in value.values()):
+                for factor, metrics in value.items():
+                    for name, v in metrics.items():
+                        per_factor.setdefault(name, {})[factor] = v
+            else:
+                per_factor.setdefault(prefix, {}).update(value)
+        elif isinstance(value, Mapping):
+            for key, inner in value.items():
+                visit(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            scalars[prefix] = value
+
+    visit("", scores)
+    for name, row in per_factor.items():
+        if name in scalars and "overall" not in row:
+            row["overall"] = scalars.pop(name)
+    cells = Table(["metric", "value"], [[k, _cell(v)] for k, v in scalars.items()])
+    if not per_factor:
+        return cells, None
+    columns = [c for c in (*FACTORS, "overall") if any(c in row for row in per_factor.values())]
+    rows = [[name, *(fmt(row.get(c, "")) for c in columns)] for name, row in per_factor.items()]
+    return cells, Table(["metric", *columns], rows)
+
+
+def _cell(value: Any) -> str:
+    """A scalar, or an array-like as a short JSON list."""
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return fmt(value)
+    return json.dumps(np.asarray(value).round(4).tolist())
+
+
+def graph_svg(edges: list[dict[str, Any]], uid: str) -> str:
+    """The factor graph as inline SVG: the five factors on a circle, `edges` [{from, to,
+    directed}] as arrows or plain lines (undirected CPDAG edges)."""
+    width, height, radius, rx, ry = 340, 300, 112, 46, 18
+    centre = (width / 2, height / 2)
+    spots = {
+        name: (
+            centre[0] + radius * math.sin(2 * math.pi * k / len(FACTORS)),
+            centre[1] - radius * math.cos(2 * math.pi * k / len(FACTORS)),
+        )
+        for k, name in enumerate(FACTORS)
+    }
+
+    def rim(x: float, y: float, dx: float, dy: float) -> tuple[float, float]:
+        """Where the ray from an ellipse's centre along (dx, dy) leaves it (and 3 px more)."""
+        t = 1 / math.hypot(dx / rx, dy / ry) + 3 / math.hypot(dx, dy)
+        return x + dx * t, y + dy * t
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="discovered graph">',
+        f'<defs><marker id="arrow-{uid}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#333"/></marker></defs>',
+    ]
+    for edge in edges:
+        (x1, y1), (x2, y2) = spots[edge["from"]], spots[edge["to"]]
+        ax, ay = rim(x1, y1, x2 - x1, y2 - y1)
+        bx, by = rim(x2, y2, x1 - x2, y1 - y2)
+        head = f' marker-end="url(#arrow-{uid})"' if edge["directed"] else ""
+        parts.append(
+            f'<line x1="{ax:.1f}" y1="{ay:.1f}" x2="{bx:.1f}" y2="{by:.1f}" stroke="#333" '
+            f'stroke-width="1.6"{head}/>'
+        )
+    for name, (x, y) in spots.items():
+        parts.append(
+            f'<ellipse cx="{x:.1f}" cy="{y:.1f}" rx="{rx}" ry="{ry}" fill="#e8f0fe" '
+            f'stroke="#0b57d0"/><text x="{x:.1f}" y="{y + 4:.1f}" '
+            f'text-anchor="middle">{name}</text>'
+        )
+    if not edges:
+        parts.append(
+            f'<text x="{centre[0]:.0f}" y="{centre[1] + 4:.0f}" text-anchor="middle" '
+            'fill="#666">no edges</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def default_bench_dir() -> Path | None:
+    """`bench/results` of the working directory, else of the source checkout, if either exists."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (root / "bench" / "results").is_dir():
+            return root / "bench" / "results"
+    return None
+
+
+def fidelity_table(bench: Path | None) -> Table | None:
+    """The generator's fidelity against real frames, from bench/results/data.json."""
+    path = bench / "data.json" if bench is not None else None
+    if path is None or not path.is_file():
+        return None
+    fidelity = json.loads(path.read_text()).get("fidelity", {})
+    keys = ("num_images", "exact_matches", "mean_iou_at_label", "max_pixels_off")
+    return Table(
+        ["frames", *keys],
+        [[name, *(fmt(v.get(k, "")) for k in keys)] for name, v in fidelity.items()],
+    )
+
+
+def baseline_tables(bench: Path | None) -> list[tuple[str, Table]]:
+    """The training benchmarks (bench/train.py): one table per bench/results/train-*.json."""
+    if bench is None:
+        return []
+    keys = (
+        "preset",
+        "steps",
+        "train_seconds",
+        "test_nelbo",
+        "test_recon",
+        "test_kl",
+        "images_per_s",
+        "fraction_of_matmul_peak",
+    )
+    tables = []
+    for path in sorted(bench.glob("train-*.json")):
+        results = json.loads(path.read_text()).get("results", [])
+        rows = [[fmt(result.get(k, "")) for k in keys] for result in results]
+        tables.append((path.name, Table(list(keys), rows)))
+    return tables
+
+
+def run_table(model: CausalModel, records: list[dict[str, Any]]) -> Table:
+    """What was trained and for how long."""
+    config, last = model.config, records[-1] if records else {}
+    graph = ", ".join(f"{a}->{b}" for a, b in config.graph) or "none (independent factors)"
+    rows = [
+        ["run", str(model.run_dir or "in memory")],
+        ["decoder", f"{config.model.decoder}, z_dim {config.model.z_dim}"],
+        ["factor graph", graph],
+        ["data", config.data or "the default data"],
+        ["batch size, learning rate", f"{config.train.batch_size}, {config.train.lr}"],
+        ["bfloat16 autocast", str(config.train.bf16)],
+        ["steps", fmt(last.get("step", "n/a"))],
+        ["epochs", fmt(last.get("epoch", "n/a"))],
+        ["training time (s)", fmt(last.get("elapsed", "n/a"))],
+    ]
+    return Table(["", ""], rows)
+
+
+def environment_table(model: CausalModel, records: list[dict[str, Any]], seconds: float) -> Table:
+    """Versions (now, and as recorded at training time), device and durations."""
+    rows = [["python", platform.python_version()]]
+    for name in PACKAGES:
+        try:
+            now = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            now = "not installed"
+        trained = model.config.libraries.get(name)
+        rows.append([name, now if trained in (None, now) else f"{now} (trained with {trained})"])
+    device = model.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+    rows += [
+        ["device", f"{device} ({name})"],
+        ["torch threads, CPUs", f"{torch.get_num_threads()}, {os.cpu_count()}"],
+        ["platform", platform.platform()],
+        ["training time (s)", fmt(records[-1].get("elapsed", "n/a")) if records else "n/a"],
+        ["report time (s)", fmt(seconds)],
+    ]
+    return Table(["", ""], rows)
+
+
+def soundness_metrics(model: CausalModel, data: DSprites, seed: int) -> dict[str, Any] | str:
+    """Counterfactual soundness read back by the shipped oracle (on a causal variant, against the
+    truth from its recorded noise), or why it cannot be measured."""
+    try:
+        oracle = load_oracle("pretrained")
+    except CausalSpritesError as error:
+        return f"no oracle classifier to read counterfactuals back ({error})"
+    variant = None
+    if model.config.data is not None:
+        try:
+            variant = read_variant(model.config.data)
+        except CausalSpritesError:
+            variant = None  # an official-format file without recorded noise: plain dSprites
+    return evaluate_counterfactuals(model, data, oracle, variant, seed=seed)
+
+
+def _discoveries(model: CausalModel, data: DSprites, seed: int) -> list[dict[str, Any]]:
+    """PC on the data's factor labels, and on labels the run's classifier reads off the pixels."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(data), min(len(data), DISCOVERY_IMAGES), replace=False))
+    runs = [
+        ("From the factor labels", data.factors(slice(None)), "labels"),
+        ("From the pixels alone (labels by the run's classifier)", None, "pixels"),
+    ]
+    out = []
+    for title, labels, uid in runs:
+        if labels is None:
+            labels = model.infer_labels(data.images(rows))
+        result = discover(labels, max_samples=DISCOVERY_SAMPLES, seed=seed)
+        tests = Table(
+            ["a", "b", "p-value", "Cramér's V"],
+            [[t["a"], t["b"], fmt(t["p_value"]), fmt(t["cramers_v"])] for t in result["tests"]],
+        )
+        edges = result["edges"]
+        found = ", ".join(f"{e['from']} {'->' if e['directed'] else '--'} {e['to']}" for e in edges)
+        summary = (
+            f"PC ({result.get('test', 'chisq')}, alpha {fmt(result.get('alpha', 'n/a'))}) on "
+            f"{fmt(result.get('num_samples', len(labels)))} rows: "
+            f"{found or 'no edges: the factors are independent'}."
+        )
+        out.append(
+            {"title": title, "graph": graph_svg(edges, uid), "tests": tests, "summary": summary}
+        )
+    return out
+
+
+def write_report(
+    run: CausalModel | str | Path,
+    data: DSprites,
+    out: Path | None = None,
+    *,
+    scores: Mapping[str, Any] | None = None,
+    soundness: Mapping[str, Any] | None = None,
+    bench: Path | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write the report of a run (a CausalModel, a run directory or `pretrained`) on `data` to
+    `out` (default: `default_path`) atomically; returns its path. `scores` (`evaluate`) and
+    `soundness` (`evaluate_counterfactuals`) reuse metrics already computed, else they are computed
+    here; `bench` is bench/results (default: `default_bench_dir()`)."""
+    start = time.perf_counter()
+    model = run if isinstance(run, CausalModel) else load_run(run)
+    out = out if out is not None else default_path(model)
+    bench = bench if bench is not None else default_bench_dir()
+    records = read_metrics(model.run_dir) if model.run_dir is not None else []
+    notes: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_run_figures(model, data, Path(tmp), seed=seed)
+        pngs = {name: path.read_bytes() for name, path in paths.items()}
+    figures = {name: Embedded(png_uri(png), CAPTIONS.get(name, name)) for name, png in pngs.items()}
+    if scores is None:
+        scores = evaluate(model, data, seed=seed)
+    measured = soundness if soundness is not None else soundness_metrics(model, data, seed)
+    scalars, factors = metric_tables(scores)
+    sound = None
+    if isinstance(measured, str):
+        notes["soundness"] = measured
+    else:
+        sound_scalars, sound_factors = metric_tables(measured)
+        sound = {"scalars": sound_scalars, "factors": sound_factors}
+    discoveries = _discoveries(model, data, seed)
+    elapsed = time.perf_counter() - start
+    env = Environment(loader=PackageLoader("causal_sprites", "templates"), autoescape=True)
+    name = model.run_dir.name if model.run_dir is not None else "model"
+    sizes = ", ".join(f"{n} ({k})" for n, k in zip(FACTORS, SIZES, strict=True))
+    html = env.get_template("report.html.j2").render(
+        run_name=name,
+        written=datetime.now().strftime("%Y-%m-%d %H:%M"),
+        seconds=elapsed,
+        sections=SECTIONS,
+        data_summary=f"{len(data):,} images of 64x64 binary pixels; factors {sizes}.",
+        figures=figures,
+        notes=notes,
+        fidelity=fidelity_table(bench),
+        run_table=run_table(model, records),
+        evaluation={"scalars": scalars, "factors": factors},
+        baselines=baseline_tables(bench),
+        soundness=sound,
+        discoveries=discoveries,
+        environment=environment_table(model, records, elapsed),
+    )
+    write_text_atomic(out, html)
+    return out
