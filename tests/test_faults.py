@@ -159,18 +159,20 @@ def test_second_trainer_is_refused_and_a_dead_ones_lock_is_not_stuck(
 ) -> None:
     out = tmp_path / "run"
     first = start(tiny_data_file, out, "--steps", "100000")
-    deadline = time.monotonic() + 60
-    while not (out / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    second = subprocess.run(
-        train_command(tiny_data_file, out, "--resume"), capture_output=True, text=True
-    )
-    assert second.returncode == 1
-    assert second.stderr.strip() == (
-        f"error: another process is training into {out}; wait for it or choose another --out"
-    )
-    first.send_signal(signal.SIGKILL)
-    first.communicate()
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = subprocess.run(
+            train_command(tiny_data_file, out, "--resume"), capture_output=True, text=True
+        )
+        assert second.returncode == 1
+        assert second.stderr.strip() == (
+            f"error: another process is training into {out}; wait for it or choose another --out"
+        )
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
     code, err = finish(start(tiny_data_file, out))
     assert code == 0, err
     assert os.path.exists(out / "model.safetensors")

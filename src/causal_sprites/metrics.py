@@ -17,6 +17,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from causal_sprites.data.factors import FACTORS, SIZES
+from causal_sprites.errors import CausalSpritesError
+from causal_sprites.runtime import single_thread
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -46,6 +48,13 @@ def probe_leakage(
     Returns, per factor, (accuracy - majority rate) / (1 - majority rate): 0 when z tells nothing
     about the factor beyond chance, 1 when it gives it away.
     """
+    with single_thread():
+        return _probe_leakage(codes, labels, num_steps, seed)
+
+
+def _probe_leakage(
+    codes: np.ndarray, labels: np.ndarray, num_steps: int, seed: int
+) -> dict[str, float]:
     codes_t = torch.as_tensor(np.asarray(codes), dtype=torch.float32)
     codes_t = (codes_t - codes_t.mean(0)) / (codes_t.std(0) + 1e-6)
     order = np.random.default_rng(seed).permutation(len(codes_t))
@@ -341,4 +350,173 @@ def evaluate_counterfactuals(
         "reversibility_iou": float(np.nanmean(pooled["reverse"])),
         "per_factor": per_factor,
         "num_images_per_factor": len(rows),
+    }
+
+
+# --- distributions: what conditioning and intervening do, against the truth ---------------------
+
+
+def empirical_conditional(
+    labels: np.ndarray, target: str, given: Mapping[str, int] | None = None
+) -> np.ndarray:
+    """Empirical P(target | given) (K,) from factor classes (N, 5) (or (N, 6) with color): the
+    target's label distribution among the rows that match every given {factor: class}; rows
+    repeated alike leave it unchanged. No matching row is refused."""
+    labels = np.asarray(labels)[:, -len(FACTORS) :]
+    rows = np.ones(len(labels), dtype=bool)
+    for name, value in (given or {}).items():
+        rows &= labels[:, FACTORS.index(name)] == value
+    if not rows.any():
+        raise CausalSpritesError(f"no rows with {given}: the conditional is undefined")
+    column = FACTORS.index(target)
+    return label_distribution(labels[rows, column], SIZES[column])
+
+
+def sampling_floor(p: np.ndarray, num_samples: int, repeats: int = 200, seed: int = 0) -> float:
+    """Mean total variation between a distribution (K,) and the empirical distribution of
+    `num_samples` draws from it: what a sample-based TV scores even for a perfect model."""
+    p = np.asarray(p, dtype=np.float64)
+    p = p / p.sum()
+    counts = np.random.default_rng(seed).multinomial(num_samples, p, size=repeats)
+    return float(np.mean([total_variation(c, p) for c in counts]))
+
+
+#: The pair of factors evaluated on plain dSprites, which has no edges: an example, whose truth is
+#: the data's (uniform) distribution whether one conditions or intervenes.
+DSPRITES_EXAMPLE_EDGES: Final = (("shape", "scale"),)
+
+
+def _query_scores(
+    result: Any, predicted: np.ndarray, target: str, truth: np.ndarray, seed: int
+) -> dict[str, Any]:
+    """One query's TVs against its truth: the SCM's exact marginal (`tv_scm`), the oracle's
+    reading of the generated images (`tv_oracle`), the classes the SCM drew for those images
+    (`tv_drawn`, sampling noise only), the oracle's reading against those classes
+    (`tv_oracle_vs_drawn`, image errors only) and the sampling floor for this many images."""
+    column = FACTORS.index(target)
+    size = SIZES[column]
+    drawn = np.asarray(result.classes)[:, column]
+    read = np.asarray(predicted)[:, column]
+    read_dist = label_distribution(read, size)
+    return {
+        "tv_scm": total_variation(result.marginals[target], truth),
+        "tv_oracle": total_variation(read_dist, truth),
+        "tv_drawn": total_variation(label_distribution(drawn, size), truth),
+        "tv_oracle_vs_drawn": total_variation(read_dist, label_distribution(drawn, size)),
+        "oracle_agreement": accuracy(read, drawn),
+        "sampling_floor": sampling_floor(truth, len(read), seed=seed),
+        "seconds": float(result.seconds),
+    }
+
+
+def evaluate_distributions(
+    model: Any,
+    oracle: Any,
+    spec: Any = None,
+    data: Any = None,
+    num_samples: int = 2000,
+    *,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    values: Mapping[str, int | str] | None = None,
+    seed: int = 0,
+    return_distributions: bool = False,
+) -> dict[str, Any]:
+    """The model's P(target | do(set = v)) and P(target | set = v) against the truth, as total
+    variation distance, estimated (a) from `num_samples` generated images read by the oracle and
+    (b) from the SCM directly (the exact marginals of `intervene_query` / `condition_query`).
+
+    `spec` is the truth's VariantSpec (exact distributions from `variants.distribution`); None is
+    plain dSprites, whose factors are independent: the truth is then the empirical distribution of
+    `data`'s labels (P(target) under do, P(target | set = v) when conditioning), or uniform
+    without data. By default every edge parent -> child of the truth (on dSprites the example
+    shape -> scale) is asked both ways: P(child | parent = v) (`direction` "child_given_parent",
+    where do and conditioning agree when the parent has no confounder) and P(parent | child = v)
+    ("parent_given_child", where they differ: intervening on an effect leaves its cause alone).
+    `pairs` [(set, target)] replaces them; `values` {factor: value} picks v (default: the last
+    class of the set factor).
+
+    Returns `entries`, one per query: `edge`, `direction`, `set`, `target`, `value`, then
+    `intervention` and `condition`, each with `tv_scm`, `tv_oracle`, `tv_drawn`,
+    `tv_oracle_vs_drawn`, `oracle_agreement`, `sampling_floor` and `seconds`, plus
+    `truth_tv_do_vs_condition` and `scm_tv_do_vs_condition`; and the maxima over entries
+    `tv_intervention`, `tv_condition` (SCM), `tv_intervention_oracle`, `tv_condition_oracle`,
+    `sampling_floor` (the largest TV a perfect model would show from sampling alone), with
+    `num_samples`. With `return_distributions` each entry also carries the distributions.
+    """
+    from causal_sprites.data.factors import normalize_assignments
+
+    if num_samples < 1:
+        raise CausalSpritesError(f"num_samples must be >= 1, got {num_samples}")
+    edges = tuple(spec.edges) if spec is not None else DSPRITES_EXAMPLE_EDGES
+    queries: list[tuple[str, str, str | None, str | None]]
+    if pairs is None:
+        queries = [(p, c, f"{p}->{c}", "child_given_parent") for p, c in edges]
+        queries += [(c, p, f"{p}->{c}", "parent_given_child") for p, c in edges]
+    else:
+        queries = [(s, t, None, None) for s, t in pairs]
+    chosen = normalize_assignments(values or {})
+    labels = None if data is None or spec is not None else data.factors(slice(None))
+    entries: list[dict[str, Any]] = []
+    for index, (setter, target, edge, direction) in enumerate(queries):
+        if setter == target or setter not in FACTORS or target not in FACTORS:
+            raise CausalSpritesError(f"bad pair {setter} -> {target}: two distinct factors needed")
+        value = chosen.get(setter, SIZES[FACTORS.index(setter)] - 1)
+        size = SIZES[FACTORS.index(target)]
+        if spec is not None:
+            from causal_sprites.data.variants import distribution
+
+            truth_do = distribution(spec, target, do={setter: value})
+            truth_condition = distribution(spec, target, given={setter: value})
+        elif labels is not None:
+            truth_do = empirical_conditional(labels, target)
+            truth_condition = empirical_conditional(labels, target, {setter: value})
+        else:
+            truth_do = truth_condition = np.full(size, 1.0 / size)
+        query_seed = seed + 2 * index
+        done = model.intervene_query({setter: value}, num_samples, seed=query_seed)
+        seen = model.condition_query({setter: value}, num_samples, seed=query_seed + 1)
+        read_do, read_condition = oracle.predict(done.images), oracle.predict(seen.images)
+        entry: dict[str, Any] = {
+            "edge": edge,
+            "direction": direction,
+            "set": setter,
+            "target": target,
+            "value": int(value),
+            "intervention": _query_scores(done, read_do, target, truth_do, query_seed),
+            "condition": _query_scores(
+                seen, read_condition, target, truth_condition, query_seed + 1
+            ),
+            "truth_tv_do_vs_condition": total_variation(truth_do, truth_condition),
+            "scm_tv_do_vs_condition": total_variation(
+                done.marginals[target], seen.marginals[target]
+            ),
+        }
+        if return_distributions:
+            entry["distributions"] = {
+                "truth_do": np.asarray(truth_do).tolist(),
+                "truth_condition": np.asarray(truth_condition).tolist(),
+                "scm_do": np.asarray(done.marginals[target]).tolist(),
+                "scm_condition": np.asarray(seen.marginals[target]).tolist(),
+                "oracle_do": label_distribution(read_do[:, FACTORS.index(target)], size).tolist(),
+                "oracle_condition": label_distribution(
+                    read_condition[:, FACTORS.index(target)], size
+                ).tolist(),
+            }
+        entries.append(entry)
+
+    def largest(mode: str, key: str) -> float:
+        return max((e[mode][key] for e in entries), default=float("nan"))
+
+    return {
+        "tv_intervention": largest("intervention", "tv_scm"),
+        "tv_condition": largest("condition", "tv_scm"),
+        "tv_intervention_oracle": largest("intervention", "tv_oracle"),
+        "tv_condition_oracle": largest("condition", "tv_oracle"),
+        "sampling_floor": max(
+            (e[m]["sampling_floor"] for e in entries for m in ("intervention", "condition")),
+            default=float("nan"),
+        ),
+        "num_samples": num_samples,
+        "truth": "variant" if spec is not None else ("data" if labels is not None else "uniform"),
+        "entries": entries,
     }
