@@ -62,3 +62,24 @@ def test_discovered_graph_is_written_into_a_run(tmp_path: Path) -> None:
     table = model.cpt("scale").exp()
     assert table.shape == (3, 6)
     assert (table[0] - table[2]).abs().max() > 0.1  # the fork's scale depends on shape
+
+
+def test_evaluate_counterfactual_json_has_the_contract_keys(
+    tiny_data_file: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    train = ["train", "--out", str(run), "--data", str(tiny_data_file), "--preset", "tiny"]
+    assert runner.invoke(app, [*train, "--steps", "2", "--no-progress"]).exit_code == 0
+    args = ["evaluate", str(run), "--counterfactual", "--num-images", "64"]
+    result = runner.invoke(app, [*args, "--num-counterfactuals", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    for key in ("test_nelbo", "test_recon", "test_kl", "recon_iou"):
+        assert scores[key] >= 0
+    assert set(scores["classifier_accuracy"]) == {"shape", "scale", "orientation", "posX", "posY"}
+    for key in ("ground_truth_iou", "effectiveness", "preservation", "reversibility_iou"):
+        assert 0 <= scores[key] <= 1
+    assert scores["composition_iou_1"] == scores["composition_iou_10"] == 1.0  # exact abduction
+    assert {"tv_intervention", "tv_condition"} <= set(scores["distributions"])
+    plain = runner.invoke(app, [*args, "--num-counterfactuals", "4"])
+    assert plain.exit_code == 0 and "ground_truth_iou" in plain.stdout

@@ -300,25 +300,27 @@ def evaluate(
     --counterfactual also ground-truth fidelity, effectiveness, preservation, composition and
     reversibility (Monteiro et al. 2023)."""
     from causal_sprites.metrics import evaluate as evaluate_run
-    from causal_sprites.metrics import evaluate_counterfactuals
+    from causal_sprites.metrics import evaluate_counterfactuals, evaluate_distributions
     from causal_sprites.oracle import load_oracle
 
     model, store = _load(run, data)
     scores = evaluate_run(model, store, num_images)
     if counterfactual:
         variant = _variant_of(data or (Path(model.config.data) if model.config.data else None))
-        soundness = evaluate_counterfactuals(
-            model, store, load_oracle(oracle), variant, num_counterfactuals
-        )
-        scores.update(soundness)
+        judge = load_oracle(oracle)
+        scores.update(evaluate_counterfactuals(model, store, judge, variant, num_counterfactuals))
+        spec = variant[0] if variant else None
+        scores["distributions"] = evaluate_distributions(model, judge, spec, store)
     if json_out:
         typer.echo(json.dumps(scores))
         return
     for key, value in scores.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and all(isinstance(v, float) for v in value.values()):
             value = ", ".join(f"{k} {v:.3f}" for k, v in value.items())
         elif isinstance(value, float):
             value = f"{value:.4f}"
+        elif isinstance(value, dict):
+            value = "(see --json)"
         typer.echo(f"{key:>22}: {value}")
 
 
