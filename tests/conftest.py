@@ -16,6 +16,7 @@ import torch
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import NUM_IMAGES, classes_to_values, index_to_classes
 from causal_sprites.data.render import render
+from causal_sprites.scm.queries import CausalModel, load_run
 
 #: Rows in the tiny official-format files: the first two orientations of the first sprite.
 NUM_TINY = 2048
@@ -128,3 +129,15 @@ def http_server() -> Iterator[tuple[str, dict[str, bytes]]]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture(scope="session")
+def run_path() -> str:
+    """The run the app and browser tests query: the pretrained one shipped with the package."""
+    return "pretrained"
+
+
+@pytest.fixture(scope="session")
+def model(run_path: str) -> CausalModel:
+    """The pretrained run, loaded once."""
+    return load_run(run_path)

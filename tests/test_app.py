@@ -9,45 +9,21 @@ import io
 import json
 import urllib.request
 import warnings
-from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from causal_sprites.config import PRESETS
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import FACTORS
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.runs import MODEL_FILE, PRETRAINED_DIR
-from causal_sprites.scm.queries import CausalModel, load_run
-from causal_sprites.train import fit
+from causal_sprites.scm.queries import CausalModel
 
 gr = pytest.importorskip("gradio")
 from causal_sprites.app import SEED, Explorer, binary_upload, build_app, running  # noqa: E402
 
 KEEP5 = ["keep"] * 5
-
-
-@pytest.fixture(scope="module")
-def run_path(tmp_path_factory: pytest.TempPathFactory, subset_data: DSprites) -> str:
-    """The pretrained run when the package ships it, else a tiny run trained a few steps."""
-    if (PRETRAINED_DIR / MODEL_FILE).is_file():
-        return "pretrained"
-    tiny = PRESETS["tiny"]
-    config = replace(
-        tiny, train=replace(tiny.train, max_steps=3, bf16=False, num_eval_images=16, batch_size=16)
-    )
-    out = tmp_path_factory.mktemp("run")
-    fit(out, config, subset_data, torch.device("cpu"), progress=False)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def model(run_path: str) -> CausalModel:
-    return load_run(run_path)
 
 
 def request(**fields: object) -> dict[str, object]:

@@ -11,23 +11,18 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from causal_sprites.config import PRESETS
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import FACTORS
 from causal_sprites.data.render import render
 from causal_sprites.report import SECTIONS, write_report
-from causal_sprites.runs import MODEL_FILE, PRETRAINED_DIR
-from causal_sprites.scm.queries import CausalModel, load_run
-from causal_sprites.train import fit
+from causal_sprites.scm.queries import CausalModel
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -54,25 +49,6 @@ FLAGS = [
 #: The app's default factor controls: a square, scale 5, orientation 0, in the middle.
 DEFAULT = np.array([[0, 5, 0, 16, 16]])
 UPLOADED = np.array([[2, 3, 10, 20, 12]])
-
-
-@pytest.fixture(scope="module")
-def run_path(tmp_path_factory: pytest.TempPathFactory, subset_data: DSprites) -> str:
-    """The pretrained run when the package ships it, else a tiny run trained a few steps."""
-    if (PRETRAINED_DIR / MODEL_FILE).is_file():
-        return "pretrained"
-    tiny = PRESETS["tiny"]
-    config = replace(
-        tiny, train=replace(tiny.train, max_steps=3, bf16=False, num_eval_images=16, batch_size=16)
-    )
-    out = tmp_path_factory.mktemp("run")
-    fit(out, config, subset_data, torch.device("cpu"), progress=False)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def model(run_path: str) -> CausalModel:
-    return load_run(run_path)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -56,16 +55,10 @@ app.add_typer(data_app, name="data")
 
 
 def write_png(fig: Figure, out: Path) -> Path:
-    """Save a figure as PNG atomically (temp file, then rename); returns `out`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return out
+    """Save a figure as PNG atomically; returns `out` (imported late: the CLI starts fast)."""
+    from causal_sprites.figures import save_figure
+
+    return save_figure(fig, out)
 
 
 def _sample_grid(data: dsprites.DSprites, rows: np.ndarray, num: int, seed: int, out: Path) -> Path:

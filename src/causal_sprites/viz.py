@@ -1,4 +1,4 @@
-"""Figures (matplotlib `Figure` objects, never `plt.show()`)."""
+"""Figures: functions return matplotlib `Figure` objects, never open a window; callers save."""
 
 from __future__ import annotations
 
