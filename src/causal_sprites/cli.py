@@ -418,29 +418,12 @@ def condition(
     json_out: JsonOption = False,
 ) -> None:
     """Images given factor values: the exact posterior over the other factors, then images."""
-    from causal_sprites.data.factors import format_classes
     from causal_sprites.scm.queries import load_run
-    from causal_sprites.viz import query_samples_figure
 
     evidence = parse_assignments(given or [])
     result = load_run(run).condition_query(evidence, samples, seed)
     title = f"p(x | {_assignment_text(evidence)})" if evidence else "p(x)"
-    shown = slice(0, FIGURE_IMAGES)
-    figure = query_samples_figure(
-        result.images[shown], result.classes[shown], result.marginals, title
-    )
-    write_png(figure, out)
-    if json_out:
-        record = {
-            "given": evidence,
-            "posterior": _marginals_json(result.marginals),
-            "samples": [format_classes(c) for c in result.classes],
-            "seconds": result.seconds,
-            "out": str(out),
-        }
-        typer.echo(json.dumps(record))
-    else:
-        typer.echo(out)
+    _show_samples(result, title, out, {"given": evidence}, "posterior", json_out)
 
 
 @app.command("intervene")
@@ -454,31 +437,38 @@ def intervene(
 ) -> None:
     """Images under do(factor=value): intervened factors cut from their parents, the rest
     sampled through the model."""
-    from causal_sprites.data.factors import format_classes
     from causal_sprites.scm.queries import load_run
-    from causal_sprites.viz import query_samples_figure
 
     actions = parse_assignments(do)
     result = load_run(run).intervene_query(actions, samples, seed)
+    title = f"p(x | do({_assignment_text(actions)}))"
+    _show_samples(result, title, out, {"do": actions}, "marginals", json_out)
+
+
+def _show_samples(
+    result: Any, title: str, out: Path, query: dict[str, Any], name: str, json_out: bool
+) -> None:
+    """Save a conditioning or intervention result's figure; print its path or its JSON record
+    (the query, the marginals under `name`, the sampled classes, timing, output path)."""
+    from causal_sprites.data.factors import format_classes
+    from causal_sprites.viz import query_samples_figure
+
     shown = slice(0, FIGURE_IMAGES)
     figure = query_samples_figure(
-        result.images[shown],
-        result.classes[shown],
-        result.marginals,
-        f"p(x | do({_assignment_text(actions)}))",
+        result.images[shown], result.classes[shown], result.marginals, title
     )
     write_png(figure, out)
-    if json_out:
-        record = {
-            "do": actions,
-            "marginals": _marginals_json(result.marginals),
-            "samples": [format_classes(c) for c in result.classes],
-            "seconds": result.seconds,
-            "out": str(out),
-        }
-        typer.echo(json.dumps(record))
-    else:
+    if not json_out:
         typer.echo(out)
+        return
+    record = {
+        **query,
+        name: _marginals_json(result.marginals),
+        "samples": [format_classes(c) for c in result.classes],
+        "seconds": result.seconds,
+        "out": str(out),
+    }
+    typer.echo(json.dumps(record))
 
 
 @dataclass(frozen=True)
