@@ -40,13 +40,21 @@ from causal_sprites.train import fit
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 VARIANTS = ROOT / "examples" / "variants"
-#: The issue's targets: (metric, bound, direction); TVs at most, the rest at least.
+#: The issue's targets: (metric, bound, direction); TVs and gaps at most, the rest at least.
+#: Ground-truth IoU and reversibility over all factors cannot reach 0.98 on a variant whose
+#: intervened factor has stochastic descendants (see `evaluate_counterfactuals`): they are also
+#: held to 0.98 where the counterfactual is identified, and elsewhere to within 0.02 of the
+#: ceiling a perfect model reaches on the same queries.
 TARGETS: tuple[tuple[str, float, str], ...] = (
     ("ground_truth_iou", 0.98, ">="),
+    ("ground_truth_iou_identified", 0.98, ">="),
+    ("ground_truth_iou_below_ceiling", 0.02, "<="),
     ("effectiveness", 0.98, ">="),
     ("preservation", 0.98, ">="),
     ("composition_iou_10", 0.99, ">="),
     ("reversibility_iou", 0.98, ">="),
+    ("reversibility_iou_identified", 0.98, ">="),
+    ("reversibility_iou_below_ceiling", 0.02, "<="),
     ("tv_intervention", 0.02, "<="),
     ("tv_condition", 0.02, "<="),
     ("tv_intervention_oracle", 0.02, "<="),
@@ -93,6 +101,8 @@ def score_model(
         **{k: v for k, v in distributions.items() if k != "entries"},
         "shd": discovery["shd"],
     }
+    for name in ("ground_truth_iou", "reversibility_iou"):
+        summary[f"{name}_below_ceiling"] = summary[f"{name}_ceiling"] - summary[name]
     return {
         "summary": summary,
         "targets": check_targets(summary),
@@ -194,7 +204,7 @@ def main() -> None:
     if args.quick:
         args.minutes = 0.5
     args.num_images = args.num_images or (32 if args.quick else 256)
-    args.num_samples = args.num_samples or (500 if args.quick else 5000)
+    args.num_samples = args.num_samples or (500 if args.quick else 20_000)
     device = choose_device(args.device)
     started, load_start = time.perf_counter(), load()
     oracle = load_oracle("pretrained")

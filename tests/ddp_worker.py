@@ -10,7 +10,7 @@ import torch
 
 from causal_sprites.config import PRESETS
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.runtime import init_distributed
+from causal_sprites.runtime import init_distributed, leave_distributed
 from causal_sprites.train import fit
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     fit(out, config, DSprites.load(data_path), device, resume, False, on_step=compare_ranks)
     if distributed.is_main:
         Path(report).write_text(json.dumps({"gaps": gaps, "world_size": distributed.world_size}))
-    torch.distributed.destroy_process_group()
+    leave_distributed()
 
 
 if __name__ == "__main__":

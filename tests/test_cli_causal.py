@@ -44,7 +44,8 @@ def test_discovered_graph_is_written_into_a_run(tmp_path: Path) -> None:
 
     data = tmp_path / "fork.npz"
     spec = str(EXAMPLES / "fork.yaml")
-    assert runner.invoke(app, ["data", "variant", spec, "--out", str(data)]).exit_code == 0
+    sample = ["data", "variant", spec, "--out", str(data), "--num-samples", "20000"]
+    assert runner.invoke(app, sample).exit_code == 0
     run = tmp_path / "run"
     train = ["train", "--out", str(run), "--data", str(data), "--preset", "tiny", "--steps", "2"]
     assert runner.invoke(app, [*train, "--no-progress", "--device", "cpu"]).exit_code == 0

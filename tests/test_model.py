@@ -77,6 +77,7 @@ def test_factor_tables_follow_the_graph_and_the_labels() -> None:
     assert probs[1].tolist() == pytest.approx([1 / 6] * 6)
     assert model.cpt("shape").exp().sum().item() == pytest.approx(1.0)
     heart = model.factor_dist("scale", {"shape": torch.tensor([2])})
+    assert torch.isfinite(model.cpt("posX")).all()
     assert heart.probs[0, 5].item() == pytest.approx(501 / 506)
 
 
@@ -129,3 +130,16 @@ def test_given_noise_reparameterises_z_exactly() -> None:
     assert torch.equal(recon, model.elbo_terms(x, y, noise=noise)[0])  # no hidden randomness
     recon.sum().backward()
     assert model.encoder.z_head[0].weight.grad is not None  # gradients reach the encoder
+
+
+def test_default_smoothing_keeps_a_rare_row_close_to_its_frequencies() -> None:
+    model = ConditionalVAE(SMALL, graph=[("shape", "posX")])
+    y = torch.zeros(1000, 5, dtype=torch.long)
+    y[:10, 0], y[:10, 3] = 2, 31  # only ten hearts, all on the right edge
+    model.fit_tables(y)
+    probs = model.cpt("posX").exp()
+    assert probs[2, 31].item() == pytest.approx(10.1 / 13.2)  # add-one would give 11/42
+    assert probs[2].sum().item() == pytest.approx(1.0)
+    assert (
+        probs[2, 0].item() == pytest.approx(0.1 / 13.2) and torch.isfinite(model.cpt("posX")).all()
+    )

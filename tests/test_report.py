@@ -178,12 +178,14 @@ def test_metric_tables_split_scalars_and_factors() -> None:
             "per_factor": {"shape": {"iou": 0.25}, "posY": {"iou": 1.0}},
             "accuracy": {"shape": 1.0, "scale": 0.5},
             "curve": [0.123456, 1.0],
+            "identified_factors": ["posX", "posY"],
             "extra": {"seconds": 3},
         }
     )
     assert scalars.rows == [
         ["effectiveness", "0.75"],
         ["curve", "[0.1235, 1.0]"],
+        ["identified_factors", "posX, posY"],
         ["extra.seconds", "3"],
     ]
     assert factors is not None and factors.columns == [

@@ -178,7 +178,7 @@ def train(
 
     from causal_sprites.config import PRESETS
     from causal_sprites.runs import read_metrics
-    from causal_sprites.runtime import init_distributed
+    from causal_sprites.runtime import init_distributed, leave_distributed
     from causal_sprites.train import fit
     from causal_sprites.viz import nelbo_curve_figure
 
@@ -215,13 +215,13 @@ def train(
     store = dsprites.DSprites.load(data)
     progress = progress and distributed.is_main
     final = fit(out, config, store, chosen, resume, progress, tensorboard)
-    if not distributed.is_main:
-        return
-    write_png(nelbo_curve_figure(read_metrics(out)), out / "nelbo.png")
-    typer.echo(
-        f"{out}: step {final['step']}, test NELBO {final['test_nelbo']:.3f} nats/image "
-        f"(recon {final['test_recon']:.3f}, KL {final['test_kl']:.3f})"
-    )
+    if distributed.is_main:
+        write_png(nelbo_curve_figure(read_metrics(out)), out / "nelbo.png")
+        typer.echo(
+            f"{out}: step {final['step']}, test NELBO {final['test_nelbo']:.3f} nats/image "
+            f"(recon {final['test_recon']:.3f}, KL {final['test_kl']:.3f})"
+        )
+    leave_distributed()
 
 
 def _graph(text: str | None, spec: Path | None) -> tuple[tuple[str, str], ...]:
@@ -314,7 +314,7 @@ def evaluate(
             value = f"{value:.4f}"
         elif isinstance(value, dict):
             value = "(see --json)"
-        typer.echo(f"{key:>22}: {value}")
+        typer.echo(f"{key:>28}: {value}")
 
 
 @app.command("reconstruct")

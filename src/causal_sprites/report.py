@@ -136,9 +136,11 @@ def metric_tables(scores: Mapping[str, Any]) -> tuple[Table, Table | None]:
 
 
 def _cell(value: Any) -> str:
-    """A scalar, or an array-like as a short JSON list."""
+    """A scalar, names joined by commas, or a numeric array-like as a short JSON list."""
     if isinstance(value, (int, float, str, bool)) or value is None:
         return fmt(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return ", ".join(value)
     return json.dumps(np.asarray(value).round(4).tolist())
 
 

@@ -24,7 +24,7 @@ from causal_sprites.data.factors import (
 )
 from causal_sprites.data.render import metadata, render
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.scm.mechanisms import sample_gumbels
+from causal_sprites.scm.mechanisms import gumbel_posterior, sample_gumbels
 
 SIZE: Final = dict(zip(FACTORS, SIZES, strict=True))
 NOISE_PREFIX: Final = "noise_"
@@ -338,6 +338,26 @@ def true_counterfactual(
         elif node in recompute:
             cf[:, FACTORS.index(node)] = mechanism(spec, node, cf, np.asarray(noise[node]))
     return cf, render(cf)
+
+
+def abduct_noise(spec: VariantSpec, classes: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Noise {factor: (B, K)} drawn from its exact posterior given observed classes (B, 5) under the
+    variant's own tables: what a perfect model knows of the noise, as against the recording.
+
+    Fed to `true_counterfactual`, it gives a perfect model's counterfactual; compared with the
+    recorded truth it shows how much of a counterfactual the observation determines: a descendant
+    of the intervened factor is only known in distribution when its mechanism is stochastic."""
+    cf = np.asarray(classes)[:, -len(FACTORS) :]
+    generator = torch.Generator().manual_seed(seed)
+    noise = {}
+    for node in FACTORS:
+        rows = tuple(cf[:, FACTORS.index(p)] for p in spec.parents[node])
+        table = spec.tables[node][rows] if rows else spec.tables[node][None]
+        with np.errstate(divide="ignore"):
+            logits = torch.from_numpy(np.log(table)).expand(len(cf), SIZE[node])
+        observed = torch.from_numpy(np.ascontiguousarray(cf[:, FACTORS.index(node)]))
+        noise[node] = gumbel_posterior(logits, observed, generator).numpy()
+    return noise
 
 
 # --- exact distributions, the truth for the distribution metrics -------------------------------
