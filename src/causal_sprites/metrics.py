@@ -303,22 +303,23 @@ def _ceiling_scores(
     data: Any,
     variant: Any,
     rows: np.ndarray,
-    factual: np.ndarray,
+    factual: tuple[np.ndarray, np.ndarray],
     do: Mapping[str, np.ndarray],
     truth: tuple[np.ndarray, np.ndarray],
 ) -> dict[str, float]:
     """What a perfect model (the truth's own tables, exact abduction from the factual classes)
-    scores on these queries, whose true (classes, images) are `truth`: the ceiling that the
-    observation allows. On dSprites, and for a factor without descendants, it is 1: the
+    scores on these queries, whose factual and true (classes, images) are given: the ceiling that
+    the observation allows. On dSprites, and for a factor without descendants, it is 1: the
     counterfactual is identified."""
     true_classes, true_images = truth
-    classes, perfect = _true_counterfactual(data, variant, rows, factual, do, abducted=True)
-    undo = {name: factual[:, FACTORS.index(name)] for name in do}
+    factual_classes, factual_images = factual
+    classes, perfect = _true_counterfactual(data, variant, rows, factual_classes, do, abducted=True)
+    undo = {name: factual_classes[:, FACTORS.index(name)] for name in do}
     _, back = _true_counterfactual(data, variant, rows, classes, undo, abducted=True)
     return {
         "ground_truth_iou_ceiling": summarize(iou(perfect, true_images)),
         "counterfactual_classes_correct_ceiling": accuracy(classes, true_classes),
-        "reversibility_iou_ceiling": reversibility(data.images(rows), back),
+        "reversibility_iou_ceiling": reversibility(factual_images, back),
     }
 
 
@@ -367,7 +368,7 @@ def evaluate_counterfactuals(
             ],
             "reversibility_iou": reversibility(images, back.images),
             "identified": variant is None or not variant[0].descendants([name]),
-            **_ceiling_scores(data, variant, rows, factual, {name: values}, truth),
+            **_ceiling_scores(data, variant, rows, (factual, images), {name: values}, truth),
         }
         per_factor[name] = scores
     rows = np.sort(rng.choice(test_rows, size=min(num_images, len(test_rows)), replace=False))
