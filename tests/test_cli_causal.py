@@ -6,6 +6,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from causal_sprites.cli import app
+from causal_sprites.data.factors import FACTORS
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "variants"
 runner = CliRunner()
@@ -82,5 +83,8 @@ def test_evaluate_counterfactual_json_has_the_contract_keys(
         assert 0 <= scores[key] <= 1
     assert scores["composition_iou_1"] == scores["composition_iou_10"] == 1.0  # exact abduction
     assert {"tv_intervention", "tv_condition"} <= set(scores["distributions"])
+    assert scores["identified_factors"] == list(FACTORS)  # plain dSprites: no descendants
+    assert scores["ground_truth_iou_ceiling"] == 1.0
     plain = runner.invoke(app, [*args, "--num-counterfactuals", "4"])
     assert plain.exit_code == 0 and "ground_truth_iou" in plain.stdout
+    assert "identified_factors: shape, scale, orientation, posX, posY" in plain.stdout

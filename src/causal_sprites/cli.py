@@ -312,6 +312,8 @@ def evaluate(
             value = ", ".join(f"{k} {v:.3f}" for k, v in value.items())
         elif isinstance(value, float):
             value = f"{value:.4f}"
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = ", ".join(value)
         elif isinstance(value, dict):
             value = "(see --json)"
         typer.echo(f"{key:>28}: {value}")
