@@ -11,25 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_run import PNG, run
 
-from causal_sprites.cli import app
 from causal_sprites.data import dsprites
 from causal_sprites.data.dsprites import DSprites
 
 NUM = 2048
-PNG = b"\x89PNG\r\n\x1a\n"
-runner = CliRunner()
-
-
-def run(*args: str, code: int = 0) -> tuple[str, str]:
-    """Run the CLI; check the exit code; return (stdout, stderr)."""
-    result = runner.invoke(app, [str(arg) for arg in args])
-    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-    if code == 1:
-        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-        assert "Traceback" not in result.output
-    return result.stdout, result.stderr
 
 
 @pytest.fixture

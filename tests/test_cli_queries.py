@@ -10,27 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_run import PNG, run
 from PIL import Image
-from typer.testing import CliRunner
 
-from causal_sprites.cli import app
 from causal_sprites.config import PRESETS
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import FACTORS
 from causal_sprites.train import fit
-
-PNG = b"\x89PNG\r\n\x1a\n"
-runner = CliRunner()
-
-
-def run(*args: object, code: int = 0) -> tuple[str, str]:
-    """Run the CLI; check the exit code (and the one-line error of exit 1)."""
-    result = runner.invoke(app, [str(arg) for arg in args])
-    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-    if code == 1:
-        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-        assert "Traceback" not in result.output
-    return result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")
