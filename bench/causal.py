@@ -1,14 +1,17 @@
-"""Causal benchmark: every metric of issue 5 for the pretrained model on dSprites and for a model
-trained on each example variant, against the issue's targets, plus causal discovery (SHD, time).
+"""Causal benchmark: every soundness metric for the pretrained model on dSprites and for a model
+trained on each example variant, against targets a perfect model meets, plus causal discovery
+from labels and from the pixels alone (SHD, time).
 
 Counterfactual soundness (`evaluate_counterfactuals`: ground-truth IoU, effectiveness,
-preservation, composition, reversibility), distributions (`evaluate_distributions`: TV of
+preservation, composition, reversibility, and the TV of counterfactual factor distributions
+against the truth's sampling floor), counterfactual-distribution speed, distributions (`evaluate_distributions`: TV of
 P(target | do(set = v)) and P(target | set = v) from the SCM and through the oracle), discovery
 (`discover_file` on each variant with its truth and on dSprites) and discovery's run time on
 100,000 samples of a variant. The variant models train for a short budget (--minutes, default 3)
 on the CPU; the pretrained run trained 40 minutes.
 
-Run `.venv/bin/python bench/causal.py [--minutes 3] [--quick]`; prints a summary and writes
+Run `.venv/bin/python bench/causal.py [--minutes 3] [--quick] [--pixel-images N]`; prints a
+summary and writes
 bench/results/causal.json (or causal-quick.json).
 """
 
@@ -25,12 +28,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from causal_sprites.config import PRESETS
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.variants import VariantSpec, load_spec, read_variant, sample_variant
-from causal_sprites.discovery import discover_file
+from causal_sprites.discovery import discover_file, discover_from_images
 from causal_sprites.metrics import evaluate_counterfactuals, evaluate_distributions
 from causal_sprites.oracle import load_oracle
 from causal_sprites.runtime import choose_device
@@ -40,19 +44,20 @@ from causal_sprites.train import fit
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 VARIANTS = ROOT / "examples" / "variants"
-#: The issue's targets: (metric, bound, direction); TVs and gaps at most, the rest at least.
-#: Ground-truth IoU and reversibility over all factors cannot reach 0.98 on a variant whose
-#: intervened factor has stochastic descendants (see `evaluate_counterfactuals`): they are also
-#: held to 0.98 where the counterfactual is identified, and elsewhere to within 0.02 of the
-#: ceiling a perfect model reaches on the same queries.
+#: The targets: (metric, bound, direction); TVs and gaps at most, the rest at least. Each is one
+#: a perfect model meets. Ground-truth IoU and reversibility over all factors are not: on a
+#: variant whose intervened factor has stochastic descendants the recorded noise is not in the
+#: image (see `evaluate_counterfactuals`), so they are held to 0.98 where the counterfactual is
+#: identified, to within 0.02 of the perfect model's ceiling elsewhere, and the distribution of
+#: counterfactual factors to within 0.02 TV of the truth's own sampling floor, factor by factor.
 TARGETS: tuple[tuple[str, float, str], ...] = (
-    ("ground_truth_iou", 0.98, ">="),
+    ("counterfactual_tv_above_floor", 0.02, "<="),
+    ("pixel_discovery_shd", 0, "<="),
     ("ground_truth_iou_identified", 0.98, ">="),
     ("ground_truth_iou_below_ceiling", 0.02, "<="),
     ("effectiveness", 0.98, ">="),
     ("preservation", 0.98, ">="),
     ("composition_iou_10", 0.99, ">="),
-    ("reversibility_iou", 0.98, ">="),
     ("reversibility_iou_identified", 0.98, ">="),
     ("reversibility_iou_below_ceiling", 0.02, "<="),
     ("tv_intervention", 0.02, "<="),
@@ -96,10 +101,19 @@ def score_model(
     start = time.perf_counter()
     distributions = evaluate_distributions(model, oracle, spec, data, args.num_samples)
     distributions_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    rows = np.sort(np.random.default_rng(0).choice(len(data), args.pixel_images, replace=False))
+    from_pixels = discover_from_images(model, data.images(rows), spec or ())
+    pixel_seconds = time.perf_counter() - start
     summary = {
         **{k: v for k, v in soundness.items() if k != "per_factor"},
         **{k: v for k, v in distributions.items() if k != "entries"},
         "shd": discovery["shd"],
+        "pixel_discovery_shd": from_pixels["shd"],
+        "counterfactual_tv_above_floor": max(
+            f["counterfactual_tv"] - f["counterfactual_tv_floor"]
+            for f in soundness["per_factor"].values()
+        ),
     }
     for name in ("ground_truth_iou", "reversibility_iou"):
         summary[f"{name}_below_ceiling"] = summary[f"{name}_ceiling"] - summary[name]
@@ -111,7 +125,36 @@ def score_model(
         "distributions": distributions,
         "distributions_seconds": distributions_seconds,
         "discovery": discovery,
+        "pixel_discovery": {
+            **discovery_record(from_pixels, pixel_seconds),
+            "labels": from_pixels["labels"],
+            "factors": from_pixels["factors"],
+        },
+        "distribution_speed": distribution_speed(model, data, spec),
         "load_average": load(),
+    }
+
+
+def distribution_speed(model: CausalModel, data: DSprites, spec: VariantSpec | None) -> dict:
+    """Seconds per query of counterfactual distributions, 256 queries of do(shape) with 2,000
+    noise draws each: the factor graph alone, and the whole API call (images and pixel map)."""
+    rows = np.random.default_rng(1).choice(len(data), 256, replace=False)
+    factual = torch.as_tensor(data.factors(rows))
+    do = {"shape": (factual[:, 0] + 1) % 3}
+    graph = model.factor_graph
+    start = time.perf_counter()
+    graph.counterfactuals(factual, do, 2000, torch.Generator().manual_seed(0))
+    noise_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    spread = model.counterfactual_distribution(data.images(rows), factual.numpy(), do, 2000)
+    api_seconds = time.perf_counter() - start
+    return {
+        "num_queries": 256,
+        "num_noise_samples": 2000,
+        "ms_per_query_noise": 1e3 * noise_seconds / 256,
+        "ms_per_query_api": 1e3 * api_seconds / 256,
+        "mean_tuples_per_query": float(np.mean([len(c) for c in spread.classes])),
+        "graph": spec.graph_string() if spec is not None else "",
     }
 
 
@@ -199,6 +242,9 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=None, help="Counterfactuals per factor.")
     parser.add_argument("--num-samples", type=int, default=None, help="Images per distribution.")
     parser.add_argument("--timing-samples", type=int, default=100_000)
+    parser.add_argument(
+        "--pixel-images", type=int, default=5000, help="Images read for discovery from pixels."
+    )
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     if args.quick:

@@ -113,6 +113,9 @@ TRAIN = ("train", "--out", "{tmp}/new", "--data", "{data}", "--preset", "tiny", 
 EDIT = ("edit", "{run}", "--data", "{data}", "--index", "0", "--out", "{tmp}/edit.png")
 CF = ("counterfactual", "{run}", "--data", "{data}", "--out", "{tmp}/cf.png")
 VARIANT = ("data", "variant", "{bad}", "--out", "{tmp}/variant.npz")
+#: Two 8x8 squares far apart: each is a sprite, together no dSprites image.
+TWO_SPRITES = np.zeros((64, 64))
+TWO_SPRITES[8:16, 8:16] = TWO_SPRITES[44:52, 40:48] = 1
 BAD_TABLE = "edges: [[shape, scale]]\nmechanisms:\n  scale:\n    parents: [shape]\n    table: "
 
 CASES: list[Case] = [
@@ -179,7 +182,6 @@ CASES: list[Case] = [
     Case("CLI arguments", "graph edge without an arrow", (*TRAIN, "--steps", "1", "--graph", "shape-scale")),
     Case("CLI arguments", "graph with a cycle", (*TRAIN, "--steps", "1", "--graph", "shape->scale,scale->shape")),
     Case("CLI arguments", "graph naming no factor", (*TRAIN, "--steps", "1", "--graph", "shape->size")),
-    Case("run directory", "resume with nothing to resume", (*TRAIN, "--steps", "1", "--resume")),
     Case("run directory", "train into an existing run", ("train", "--out", "{run}", "--data", "{data}", "--steps", "1", "--no-progress")),
     Case("run directory", "run directory missing", ("evaluate", "{tmp}/nowhere")),
     Case("run directory", "not a run directory", ("evaluate", "{tmp}")),
@@ -202,6 +204,11 @@ CASES: list[Case] = [
     Case("uploaded image", "not a PNG", (*CF, "--image", "{bad}", "--do", "shape=2"), _write("fake.png", b"not a png")),
     Case("uploaded image", "not 64x64", (*CF, "--image", "{bad}", "--do", "shape=2"), _png("big.png", np.zeros((128, 128)))),
     Case("uploaded image", "not binary", (*CF, "--image", "{bad}", "--do", "shape=2"), _png("gray.png", np.full((64, 64), 0.5))),
+    Case("uploaded image", "blank: no sprite explains it", ("counterfactual", "pretrained", "--image", "{bad}", "--do", "shape=2"), _png("blank.png", np.zeros((64, 64)))),
+    Case("uploaded image", "two sprites: no sprite explains it", ("counterfactual", "pretrained", "--image", "{bad}", "--do", "shape=2"), _png("two.png", TWO_SPRITES)),
+    Case("uploaded image", "infer: not binary", ("infer", "pretrained", "--image", "{bad}"), _png("gray.png", np.full((64, 64), 0.5))),
+    Case("CLI arguments", "infer without an image source", ("infer", "pretrained")),
+    Case("CLI arguments", "infer with --top 0", ("infer", "pretrained", "--index", "0", "--top", "0")),
     Case("query file", "a line that is not JSON", (*CF, "--queries", "{bad}", "--do", "shape=2"), _queries(['{"index": 0}', "{oops"])),
     Case("query file", "an index out of range", (*CF, "--queries", "{bad}", "--do", "shape=2"), _queries(['{"index": 999999}'])),
     Case("query file", "a bad do value", (*CF, "--queries", "{bad}"), _queries(['{"index": 0, "do": {"shape": "blob"}}'])),

@@ -126,7 +126,7 @@ def test_uploads_take_the_classifiers_labels_and_bad_input_gets_a_message(
     )
     inferred = model.infer_labels(sprite)[0]
     table = str(out[0]["table"])
-    assert "factual (inferred by the classifier)" in table
+    assert "factual (posterior mode)" in table and "Read off the pixels, p(y | x)" in table
     for name, value in zip(FACTORS[1:], inferred[1:], strict=True):
         assert f"| {name} | {value} |" in table
     cf = model.counterfactual(sprite, None, {"posX": 3}, seed=SEED)

@@ -114,7 +114,7 @@ def test_counterfactual_upload_and_bad_upload_in_the_page(
         expect(page.locator("#source input[value=upload]")).to_be_checked()
         page.locator("#run").click()
         table = page.locator("#factors")
-        expect(table).to_contain_text("inferred by the classifier")
+        expect(table).to_contain_text("posterior mode")
         inferred = model.infer_labels(sprite)[0]
         rows = table.locator("tbody tr")
         for i, name in enumerate(FACTORS):

@@ -25,6 +25,7 @@ from causal_sprites.data.variants import (
     true_counterfactual,
 )
 from causal_sprites.metrics import evaluate_counterfactuals
+from causal_sprites.scm.graph import FactorGraph
 from causal_sprites.scm.queries import CounterfactualResult
 
 CHAIN = parse_spec(
@@ -80,6 +81,10 @@ class PerfectModel:
                 self.spec, {k: v[chosen] for k, v in noise.items()}, factual[chosen], {name: value}
             )
         return CounterfactualResult(self.seen.show(classes), factual, classes, False, 0.0)
+
+    @property
+    def factor_graph(self) -> FactorGraph:
+        return FactorGraph.from_tables(self.spec.parents, self.spec.tables)
 
     def counterfactual(self, images: np.ndarray, factual: np.ndarray, do: Any, seed: int = 0):
         return self.counterfactual_query(images, factual, do, seed).images

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from causal_sprites.data.factors import NUM_IMAGES, index_to_classes
+from causal_sprites.data.factors import FACTORS, NUM_IMAGES, index_to_classes
 from causal_sprites.data.variants import load_spec, sample_classes, sample_variant
 from causal_sprites.discovery import (
-    IMAGE_FACTORS,
     cpdag_of_dag,
     discover,
     discover_file,
@@ -20,6 +19,7 @@ from causal_sprites.discovery import (
     structural_hamming_distance,
 )
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.readout import FactorPosterior
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "variants"
 
@@ -95,16 +95,18 @@ def test_discovery_from_a_file_and_from_inferred_labels(tmp_path: Path) -> None:
     assert from_file["shd"] == 0 and from_file["num_samples"] == 20_000
 
     class Reader:
-        """A stand-in for a run's classifier: a perfect one."""
+        """A stand-in for a run's posterior p(y | x): a perfect, certain one."""
 
-        def infer_labels(self, x: np.ndarray) -> np.ndarray:
-            return labels[: len(x)]
+        def infer(self, x: np.ndarray, top: int = 5) -> FactorPosterior:
+            certain = labels[: len(x), None]
+            return FactorPosterior(certain, np.ones((len(x), 1)), np.zeros(len(x)), np.ones(len(x)))
 
     labels, _ = sample_classes(small)
     images = np.zeros((len(labels), 64, 64), np.uint8)
     from_images = discover_from_images(Reader(), images, spec)
-    assert from_images["shd"] == 0 and from_images["factors"] == list(IMAGE_FACTORS)
-    assert "orientation" not in IMAGE_FACTORS and len(from_images["tests"]) == 6
+    assert from_images["shd"] == 0 and from_images["factors"] == list(FACTORS)
+    assert from_images["labels"] == "posterior" and len(from_images["tests"]) == 10
+    assert from_file["labels"] == "given"
 
 
 def test_a_subset_of_factors() -> None:

@@ -78,6 +78,24 @@ def test_five_kills_at_random_moments_then_resume_is_bit_identical(
     assert not list(out.glob(".*.tmp"))  # stale temporaries were cleaned up
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh_on_resume(
+    tiny_data_file: Path, reference_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "early"
+    process = start(tiny_data_file, out, "--checkpoint-every", "100000")
+    while process.poll() is None and not (out / "config.json").exists():
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert not (out / "checkpoint.safetensors").exists()
+    relaunch = subprocess.Popen(
+        train_command(tiny_data_file, out, "--resume"), stderr=subprocess.PIPE, text=True
+    )
+    code, err = finish(relaunch)
+    assert code == 0 and "no checkpoint yet: starting afresh" in err
+    assert same_weights(reference_run, out)
+
+
 KILL_DURING_CHECKPOINT = """
 import os, signal, sys
 import safetensors.torch

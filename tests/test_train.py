@@ -97,9 +97,11 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
     assert all(torch.equal(good[k], kept[k]) for k in good)
 
 
-def test_refuses_to_overwrite_or_resume_nothing(tiny_data: DSprites, tmp_path: Path) -> None:
-    with pytest.raises(CausalSpritesError, match="nothing to resume"):
-        fit(tmp_path, with_steps(TINY, 2), tiny_data, CPU, resume=True, progress=False)
+def test_refuses_to_overwrite_and_resumes_nothing_afresh(
+    tiny_data: DSprites, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fresh = fit(tmp_path / "a", with_steps(TINY, 2), tiny_data, CPU, resume=True, progress=False)
+    assert fresh["step"] == 2 and "no checkpoint yet: starting afresh" in capsys.readouterr().err
     fit(tmp_path, with_steps(TINY, 2), tiny_data, CPU, progress=False)
     with pytest.raises(CausalSpritesError, match="already holds a run"):
         fit(tmp_path, with_steps(TINY, 2), tiny_data, CPU, progress=False)

@@ -33,7 +33,8 @@ from causal_sprites.data.factors import (
 )
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.scm.queries import CausalModel, load_run
+from causal_sprites.model.readout import FactorPosterior
+from causal_sprites.scm.queries import CausalModel, CounterfactualDistribution, load_run
 from causal_sprites.viz import difference_map, query_samples_figure
 
 HOST = "127.0.0.1"
@@ -44,6 +45,10 @@ KEEP = "keep"
 ANY = "any"
 #: The CLI's default seed: a request served alone reproduces `causal-sprites counterfactual`.
 SEED = 0
+#: Factor tuples of an upload's posterior shown beside its counterfactual.
+TOP_CANDIDATES = 3
+#: Noise draws behind a counterfactual's distribution in the app.
+DISTRIBUTION_SAMPLES = 500
 #: Concurrent counterfactual requests answered by one batched query.
 MAX_BATCH = 64
 IMAGE_PX = 192
@@ -55,8 +60,9 @@ COUNTERFACTUALS = (
 #: Sprites are 64x64 PNGs scaled up in the page with square pixels, not smoothed.
 CSS = ".sprite img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
 UPLOAD_HELP = (
-    "A 64x64 black-and-white PNG (pixels 0/255 or 0/1); its factors are inferred by the model's "
-    "classifier. Other sizes or gray levels are refused, not resized."
+    "A 64x64 black-and-white PNG (pixels 0/255 or 0/1); its factors are read off the pixels by the "
+    "model's posterior p(y | x). Other sizes or gray levels are refused, not resized; an image no "
+    "sprite explains is refused too."
 )
 
 
@@ -98,8 +104,8 @@ def figure_array(fig: Figure) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Query:
-    """One counterfactual request: the image (64, 64) 0/1, its labels (5,) (None: inferred by the
-    classifier) and the interventions {factor: class}."""
+    """One counterfactual request: the image (64, 64) 0/1, its labels (5,) (None: read off the
+    pixels by the posterior p(y | x)) and the interventions {factor: class}."""
 
     image: np.ndarray
     labels: np.ndarray | None
@@ -209,14 +215,27 @@ class Explorer:
                 np.stack([cast(np.ndarray, queries[k].labels) for k in rows]) if given else None
             )
             do = {name: np.array([queries[k].do[name] for k in rows]) for name in names}
-            with self.lock:
-                result = self.model.counterfactual_query(images, labels, do or None, seed=SEED)
-                recon = self.model.reconstruct(images, result.factual)
+            try:
+                with self.lock:
+                    result = self.model.counterfactual_query(images, labels, do or None, seed=SEED)
+                    recon = self.model.reconstruct(images, result.factual)
+                    read = None if given else self.model.infer(images, top=TOP_CANDIDATES)
+                    spread = self.model.counterfactual_distribution(
+                        images, labels, do or None, DISTRIBUTION_SAMPLES, seed=SEED
+                    )
+            except CausalSpritesError as error:
+                for k in rows:
+                    out[6][k] = f"**Not answered:** {error}"
+                continue
             for j, k in enumerate(rows):
                 image, cf = images[j], result.images[j]
                 out[0][k], out[1][k], out[2][k] = image * 255, recon[j] * 255, cf * 255
                 out[3][k] = (difference_map(image, cf) * 255).astype(np.uint8)
                 out[4][k] = factor_table(result.factual[j], result.counterfactual[j], given)
+                if read is not None:
+                    out[4][k] += "\n\n" + candidates_text(read, j, self.model.likelihood_range)
+                if len(spread.probabilities[j]) > 1:
+                    out[4][k] += "\n\n" + distribution_text(spread, j)
                 out[5][k] = (
                     f"Counterfactual query: **{result.seconds * 1e3:.0f} ms** "
                     f"(a batch of {len(rows)}, seed {SEED})"
@@ -257,9 +276,42 @@ class Explorer:
         return figure_array(fig), f"Query: {result.seconds * 1e3:.0f} ms"
 
 
+def candidates_text(posterior: FactorPosterior, row: int, usual: dict[str, float] | None) -> str:
+    """Markdown lines: an upload's most probable factor tuples with their probabilities, and its
+    log-likelihood beside the held-out data's range."""
+    lines = [
+        f"**Read off the pixels, p(y | x)** (log-likelihood "
+        f"{posterior.log_likelihood[row]:.1f} nats"
+        + (f"; held-out median {usual['median']:.1f}):" if usual else "):")
+    ]
+    for classes, p in zip(posterior.classes[row], posterior.probabilities[row], strict=True):
+        if p > 0:
+            values = ", ".join(
+                f"{n}={value_text(n, int(c))}" for n, c in zip(FACTORS, classes, strict=True)
+            )
+            lines.append(f"- {p:.3f}: {values}")
+    return "\n".join(lines)
+
+
+def distribution_text(spread: CounterfactualDistribution, row: int) -> str:
+    """Markdown lines: a counterfactual that the image does not pin down, as its most probable
+    factor tuples with their probabilities (the image shown is the most probable one's)."""
+    lines = [
+        f"**The counterfactual is a distribution** ({spread.method[row]}, "
+        f"{spread.num_samples} noise draws); the image shows the answer for the most probable "
+        "factual factors:"
+    ]
+    for classes, p in list(zip(spread.classes[row], spread.probabilities[row], strict=True))[:5]:
+        values = ", ".join(
+            f"{n}={value_text(n, int(c))}" for n, c in zip(FACTORS, classes, strict=True)
+        )
+        lines.append(f"- {p:.3f}: {values}")
+    return "\n".join(lines)
+
+
 def factor_table(factual: np.ndarray, counterfactual: np.ndarray, given: bool) -> str:
     """A Markdown table of the factual and counterfactual classes (5,) of one query."""
-    source = "given" if given else "inferred by the classifier"
+    source = "given" if given else "posterior mode"
     lines = [f"| factor | factual ({source}) | counterfactual |", "| --- | --- | --- |"]
     for i, name in enumerate(FACTORS):
         before, after = int(factual[i]), int(counterfactual[i])

@@ -262,17 +262,6 @@ def _load(run: str, data: Path | None = None) -> tuple[Any, dsprites.DSprites]:
     return model, dsprites.DSprites.load(path)
 
 
-def _variant_of(path: Path | None) -> Any:
-    """(spec, recorded noise) when `path` is a causal variant file, else None (plain dSprites)."""
-    from causal_sprites.data.variants import read_variant
-
-    if path is None:
-        return None
-    with np.load(path, allow_pickle=False) as archive:
-        is_variant = "spec" in archive.files
-    return read_variant(path) if is_variant else None
-
-
 @app.command("evaluate")
 def evaluate(
     run: RunArgument,
@@ -292,6 +281,7 @@ def evaluate(
     """Test NELBO (recon, KL), reconstruction IoU, classifier accuracy and z-leakage; with
     --counterfactual also ground-truth fidelity, effectiveness, preservation, composition and
     reversibility (Monteiro et al. 2023)."""
+    from causal_sprites.data.variants import variant_of
     from causal_sprites.metrics import evaluate as evaluate_run
     from causal_sprites.metrics import evaluate_counterfactuals, evaluate_distributions
     from causal_sprites.oracle import load_oracle
@@ -299,7 +289,7 @@ def evaluate(
     model, store = _load(run, data)
     scores = evaluate_run(model, store, num_images)
     if counterfactual:
-        variant = _variant_of(data or (Path(model.config.data) if model.config.data else None))
+        variant = variant_of(data or (Path(model.config.data) if model.config.data else None))
         judge = load_oracle(oracle)
         scores.update(evaluate_counterfactuals(model, store, judge, variant, num_counterfactuals))
         spec = variant[0] if variant else None
@@ -546,6 +536,15 @@ def counterfactual(
         Path | None,
         typer.Option("--out-npz", help="factual and counterfactual images, uint8 (B, 64, 64)."),
     ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            "--samples",
+            min=1,
+            max=100_000,
+            help="Also give each answer as a distribution over N draws of the abducted noise.",
+        ),
+    ] = None,
     data: DataOption = None,
     seed: SeedOption = 0,
     json_out: JsonOption = False,
@@ -583,6 +582,7 @@ def counterfactual(
         groups.setdefault((tuple(sorted(item.do)), k in labels), []).append(k)
     images = np.zeros_like(factual)
     classes = np.zeros((2, len(items), 5), dtype=np.int64)
+    distributions: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]] = {}
     seconds = 0.0
     for (names, given), rows in groups.items():
         y = np.stack([labels[k] for k in rows]) if given else None
@@ -594,12 +594,35 @@ def counterfactual(
             result.counterfactual,
         )
         seconds += result.seconds
+        if samples is not None:
+            spread = model.counterfactual_distribution(factual[rows], y, per_row, samples, seed)
+            for j, k in enumerate(rows):
+                distributions[k] = (
+                    spread.classes[j],
+                    spread.probabilities[j],
+                    spread.images[j],
+                    spread.pixel_probs[j],
+                    spread.method[j],
+                )
+            seconds += spread.seconds
     if out is not None:
-        from causal_sprites.viz import counterfactual_figure
+        from causal_sprites.viz import counterfactual_distribution_figure, counterfactual_figure
 
         shown = slice(0, FIGURE_IMAGES // 4)
         titles = [f"do({_assignment_text(item.do)})" for item in items[shown]]
-        write_png(counterfactual_figure(factual[shown], images[shown], titles), out)
+        if distributions:
+            parts = [distributions[k] for k in range(len(items))][shown]
+            figure = counterfactual_distribution_figure(
+                factual[shown],
+                [p[0] for p in parts],
+                [p[1] for p in parts],
+                [p[2] for p in parts],
+                np.stack([p[3] for p in parts]),
+                titles,
+            )
+        else:
+            figure = counterfactual_figure(factual[shown], images[shown], titles)
+        write_png(figure, out)
     if out_npz is not None:
         _write_npz(out_npz, factual, images)
     records: list[dict[str, Any]] = [
@@ -613,6 +636,12 @@ def counterfactual(
         }
         for k, item in enumerate(items)
     ]
+    for k, (tuples, probabilities, _, _, method) in distributions.items():
+        records[k]["distribution"] = [
+            {"factors": format_classes(t), "probability": float(p)}
+            for t, p in zip(tuples, probabilities, strict=True)
+        ]
+        records[k]["distribution_method"] = method
     if json_out:
         summary = {
             "queries": records,
@@ -631,11 +660,91 @@ def counterfactual(
             if v != query["factual"][k]
         }
         typer.echo(f"{source}: {', '.join(f'{k} {v}' for k, v in changed.items()) or 'no change'}")
+        spread = query.get("distribution", [])
+        for entry in spread[:5] if len(spread) > 1 else []:
+            typer.echo(f"  {entry['probability']:7.4f}  {_assignment_text(entry['factors'])}")
     if len(records) > 20:
         typer.echo(f"... and {len(records) - 20} more")
     for path in (out, out_npz):
         if path is not None:
             typer.echo(path)
+
+
+@app.command("infer")
+def infer(
+    run: RunArgument,
+    index: Annotated[list[int] | None, typer.Option(help="Dataset index (repeatable).")] = None,
+    image: Annotated[
+        list[Path] | None, typer.Option(help="A 64x64 binary PNG (repeatable).")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data file: with --index, where to look the indices up; alone, infer "
+            "its first --limit images."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Images of --data to read.")] = 100,
+    top: Annotated[int, typer.Option(min=1, help="Candidate factor tuples per image.")] = 5,
+    json_out: JsonOption = False,
+) -> None:
+    """The factors of images read off the pixels: the posterior p(y | x), best first."""
+    import time
+
+    from causal_sprites.data.factors import format_classes
+    from causal_sprites.scm.queries import load_run
+
+    if (index is not None) + (image is not None) + (data is not None and index is None) != 1:
+        raise typer.BadParameter("give exactly one", param_hint="--index, --image or --data")
+    model = load_run(run)
+    sources: list[dict[str, Any]]
+    if image is not None:
+        pixels = np.stack([read_binary_png(path) for path in image])
+        sources = [{"image": str(path)} for path in image]
+    else:
+        default = Path(model.config.data) if model.config.data else None
+        store = dsprites.DSprites.load(data or default)
+        rows = np.asarray(index if index is not None else range(min(limit, len(store))))
+        pixels = store.images(rows)
+        sources = [{"index": int(k), "true": format_classes(store.factors(int(k)))} for k in rows]
+    start = time.perf_counter()
+    posterior = model.infer(pixels, top=top)
+    seconds = time.perf_counter() - start
+    flagged = model.out_of_distribution(posterior)
+    records = [
+        {
+            **source,
+            "candidates": [
+                {"factors": format_classes(c), "probability": float(p)}
+                for c, p in zip(posterior.classes[b], posterior.probabilities[b], strict=True)
+                if p > 0
+            ],
+            "log_likelihood": float(posterior.log_likelihood[b]),
+            "out_of_distribution": bool(flagged[b]),
+            "num_scored": int(posterior.num_scored[b]),
+        }
+        for b, source in enumerate(sources)
+    ]
+    if json_out:
+        summary = {"images": records, "likelihood_range": model.likelihood_range}
+        typer.echo(json.dumps({**summary, "seconds": seconds}))
+        return
+    usual = model.likelihood_range
+    for record in records[:20]:
+        name = record.get("image") or f"index {record['index']}"
+        typer.echo(f"{name}: log-likelihood {record['log_likelihood']:.1f} nats")
+        if record["out_of_distribution"] and usual is not None:
+            typer.echo(
+                f"  warning: unlike any dSprites image (threshold {usual['threshold']:.0f}, "
+                f"held-out median {usual['median']:.1f}); these factors explain it badly"
+            )
+        for candidate in record["candidates"]:
+            text = _assignment_text(candidate["factors"])
+            typer.echo(f"  {candidate['probability']:7.4f}  {text}")
+    if len(records) > 20:
+        typer.echo(f"... and {len(records) - 20} more")
+    if usual is None:
+        typer.echo("note: this run records no likelihood range; out-of-distribution is unchecked")
 
 
 @app.command("demo")
@@ -702,7 +811,7 @@ def _write_discovered_graph(
 def discover(
     run: Annotated[
         str | None,
-        typer.Argument(help="Infer labels from the pixels with this run's classifier."),
+        typer.Argument(help="Read the factors off the pixels with this run's posterior p(y | x)."),
     ] = None,
     data: DataOption = None,
     truth: Annotated[
@@ -711,7 +820,7 @@ def discover(
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Test level.")] = 1e-3,
     test: Annotated[str, typer.Option(help="Independence test: chisq or gsq.")] = "chisq",
     num_images: Annotated[
-        int, typer.Option(min=50, help="Images to classify (with RUN), a seeded subsample.")
+        int, typer.Option(min=50, help="Images to read (with RUN), a seeded subsample.")
     ] = 20_000,
     seed: Annotated[int, typer.Option(help="Seed of the subsample.")] = 0,
     write_graph: Annotated[
@@ -722,7 +831,7 @@ def discover(
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """PC causal discovery over the factors, from a data file's labels or a run's classifier."""
+    """PC causal discovery over the factors, from a data file's labels or from the pixels."""
     from causal_sprites.data.variants import load_spec
     from causal_sprites.discovery import discover_file, discover_from_images
 
@@ -734,13 +843,13 @@ def discover(
         model, store = _load(run, data)
         count = min(num_images, len(store))
         rows = np.sort(np.random.default_rng(seed).choice(len(store), count, replace=False))
-        result = discover_from_images(model, store.images(rows), spec, **options)
+        result = discover_from_images(model, store.images(rows), spec, seed=seed, **options)
     if write_graph is not None:
         result["written_graph"] = _write_discovered_graph(write_graph, result["edges"], orient)
     if json_out:
         typer.echo(json.dumps(result))
         return
-    source = f"{run}'s classifier" if run else "labels"
+    source = f"factors drawn from {run}'s posterior p(y | x)" if run else "labels"
     typer.echo(
         f"PC ({result['test']}, alpha {result['alpha']:g}) on {result['num_samples']} rows "
         f"({source}), {result['seconds']:.2f} s"

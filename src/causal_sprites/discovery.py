@@ -30,20 +30,24 @@ from causal_sprites.errors import CausalSpritesError
 DEFAULT_ALPHA = 1e-3
 #: Fewest rows we run PC on; below it the tables are too sparse for any conclusion.
 MIN_SAMPLES = 50
-#: Factors searched from inferred labels. Orientation is left out: the pixels do not determine it
-#: for squares (4-fold symmetric) and ellipses (2-fold), nor well for small sprites, so any
-#: classifier's orientation errors depend on shape and scale, and PC reports those as edges.
-IMAGE_FACTORS: tuple[str, ...] = tuple(f for f in FACTORS if f != "orientation")
+#: Factor tuples per image kept from the posterior to draw from.
+POSTERIOR_TOP = 8
 
 #: A CPDAG as {(a, b): mark} over unordered pairs a < b in factor order; mark is "->" (a -> b),
 #: "<-" (b -> a), "--" (undirected) or "<->" (PC found conflicting colliders).
 Cpdag = dict[tuple[str, str], str]
 
 
-class LabelInferrer(Protocol):
-    """Anything that reads factor classes (B, 5) from images (B, 64, 64), e.g. a CausalModel."""
+class Posterior(Protocol):
+    """A posterior over factor tuples that can be drawn from (`model.readout.FactorPosterior`)."""
 
-    def infer_labels(self, x: np.ndarray) -> np.ndarray: ...
+    def sample(self, num_samples: int, generator: np.random.Generator) -> np.ndarray: ...
+
+
+class LabelInferrer(Protocol):
+    """Anything that gives the posterior p(y | x) of images (B, 64, 64), e.g. a CausalModel."""
+
+    def infer(self, x: np.ndarray, top: int = 5) -> Posterior: ...
 
 
 def _pair(a: str, b: str) -> tuple[tuple[str, str], bool]:
@@ -207,6 +211,7 @@ def discover(
         "shd": None,
         "num_samples": len(labels),
         "factors": chosen,
+        "labels": "given",
         "alpha": alpha,
         "test": test,
     }
@@ -242,9 +247,17 @@ def discover_from_images(
     images: np.ndarray,
     truth: VariantSpec | Sequence[tuple[str, str]] | None = None,
     *,
-    factors: Sequence[str] = IMAGE_FACTORS,
+    factors: Sequence[str] = FACTORS,
+    seed: int = 0,
     **options: Any,
 ) -> dict[str, Any]:
-    """`discover` on labels a classifier infers from the pixels alone: images (B, 64, 64). By
-    default orientation is left out (see IMAGE_FACTORS)."""
-    return discover(np.asarray(model.infer_labels(images)), truth, factors=factors, **options)
+    """`discover` on the pixels alone: images (B, 64, 64), each one's factors drawn once from the
+    posterior p(y | x). Drawing (not taking the mode) is what keeps symmetric sprites honest: a
+    square at orientation k is drawn at k or at the turns that look the same, with their weights,
+    and if the model is right the draws over all images follow the factors' true joint law
+    (sum over x of p(y | x) p(x) = p(y)), so no edge appears that the data does not have. A mode,
+    or any canonical orientation per shape, would tie orientation's law to the shape."""
+    posterior = model.infer(images, top=POSTERIOR_TOP)
+    labels = posterior.sample(1, np.random.default_rng(seed))[0]
+    result = discover(labels, truth, factors=factors, seed=seed, **options)
+    return {**result, "labels": "posterior"}

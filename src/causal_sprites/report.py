@@ -24,8 +24,8 @@ from jinja2 import Environment, PackageLoader
 
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import FACTORS, SIZES
-from causal_sprites.data.variants import read_variant
-from causal_sprites.discovery import discover
+from causal_sprites.data.variants import variant_of
+from causal_sprites.discovery import discover, discover_from_images
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.figures import write_run_figures
 from causal_sprites.metrics import evaluate, evaluate_counterfactuals
@@ -46,7 +46,7 @@ SECTIONS = (
 )
 #: Rows of factor labels PC runs on, and images whose labels the classifier infers for it.
 DISCOVERY_SAMPLES = 100_000
-DISCOVERY_IMAGES = 10_000
+DISCOVERY_IMAGES = 2_000
 #: Captions of the figures `write_run_figures` draws (the demo's figures).
 CAPTIONS = {
     "samples": "Random images of the data with their factors.",
@@ -282,28 +282,25 @@ def soundness_metrics(model: CausalModel, data: DSprites, seed: int) -> dict[str
         oracle = load_oracle("pretrained")
     except CausalSpritesError as error:
         return f"no oracle classifier to read counterfactuals back ({error})"
-    variant = None
-    if model.config.data is not None:
-        try:
-            variant = read_variant(model.config.data)
-        except CausalSpritesError:
-            variant = None  # an official-format file without recorded noise: plain dSprites
-    return evaluate_counterfactuals(model, data, oracle, variant, seed=seed)
+    return evaluate_counterfactuals(model, data, oracle, variant_of(model.config.data), seed=seed)
 
 
 def _discoveries(model: CausalModel, data: DSprites, seed: int) -> list[dict[str, Any]]:
-    """PC on the data's factor labels, and on labels the run's classifier reads off the pixels."""
+    """PC on the data's factor labels, and on factors drawn from the run's posterior p(y | x)
+    of each image: the pixels alone."""
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(data), min(len(data), DISCOVERY_IMAGES), replace=False))
     runs = [
-        ("From the factor labels", data.factors(slice(None)), "labels"),
-        ("From the pixels alone (labels by the run's classifier)", None, "pixels"),
+        ("From the factor labels", "labels"),
+        ("From the pixels alone (factors drawn from the model's posterior p(y | x))", "pixels"),
     ]
     out = []
-    for title, labels, uid in runs:
-        if labels is None:
-            labels = model.infer_labels(data.images(rows))
-        result = discover(labels, max_samples=DISCOVERY_SAMPLES, seed=seed)
+    for title, uid in runs:
+        if uid == "labels":
+            labels = data.factors(slice(None))
+            result = discover(labels, max_samples=DISCOVERY_SAMPLES, seed=seed)
+        else:
+            result = discover_from_images(model, data.images(rows), seed=seed)
         tests = Table(
             ["a", "b", "p-value", "Cramér's V"],
             [[t["a"], t["b"], fmt(t["p_value"]), fmt(t["cramers_v"])] for t in result["tests"]],
@@ -312,7 +309,7 @@ def _discoveries(model: CausalModel, data: DSprites, seed: int) -> list[dict[str
         found = ", ".join(f"{e['from']} {'->' if e['directed'] else '--'} {e['to']}" for e in edges)
         summary = (
             f"PC ({result.get('test', 'chisq')}, alpha {fmt(result.get('alpha', 'n/a'))}) on "
-            f"{fmt(result.get('num_samples', len(labels)))} rows: "
+            f"{fmt(result['num_samples'])} rows: "
             f"{found or 'no edges: the factors are independent'}."
         )
         out.append(

@@ -27,6 +27,7 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
+LIKELIHOOD_FILE = "likelihood.json"
 LOCK_FILE = ".lock"
 TEMPORARY_SUFFIX = ".tmp"
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -191,6 +192,23 @@ def rewrite_graph(run: str | Path, graph: tuple[tuple[str, str], ...]) -> None:
     train_rows, _ = split_rows(data, config)
     rebuilt.fit_tables(torch.from_numpy(data.classes(train_rows)[:, 1:]))
     save_model(run_dir, rebuilt, config)
+
+
+def write_likelihood_range(run_dir: Path, usual: dict[str, float]) -> None:
+    """Record the usual range of held-out log-likelihoods (see `readout.likelihood_range`)."""
+    write_text_atomic(run_dir / LIKELIHOOD_FILE, json.dumps(usual, indent=2) + "\n")
+
+
+def read_likelihood_range(run_dir: Path) -> dict[str, float] | None:
+    """The run's recorded likelihood range, or None when it has none (runs before it existed)."""
+    path = run_dir / LIKELIHOOD_FILE
+    if not path.is_file():
+        return None
+    try:
+        usual = json.loads(path.read_text())
+        return {key: float(usual[key]) for key in ("low", "median", "high", "threshold")}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise CausalSpritesError(f"{path} is malformed; delete it or retrain") from None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -117,6 +117,37 @@ def counterfactual_figure(
     return fig
 
 
+def counterfactual_distribution_figure(
+    factual: np.ndarray,
+    classes: list[np.ndarray],
+    probabilities: list[np.ndarray],
+    images: list[np.ndarray],
+    pixel_probs: np.ndarray,
+    labels: list[str] | None = None,
+    num_tuples: int = 4,
+) -> Figure:
+    """One row per query: factual (B, 64, 64) | P(pixel on) of the counterfactual (B, 64, 64) |
+    the most probable counterfactual tuples' images with their probabilities."""
+    num = len(factual)
+    fig = Figure(figsize=(2.0 + 1.2 * (num_tuples + 1), 1.5 * num + 0.4), layout="constrained")
+    axes = fig.subplots(num, num_tuples + 2, squeeze=False)
+    for r in range(num):
+        _image_axis(axes[r, 0], factual[r], "factual")
+        axes[r, 1].imshow(pixel_probs[r], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        axes[r, 1].set_title("P(pixel on)", fontsize=8)
+        axes[r, 1].set_axis_off()
+        for k in range(num_tuples):
+            ax = axes[r, k + 2]
+            if k < len(probabilities[r]):
+                tuple_text = ",".join(str(int(c)) for c in classes[r][k])
+                _image_axis(ax, images[r][k], f"p {probabilities[r][k]:.2f}\n({tuple_text})")
+            else:
+                ax.set_axis_off()
+        if labels:
+            axes[r, 0].text(-8, 32, labels[r], ha="right", va="center", fontsize=7, rotation=90)
+    return fig
+
+
 def query_samples_figure(
     images: np.ndarray, classes: np.ndarray, marginals: dict[str, np.ndarray], title: str
 ) -> Figure:

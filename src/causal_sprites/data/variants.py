@@ -315,6 +315,23 @@ def read_variant(path: Path | str) -> tuple[VariantSpec, dict[str, np.ndarray]]:
     return spec, noise
 
 
+def variant_of(path: Path | str | None) -> tuple[VariantSpec, dict[str, np.ndarray]] | None:
+    """(spec, recorded noise) when `path` is a causal variant file, None when it is plain
+    dSprites (an official .npz or .hdf5 without a recorded spec); a file that claims to be a
+    variant but cannot be read is an error, never silently plain dSprites."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise CausalSpritesError(f"no such file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            is_variant = "spec" in archive.files
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None  # not an npz archive (the .hdf5 twin): no recorded noise
+    return read_variant(path) if is_variant else None
+
+
 def true_counterfactual(
     spec: VariantSpec,
     noise: Mapping[str, np.ndarray],

@@ -27,8 +27,10 @@ from torch.distributions import kl_divergence
 from causal_sprites.config import RunConfig
 from causal_sprites.data.factors import FACTORS, SIZES, normalize_assignments, parse_factor_value
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.readout import FactorPosterior, infer_posterior
 from causal_sprites.model.vae import ConditionalVAE, parents_of
-from causal_sprites.runs import load_model
+from causal_sprites.runs import load_model, read_likelihood_range
+from causal_sprites.scm.graph import FactorGraph
 from causal_sprites.scm.mechanisms import (
     gumbel_max,
     gumbel_posterior,
@@ -37,6 +39,8 @@ from causal_sprites.scm.mechanisms import (
 )
 
 CHUNK = 512
+#: Factor tuples per image kept from the posterior to draw from (the rest weigh nothing here).
+POSTERIOR_DRAW_TOP = 8
 #: Event dims of the endogenous sites (factors are scalars per image).
 EVENT_DIMS: dict[str, int] = {"z": 1, "x": 2}
 #: Per-image ELBO steps on q(z | x, y) before abduction. 0: on the pretrained run 10 or 50 steps
@@ -280,12 +284,30 @@ class SampleResult:
 @dataclass(frozen=True)
 class CounterfactualResult:
     """Counterfactual images (B, 64, 64) uint8, or (S, B, 64, 64) with num_samples; the factual
-    classes (B, 5) (given or `inferred`) and the counterfactual ones (B, 5) or (S, B, 5)."""
+    classes (B, 5) (given, or `inferred`: the posterior's mode) and the counterfactual ones
+    (B, 5) or (S, B, 5)."""
 
     images: np.ndarray
     factual: np.ndarray
     counterfactual: np.ndarray
     inferred: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CounterfactualDistribution:
+    """Per image b, the distinct counterfactual factor tuples `classes[b]` (T_b, 5) with their
+    `probabilities[b]` (T_b,), most probable first, and one crisp image each `images[b]`
+    (T_b, 64, 64) uint8; `pixel_probs` (B, 64, 64) the probability that each counterfactual pixel
+    is on; `method[b]` "exact" where the image pins the answer down (one tuple, probability 1),
+    else "monte_carlo" (`num_samples` draws of the abducted factor noise)."""
+
+    classes: list[np.ndarray]
+    probabilities: list[np.ndarray]
+    images: list[np.ndarray]
+    pixel_probs: np.ndarray
+    method: list[str]
+    num_samples: int
     seconds: float
 
 
@@ -297,20 +319,47 @@ class CausalModel:
         self.config = config
         self.run_dir = run_dir
         self.scm = StructuralModel(model)
+        self.likelihood_range = None if run_dir is None else read_likelihood_range(run_dir)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def infer_labels(self, x: np.ndarray | Tensor) -> np.ndarray:
-        """Most likely factor classes (B, 5) of images (B, 64, 64) under the classifier q(y | x)."""
+    def infer(self, x: np.ndarray | Tensor, top: int = 5) -> FactorPosterior:
+        """The posterior p(y | x) over factor tuples of images (B, 64, 64), its `top` most
+        probable first: the classifier proposes, the decoder decides (`model/readout.py`)."""
+        if top < 1:
+            raise CausalSpritesError(f"top must be >= 1, got {top}")
         images = as_images(x)
-        out = []
-        for start in range(0, len(images), CHUNK):
-            logits = self.model.classify(images[start : start + CHUNK].to(self.device))
-            out.append(torch.stack([lg.argmax(-1) for lg in logits], -1).cpu())
-        return torch.cat(out).numpy()
+        parts = [
+            infer_posterior(self.model, images[start : start + CHUNK].to(self.device), top)
+            for start in range(0, len(images), CHUNK)
+        ]
+        return FactorPosterior.concatenate(parts)
+
+    def infer_labels(self, x: np.ndarray | Tensor) -> np.ndarray:
+        """The most probable factor classes (B, 5) of images (B, 64, 64): the posterior's mode."""
+        return self.infer(x, top=1).mode
+
+    def out_of_distribution(self, posterior: FactorPosterior) -> np.ndarray:
+        """(B,) bool: images whose best factor tuple explains them far worse than the held-out
+        data's (RUN/likelihood.json); all False when the run records no range."""
+        if self.likelihood_range is None:
+            return np.zeros(len(posterior.log_likelihood), dtype=bool)
+        return posterior.log_likelihood < self.likelihood_range["threshold"]
+
+    def refuse_out_of_distribution(self, posterior: FactorPosterior) -> None:
+        """Raise a one-line error naming the first image no factor tuple explains."""
+        flagged = np.flatnonzero(self.out_of_distribution(posterior))
+        if len(flagged) and self.likelihood_range is not None:
+            first, usual = int(flagged[0]), self.likelihood_range
+            raise CausalSpritesError(
+                f"image {first} is unlike any dSprites image: log-likelihood "
+                f"{posterior.log_likelihood[first]:.0f} nats at its best factors, below this "
+                f"run's threshold {usual['threshold']:.0f} (held-out median "
+                f"{usual['median']:.1f}); no counterfactual"
+            )
 
     @torch.no_grad()
     def encode(self, x: np.ndarray | Tensor, y: np.ndarray | Tensor | None = None) -> Tensor:
@@ -373,6 +422,13 @@ class CausalModel:
         return self.decode(labels, z)
 
     # -- the structural causal model -----------------------------------------------------------
+    @property
+    def factor_graph(self) -> FactorGraph:
+        """The model's factor SCM: its graph and learned tables."""
+        parents = {n: tuple(parents_of(self.model.graph, n)) for n in FACTORS}
+        tables = {n: torch.softmax(self.model.cpt(n).detach().cpu().double(), -1) for n in FACTORS}
+        return FactorGraph.from_tables(parents, tables)
+
     def posterior(self, evidence: Mapping[str, Value] | None = None) -> dict[str, np.ndarray]:
         """Exact marginals p(factor | evidence) {factor: (K,)}: the factor network enumerated."""
         given = normalize_assignments(evidence or {})
@@ -445,7 +501,8 @@ class CausalModel:
         refine_steps: int = REFINE_STEPS,
         seed: int | None = None,
     ) -> Abduction:
-        """The noise posterior given images (B, 64, 64) and labels (B, 5) (None: the classifier's).
+        """The noise posterior given images (B, 64, 64) and labels (B, 5) (None: the mode of
+        the posterior p(y | x); out-of-distribution images are refused).
 
         `exact`: truncated Gumbels for the factors, Uniform(0, p) / Uniform(p, 1) pixels. `generic`:
         rejection sampling through the Pyro model, site by site (every endogenous site set by
@@ -462,8 +519,9 @@ class CausalModel:
         with seeded(seed):
             features = self.model.encoder.features(images)
             if y is None:
-                logits = self.model.classify(images, features)
-                labels = torch.stack([lg.argmax(-1) for lg in logits], -1)
+                posterior = self.infer(images[:, 0].cpu(), top=1)
+                self.refuse_out_of_distribution(posterior)
+                labels = torch.as_tensor(posterior.mode, device=self.device)
             else:
                 labels = as_labels(y, len(images)).to(self.device)
             posterior = self.model.z_posterior(images, labels, features)
@@ -595,13 +653,24 @@ class CausalModel:
         refine_steps: int = REFINE_STEPS,
         seed: int | None = None,
     ) -> CounterfactualResult:
-        """Abduction, action, prediction for images (B, 64, 64) (labels (B, 5), or None for the
-        classifier's), with do values by name or index, shared or one per image."""
+        """Abduction, action, prediction for images (B, 64, 64), with do values by name or
+        index, shared or one per image. Labels (B, 5), or None: the factors are then latent, read
+        off the pixels by the posterior p(y | x): one answer abducts from its mode, `num_samples`
+        answers from as many draws of it (out-of-distribution images are refused)."""
         start = time.perf_counter()
         _check_count(num_samples)
         images = as_images(x)
-        labels = None if y is None else as_labels(y, len(images))
         actions = as_interventions(do, len(images))
+        inferred = y is None
+        if y is None:
+            posterior = self.infer(images[:, 0], top=POSTERIOR_DRAW_TOP)
+            self.refuse_out_of_distribution(posterior)
+            if num_samples > 1:
+                return self._counterfactual_over_posterior(
+                    images[:, 0], posterior, actions, num_samples, method, style, seed, start
+                )
+            y = posterior.mode
+        labels = as_labels(y, len(images))
         step = max(1, CHUNK // num_samples)
         outs, factual, counterfactual = [], [], []
         with seeded(seed):
@@ -626,7 +695,38 @@ class CausalModel:
             cf_images.numpy(),
             torch.cat(factual).numpy(),
             cf_classes.numpy(),
-            y is None,
+            inferred,
+            time.perf_counter() - start,
+        )
+
+    def _counterfactual_over_posterior(
+        self,
+        images: Tensor,
+        posterior: FactorPosterior,
+        actions: dict[str, Tensor],
+        num_samples: int,
+        method: Method,
+        style: Style,
+        seed: int | None,
+        start: float,
+    ) -> CounterfactualResult:
+        """`num_samples` counterfactuals of each image (B, 64, 64), each abducted from its own
+        draw of the factor posterior: (S, B, ...) results."""
+        draws = posterior.sample(num_samples, np.random.default_rng(seed))  # (S, B, 5)
+        batch = len(images)
+        result = self.counterfactual_query(
+            images.repeat(num_samples, 1, 1),
+            draws.reshape(-1, len(FACTORS)),
+            {name: value.repeat(num_samples) for name, value in actions.items()},
+            method=method,
+            style=style,
+            seed=seed,
+        )
+        return CounterfactualResult(
+            result.images.reshape(num_samples, batch, 64, 64),
+            posterior.mode,
+            result.counterfactual.reshape(num_samples, batch, len(FACTORS)),
+            True,
             time.perf_counter() - start,
         )
 
@@ -642,6 +742,96 @@ class CausalModel:
         """Counterfactual images (B, 64, 64) uint8 of x under do(...), or (S, B, 64, 64) samples
         of the spread over the abducted noise; do(y = observed y) returns x pixel for pixel."""
         return self.counterfactual_query(x, y, do, num_samples, method, seed=seed).images
+
+    @torch.no_grad()
+    def counterfactual_distribution(
+        self,
+        x: np.ndarray | Tensor,
+        y: np.ndarray | Tensor | None = None,
+        do: Interventions | None = None,
+        num_samples: int = 2000,
+        seed: int | None = 0,
+    ) -> CounterfactualDistribution:
+        """The counterfactual of each image (B, 64, 64) as a distribution: over the factor noise
+        abducted from its factual classes (labels (B, 5), or None: the posterior p(y | x) folded
+        in, its top tuples weighted by their probabilities), the distinct counterfactual tuples
+        with their probabilities; the pixel noise is abducted exactly, so each tuple's image and
+        the per-pixel probability follow in closed form."""
+        start = time.perf_counter()
+        _check_count(num_samples)
+        images = as_images(x)
+        actions = as_interventions(do, len(images))
+        if y is None:
+            posterior = self.infer(images[:, 0], top=POSTERIOR_DRAW_TOP)
+            self.refuse_out_of_distribution(posterior)
+            weights = posterior.probabilities / posterior.probabilities.sum(1, keepdims=True)
+            factuals = [(posterior.classes[:, k], weights[:, k]) for k in range(weights.shape[1])]
+        else:
+            factuals = [(as_labels(y, len(images)).numpy(), np.ones(len(images)))]
+        graph = self.factor_graph
+        identified = not graph.descendants(list(actions))
+        generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        tables: list[dict[tuple[int, ...], float]] = [{} for _ in range(len(images))]
+        pixel_probs = torch.zeros(len(images), 64, 64)
+        pictures: list[dict[tuple[int, ...], np.ndarray]] = [{} for _ in range(len(images))]
+        for labels, weight in factuals:
+            keep = weight > 0
+            if not keep.any():
+                continue
+            factual = torch.as_tensor(labels)
+            drawn = graph.counterfactuals(factual, actions, num_samples, generator)
+            rows, tuples, counts = _distinct_rows(drawn)
+            z = self.encode(images[:, 0], factual)
+            probs = self.decode_probs(factual, z)
+            alternative = self.decode_probs(tuples, z[rows])
+            on = _pixel_on_probability(images[rows, 0], probs[rows], alternative)
+            noise = pixel_noise_posterior(
+                images[:, 0], probs, torch.rand(probs.shape, generator=generator)
+            )
+            crisp = (noise[rows] < alternative).to(torch.uint8).numpy()
+            share = torch.as_tensor(weight[rows.numpy()]) * counts / num_samples
+            pixel_probs.index_add_(0, rows, (share[:, None, None] * on).float())
+            for k, (b, t) in enumerate(zip(rows.tolist(), tuples.tolist(), strict=True)):
+                if share[k] == 0:
+                    continue
+                key = tuple(t)
+                tables[b][key] = tables[b].get(key, 0.0) + float(share[k])
+                pictures[b].setdefault(key, crisp[k])
+        classes, probabilities, pictures_out, method = [], [], [], []
+        for table, shown in zip(tables, pictures, strict=True):
+            order = [t for t, _ in sorted(table.items(), key=lambda item: -item[1])]
+            classes.append(np.array(order, dtype=np.int64).reshape(-1, len(FACTORS)))
+            probabilities.append(np.array([table[t] for t in order]))
+            pictures_out.append(np.stack([shown[t] for t in order]))
+            method.append("exact" if identified else "monte_carlo")
+        return CounterfactualDistribution(
+            classes,
+            probabilities,
+            pictures_out,
+            pixel_probs.numpy(),
+            method,
+            num_samples,
+            time.perf_counter() - start,
+        )
+
+
+def _pixel_on_probability(x: Tensor, factual: Tensor, counterfactual: Tensor) -> Tensor:
+    """P(counterfactual pixel on) with the pixel noise abducted from x: u ~ Uniform(0, p) where
+    x = 1 and Uniform(p, 1) where x = 0 (p the factual decoder mean), on iff u < p'."""
+    on = (counterfactual / factual.clamp_min(1e-12)).clamp(max=1.0)
+    off = ((counterfactual - factual) / (1 - factual).clamp_min(1e-12)).clamp(min=0.0)
+    return torch.where(x > 0.5, on, off)
+
+
+def _distinct_rows(drawn: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The distinct tuples of draws (S, B, 5) per image: image rows (T,), tuples (T, 5) and
+    their counts (T,), grouped by image."""
+    num_samples, batch, width = drawn.shape
+    flat = drawn.permute(1, 0, 2).reshape(-1, width)
+    image = torch.arange(batch).repeat_interleave(num_samples)
+    keyed = torch.cat([image[:, None], flat], 1)
+    unique, counts = torch.unique(keyed, dim=0, return_counts=True)
+    return unique[:, 0], unique[:, 1:], counts
 
 
 def _check_count(num_samples: int) -> None:
