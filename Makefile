@@ -34,12 +34,14 @@ browser:
 test: lint browser
 	$(PY) -m pytest -q
 
-# The benchmarks of BENCHMARKS.md (about 25 minutes on 2 cores).
+# The benchmarks of BENCHMARKS.md (about 35 minutes on 2 cores).
 bench: $(STAMP)
 	$(PY) bench/data.py
 	$(PY) bench/train.py --minutes 10 --side-by-side --fp32-too
 	$(PY) bench/counterfactual.py
 	$(PY) bench/causal.py
+	$(PY) bench/inference.py
+	$(PY) bench/decoder.py
 	$(PY) bench/app.py
 
 clean:

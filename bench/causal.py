@@ -4,9 +4,10 @@ from labels and from the pixels alone (SHD, time).
 
 Counterfactual soundness (`evaluate_counterfactuals`: ground-truth IoU, effectiveness,
 preservation, composition, reversibility, and the TV of counterfactual factor distributions
-against the truth's sampling floor), counterfactual-distribution speed, distributions (`evaluate_distributions`: TV of
-P(target | do(set = v)) and P(target | set = v) from the SCM and through the oracle), discovery
-(`discover_file` on each variant with its truth and on dSprites) and discovery's run time on
+against the truth's sampling floor), counterfactual-distribution speed, distributions
+(`evaluate_distributions`: TV of P(target | do(set = v)) and P(target | set = v) from the SCM and
+through the oracle), discovery (`discover_file` on each variant with its truth and on dSprites;
+`discover_from_images` from the pixels alone, with each model) and discovery's run time on
 100,000 samples of a variant. The variant models train for a short budget (--minutes, default 3)
 on the CPU; the pretrained run trained 40 minutes.
 

@@ -66,7 +66,8 @@ from causal_sprites.data.factors import FACTORS, SIZES
 from causal_sprites.metrics import iou
 from causal_sprites.model.vae import ConditionalVAE, parents_of
 from causal_sprites.runtime import choose_device
-from causal_sprites.scm.queries import CausalModel, StructuralModel, load_run
+from causal_sprites.scm.queries import CausalModel, load_run
+from causal_sprites.scm.structural import StructuralModel
 from causal_sprites.train import split_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -114,6 +114,12 @@ def test_generate_and_demo(
     scores = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
     assert scores["test_nelbo"] > 0 and 0 <= scores["recon_iou"] <= 1
     assert dsprites.default_path().exists()
+    app_line = next(line for line in stdout.splitlines() if "in the web app:" in line)
+    assert Path(app_line.split(": ", 1)[1].split()[0]).is_file()  # works as printed, no PATH
+
+
+def test_help_names_the_app_extra() -> None:
+    assert "causal-sprites[app]" in " ".join(run("--help")[0].split())
 
 
 def test_download(

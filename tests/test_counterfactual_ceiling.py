@@ -26,7 +26,7 @@ from causal_sprites.data.variants import (
 )
 from causal_sprites.metrics import evaluate_counterfactuals
 from causal_sprites.scm.graph import FactorGraph
-from causal_sprites.scm.queries import CounterfactualResult
+from causal_sprites.scm.results import CounterfactualResult
 
 CHAIN = parse_spec(
     {

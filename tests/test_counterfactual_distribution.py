@@ -21,7 +21,8 @@ from causal_sprites.errors import CausalSpritesError
 from causal_sprites.metrics import counterfactual_tv, distribution_tv, evaluate_counterfactuals
 from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.scm.graph import FactorGraph
-from causal_sprites.scm.queries import CausalModel, CounterfactualResult
+from causal_sprites.scm.queries import CausalModel
+from causal_sprites.scm.results import CounterfactualResult
 from tests.test_counterfactual_ceiling import CHAIN, NUM, PerfectModel, Seen
 
 TRUE_GRAPH = FactorGraph.from_tables(CHAIN.parents, CHAIN.tables)

@@ -101,14 +101,20 @@ def test_killed_distributed_run_resumes_to_the_same_weights(
         assert torch.equal(whole[name], resumed[name]), name
 
 
-def test_train_nproc_shortcut_launches_torchrun(tiny_data_file: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
+def train_nproc(data: Path, out: Path, *budget: str) -> subprocess.CompletedProcess:
+    """`causal-sprites train --nproc 2` of the tiny preset, which must succeed."""
     command = [sys.executable, "-m", "causal_sprites", "train", "--nproc", "2", "--out", str(out),
-               "--data", str(tiny_data_file), "--preset", "tiny", "--steps", "4",
-               "--device", "cpu", "--no-progress"]  # fmt: skip
+               "--data", str(data), "--preset", "tiny", *budget, "--device", "cpu",
+               "--no-progress"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_train_nproc_shortcut_launches_torchrun(tiny_data_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = train_nproc(tiny_data_file, out, "--steps", "4")
     assert result.stdout.count("step 4, test NELBO") == 1  # rank 0 alone reports
     steps = [r["step"] for r in read_metrics(out) if "train_loss" in r or r.get("final")]
     assert steps[-1] == 4
@@ -117,3 +123,16 @@ def test_train_nproc_shortcut_launches_torchrun(tiny_data_file: Path, tmp_path: 
 def test_a_lone_process_leaves_without_exiting() -> None:
     leave_distributed()  # no process group: returns instead of ending the process
     assert current_distributed().world_size == 1
+
+
+def test_a_time_budget_under_torchrun_keeps_the_ranks_in_step(
+    tiny_data_file: Path, tmp_path: Path
+) -> None:
+    """With --minutes every rank asks the time check (a collective) at the same points, the
+    periodic evaluation of rank 0 included; before, rank 0 alone asked there and the job hung."""
+    out = tmp_path / "run"
+    train_nproc(tiny_data_file, out, "--minutes", "0.15")
+    records = read_metrics(out)
+    final = [r for r in records if r.get("final")]
+    assert len(final) == 1 and final[0]["step"] > 100  # past the tiny preset's first evaluation
+    assert any("test_nelbo" in r and not r.get("final") for r in records)

@@ -26,7 +26,8 @@ from causal_sprites.metrics import (
     total_variation,
 )
 from causal_sprites.model.vae import ConditionalVAE, parents_of
-from causal_sprites.scm.queries import CausalModel, SampleResult
+from causal_sprites.scm.queries import CausalModel
+from causal_sprites.scm.results import SampleResult
 
 SMALL = ModelConfig(decoder_hidden=16, num_frequencies=2, encoder_channels=4, encoder_hidden=16)
 SCALE_GIVEN_SHAPE = [[8, 6, 3, 1, 1, 1], [1, 3, 6, 6, 3, 1], [1, 1, 1, 3, 6, 8]]

@@ -227,6 +227,9 @@ def test_packed_cache_is_used_and_invalidated(
     first = DSprites.load(path)
     cache = path.with_name(path.name + ".packed.npz")
     assert cache.exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert cache.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
     def no_read(_: Path) -> None:
         raise AssertionError("read the file despite a current cache")

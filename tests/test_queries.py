@@ -21,14 +21,10 @@ from causal_sprites.data.factors import FACTORS
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
+from causal_sprites.scm.graph import restrict
+from causal_sprites.scm.inputs import as_interventions
 from causal_sprites.scm.mechanisms import gumbel_max
-from causal_sprites.scm.queries import (
-    CausalModel,
-    as_interventions,
-    factor_log_joint,
-    load_run,
-    restrict,
-)
+from causal_sprites.scm.queries import CausalModel, load_run
 
 SMALL = ModelConfig(decoder_hidden=16, num_frequencies=2, encoder_channels=4, encoder_hidden=16)
 GRAPH = (("shape", "scale"),)
@@ -86,7 +82,7 @@ def test_enumeration_matches_bayes_and_the_mutilated_network(model: CausalModel)
     np.testing.assert_allclose(moved.marginals["scale"], table[2], rtol=1e-5)
     np.testing.assert_allclose(model.posterior()["scale"], prior @ table, rtol=1e-5)
     with pytest.raises(CausalSpritesError, match="probability zero"):
-        restrict(factor_log_joint(model.model, {"scale": 3}), {"scale": 5})
+        restrict(model.factor_graph.log_joint({"scale": 3}), {"scale": 5})
 
 
 def _frequencies(values: np.ndarray, size: int) -> np.ndarray:

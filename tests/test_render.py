@@ -18,7 +18,7 @@ from causal_sprites.data.factors import (
     classes_to_values,
     index_to_classes,
 )
-from causal_sprites.data.render import FILENAME, render, write_npz
+from causal_sprites.data.render import FILENAME, remove_dead_writers_parts, render, write_npz
 from causal_sprites.errors import CausalSpritesError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dsprites_reference.npz"
@@ -202,3 +202,20 @@ def test_write_npz_official_format(tmp_path: Path) -> None:
                 images[index], render(index_to_classes(np.array([start + index])))[0]
             )
         assert member.read() == b""
+
+
+def test_a_killed_generators_part_file_is_removed_a_live_ones_kept(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    target = tmp_path / FILENAME
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f".{FILENAME}.{int(dead.stdout)}.abcd1234.part"
+    live = tmp_path / f".{FILENAME}.{os.getpid()}.beef0000.part"
+    stale.write_bytes(b"x" * 100)
+    live.write_bytes(b"y")
+    assert remove_dead_writers_parts(target) == [stale]
+    assert not stale.exists() and live.exists()

@@ -10,7 +10,13 @@ import pytest
 from causal_sprites.config import ModelConfig, RunConfig
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
-from causal_sprites.runs import load_model, save_model
+from causal_sprites.runs import (
+    append_metrics,
+    load_model,
+    read_metrics,
+    save_model,
+    truncate_metrics,
+)
 
 SMALL = ModelConfig(decoder_hidden=8, num_frequencies=1, encoder_channels=2, encoder_hidden=8)
 
@@ -86,3 +92,16 @@ def test_weights_of_another_architecture_are_refused(run_dir: Path) -> None:
     edit_config(run_dir, model={"decoder_hidden": 12})
     with pytest.raises(CausalSpritesError, match=r"does not fit config\.json"):
         load_model(run_dir)
+
+
+def test_a_metrics_line_cut_by_a_crash_hides_nothing_after_it(tmp_path: Path) -> None:
+    append_metrics(tmp_path, {"step": 50, "train_loss": 3.0})
+    with open(tmp_path / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 100, "train_lo')  # killed mid-line
+    with open(tmp_path / "metrics.jsonl", "a") as handle:
+        handle.write("\n")
+    append_metrics(tmp_path, {"step": 100, "train_loss": 2.0})  # the resumed run goes on
+    assert [r["step"] for r in read_metrics(tmp_path)] == [50, 100]
+    truncate_metrics(tmp_path, lambda record: True)  # what a resume rewrites: the cut line goes
+    assert "train_lo\n" not in (tmp_path / "metrics.jsonl").read_text()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [50, 100]

@@ -34,7 +34,8 @@ from causal_sprites.data.factors import (
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import FactorPosterior
-from causal_sprites.scm.queries import CausalModel, CounterfactualDistribution, load_run
+from causal_sprites.scm.queries import CausalModel, load_run
+from causal_sprites.scm.results import CounterfactualDistribution
 from causal_sprites.viz import difference_map, query_samples_figure
 
 HOST = "127.0.0.1"

@@ -912,7 +912,7 @@ def web_app(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 7860,
     data: DataOption = None,
 ) -> None:
-    """Serve the web UI of a run (needs the `app` extra: pip install 'causal-sprites[app]')."""
+    """Serve the web UI of a run (needs the `app` extra: pip install 'causal-sprites\\[app]')."""
     try:
         from causal_sprites.app import launch
     except ImportError:

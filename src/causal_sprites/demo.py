@@ -3,6 +3,7 @@ figures; every step prints where its output went."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,5 +46,6 @@ def run_demo(
     for name, path in paths.items():
         typer.echo(f"{name:>16}: {path}")
     typer.echo(f"open the report in a browser: {paths['report']}")
-    typer.echo(f"explore the run in the web app: causal-sprites app {run_dir}")
+    command = Path(sys.executable).with_name("causal-sprites")  # not on PATH outside the venv
+    typer.echo(f"explore the run in the web app: {command} app {run_dir}")
     return {"scores": scores, "paths": paths}

@@ -44,9 +44,11 @@ SECTIONS = (
     ("discovery", "Discovery"),
     ("environment", "Environment"),
 )
-#: Rows of factor labels PC runs on, and images whose labels the classifier infers for it.
+#: Rows of factor labels PC runs on, and images whose factors the posterior p(y | x) reads for
+#: it (seconds on a well-trained model; a weak 4-minute model escalates its search on most
+#: images and reads about 4 a second).
 DISCOVERY_SAMPLES = 100_000
-DISCOVERY_IMAGES = 2_000
+DISCOVERY_IMAGES = 1_000
 #: Captions of the figures `write_run_figures` draws (the demo's figures).
 CAPTIONS = {
     "samples": "Random images of the data with their factors.",

@@ -212,7 +212,8 @@ def read_likelihood_range(run_dir: Path) -> dict[str, float] | None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All records of metrics.jsonl (an absent file is empty)."""
+    """All readable records of metrics.jsonl (an absent file is empty); a line cut by a crash is
+    skipped, so the records a resumed run appends after it still count."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
@@ -222,7 +223,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                break  # a line cut by a crash ends the readable log
+                continue
     return records
 
 

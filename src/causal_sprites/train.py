@@ -352,7 +352,8 @@ def _fit(
     window_start, window_images = time.monotonic(), 0
     with progress_bar(progress, steps) as bar:
         task = bar.add_task("train", total=steps, completed=step, nelbo="-", rate="-")
-        while not done():
+        finished = done()  # a collective under DDP with a time budget: every rank calls it
+        while not finished:
             started = time.monotonic()
             x, y, noise = batches(step)
             with autocast(device, train_cfg.bf16):
@@ -385,7 +386,8 @@ def _fit(
                 _log_scalars(writer, record, step)
                 bar.update(task, nelbo=f"{record['train_nelbo']:.2f}", rate=f"{rate:.0f}")
             bar.update(task, completed=step)
-            if main and step % train_cfg.eval_every == 0 and not done():
+            finished = done()
+            if main and step % train_cfg.eval_every == 0 and not finished:
                 evaluation = evaluate_nelbo(model, packed, labels, eval_rows)
                 append_metrics(run_dir, {"step": step, "elapsed": elapsed, **evaluation})
                 _log_scalars(writer, evaluation, step)

@@ -390,6 +390,9 @@ def _save_cache(path: Path, packed: np.ndarray, classes: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, key=_cache_key(path), packed=packed, classes=classes)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: others sharing the directory read it
         os.replace(tmp, cache)
     except OSError:
         Path(tmp).unlink(missing_ok=True)

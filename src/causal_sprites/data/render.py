@@ -248,12 +248,31 @@ def metadata() -> dict[str, object]:
     }
 
 
+def remove_dead_writers_parts(path: Path) -> list[Path]:
+    """Delete the `.NAME.PID.HEX.part` files that writers of `path` killed mid-way left behind
+    (their process is gone); a live writer's file is kept. Returns what was removed."""
+    removed = []
+    for part in path.parent.glob(f".{path.name}.*.part"):
+        pid = part.name[len(path.name) + 2 :].split(".")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            part.unlink(missing_ok=True)
+            removed.append(part)
+        except PermissionError:
+            pass  # alive, another user's
+    return removed
+
+
 def write_npz(path: Path, progress: Callable[[int, int], None] | None = None) -> None:
     """Write the whole set to `path` in the official format (keys `imgs`, `latents_values`,
     `latents_classes`, `metadata` as a JSON string), streaming the images through a temporary
     file that replaces `path` only when complete; `progress(done, total)` is called per chunk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_writers_parts(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
         with zipfile.ZipFile(temp, "x", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:

@@ -159,16 +159,19 @@ def _pair_proposals(center: tuple[int, ...], likely: list[list[int]]) -> set[tup
 
 
 def _wide_proposals(center: tuple[int, ...], likely: list[list[int]]) -> set[tuple[int, ...]]:
-    """Every shape and scale with the position moved up to 2 steps both ways, and every
-    orientation: the last resort for a tuple still far from explaining its image (a sprite
-    misread in several factors at once, or an image unlike any sprite)."""
+    """Every shape and scale, and every orientation, each with the position moved up to 2 steps
+    both ways: the last resort for a tuple still far from explaining its image (a sprite misread
+    in several factors at once; a turned heart's position is misread with its orientation)."""
     shape, scale, turn, x, y = center
-    out: set[tuple[int, ...]] = {(shape, scale, k, x, y) for k in range(NUM_ORIENTATIONS)}
-    for s, c, dx, dy in itertools.product(
-        range(SIZES[0]), range(SIZES[1]), range(-2, 3), range(-2, 3)
-    ):
-        if 0 <= x + dx < SIZES[3] and 0 <= y + dy < SIZES[4]:
-            out.add((s, c, turn, x + dx, y + dy))
+    out: set[tuple[int, ...]] = set()
+    for dx, dy in itertools.product(range(-2, 3), repeat=2):
+        if not (0 <= x + dx < SIZES[3] and 0 <= y + dy < SIZES[4]):
+            continue
+        out |= {(shape, scale, k, x + dx, y + dy) for k in range(NUM_ORIENTATIONS)}
+        out |= {
+            (s, c, turn, x + dx, y + dy)
+            for s, c in itertools.product(range(SIZES[0]), range(SIZES[1]))
+        }
     return out
 
 

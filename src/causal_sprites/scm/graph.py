@@ -9,6 +9,7 @@ distribution.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from causal_sprites.data.factors import FACTORS, SIZES
+from causal_sprites.errors import CausalSpritesError
 from causal_sprites.scm.mechanisms import gumbel_max, gumbel_posterior
 
 
@@ -68,6 +70,23 @@ class FactorGraph:
         index = tuple(values[p] for p in self.parents[name])
         return self.log_tables[name][index] if index else self.log_tables[name]
 
+    def log_joint(self, do: Mapping[str, int] | None = None) -> Tensor:
+        """log p(y) over the whole factor grid (3, 6, 40, 32, 32) by enumeration; with `do`, of
+        the mutilated network: intervened factors cut from their parents and fixed."""
+        joint = torch.zeros(SIZES, dtype=torch.float64)
+        for axis, name in enumerate(FACTORS):
+            if do is not None and name in do:
+                table = torch.full((SIZES[axis],), -math.inf, dtype=torch.float64)
+                table[do[name]] = 0.0
+                axes = [axis]
+            else:
+                table = self.log_tables[name]
+                axes = [FACTORS.index(p) for p in self.parents[name]] + [axis]
+            table = table.permute(sorted(range(len(axes)), key=axes.__getitem__))
+            shape = [SIZES[a] if a in axes else 1 for a in range(len(FACTORS))]
+            joint = joint + table.reshape(shape)
+        return joint
+
     def counterfactuals(
         self,
         factual: Tensor,
@@ -97,3 +116,31 @@ class FactorGraph:
             )
             values[name] = gumbel_max(self.logits(name, values), noise)
         return torch.stack([values[n] for n in FACTORS], -1)
+
+
+def restrict(log_joint: Tensor, evidence: Mapping[str, int]) -> Tensor:
+    """The normalised log joint given evidence {factor: class}; zero probability is refused."""
+    mask = torch.zeros(SIZES, dtype=torch.bool)
+    index = tuple(evidence.get(name, slice(None)) for name in FACTORS)
+    mask[index] = True
+    restricted = log_joint.masked_fill(~mask, -math.inf)
+    total = torch.logsumexp(restricted.reshape(-1), 0)
+    if not bool(torch.isfinite(total)):
+        given = ", ".join(f"{k}={v}" for k, v in evidence.items())
+        raise CausalSpritesError(f"{given} has probability zero under the model")
+    return restricted - total
+
+
+def marginals(log_joint: Tensor) -> dict[str, np.ndarray]:
+    """Per-factor marginal probabilities (K,) of a normalised log joint over the factor grid."""
+    out = {}
+    for axis, name in enumerate(FACTORS):
+        others = [a for a in range(len(FACTORS)) if a != axis]
+        out[name] = torch.logsumexp(log_joint, dim=others).exp().numpy()
+    return out
+
+
+def sample_grid(log_joint: Tensor, num_samples: int) -> Tensor:
+    """Class tuples (N, 5) drawn from a normalised log joint over the factor grid."""
+    flat = torch.multinomial(log_joint.reshape(-1).exp(), num_samples, replacement=True)
+    return torch.as_tensor(np.stack(np.unravel_index(flat.numpy(), SIZES), -1))

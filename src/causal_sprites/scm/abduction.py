@@ -1,0 +1,114 @@
+"""Abduction: the exogenous noise behind an observed image, exactly (truncated Gumbels for the
+factors, the side of the decoder mean that reproduces each pixel) or by generic rejection
+sampling through the Pyro model, the cross-check the tests hold the exact path against."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import Tensor
+from torch.distributions import kl_divergence
+
+from causal_sprites.data.factors import FACTORS
+from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.vae import ConditionalVAE, parents_of
+from causal_sprites.scm.mechanisms import gumbel_posterior, pixel_noise_posterior
+from causal_sprites.scm.structural import StructuralModel
+
+#: Per-image ELBO steps on q(z | x, y) before abduction. 0: on the pretrained run 10 or 50 steps
+#: left the counterfactual IoU against the true images unchanged (0.993 either way).
+REFINE_STEPS = 0
+REFINE_LR = 0.05
+#: Pixels proposed per model run, and proposals per noise coordinate at most, in the generic
+#: (rejection) abduction.
+PROPOSAL_PIXELS = 2**21
+MAX_PROPOSALS = 4096
+
+
+def exact_noise(
+    vae: ConditionalVAE, x: Tensor, labels: Tensor, probs: Tensor, num_samples: int
+) -> dict[str, Tensor]:
+    """The exact noise posterior of images (B, 64, 64) with labels (B, 5) and decoder means
+    probs: truncated Gumbels per factor, Uniform(0, p) / Uniform(p, 1) per pixel; S samples."""
+    noise = {}
+    for i, name in enumerate(FACTORS):
+        parents = {p: labels[:, FACTORS.index(p)] for p in parents_of(vae.graph, name)}
+        logits = vae.factor_dist(name, parents).logits
+        noise[f"u_{name}"] = gumbel_posterior(logits, labels[:, i], num_samples=num_samples)
+    shape = (num_samples, *x.shape)
+    noise["u_x"] = pixel_noise_posterior(x, probs, torch.rand(shape, device=x.device))
+    return noise
+
+
+def generic_noise(
+    scm: StructuralModel,
+    x: Tensor,
+    labels: Tensor,
+    z: Tensor,
+    probs: Tensor,
+    num_samples: int,
+) -> dict[str, Tensor]:
+    """Rejection sampling of every noise coordinate: prior proposals, M at a time in an outer
+    plate; a coordinate keeps its first proposal whose mechanism output matches the
+    observation, and a site whose coordinates are all settled is conditioned on them."""
+    batch = len(labels)
+    per_call = max(1, PROPOSAL_PIXELS // (num_samples * batch * 64 * 64))
+    targets = {name: labels[:, i] for i, name in enumerate(FACTORS)}
+    model = poutine.do(scm, data={**targets, "z": z})
+    targets["x"] = x
+    chosen: dict[str, Tensor] = {}
+    found: dict[str, Tensor] = {}
+    with scm.reusing(labels, z, probs):
+        for _ in range(0, MAX_PROPOSALS, per_call):
+            settled = {f"u_{n}": chosen[n] for n, f in found.items() if bool(f.all())}
+            with pyro.plate("proposals", per_call, dim=-3):
+                conditioned = poutine.condition(model, data=settled)
+                trace = poutine.trace(conditioned).get_trace(batch, num_samples)
+            for name in [*FACTORS, "x"]:
+                if f"u_{name}" in settled:
+                    continue
+                proposal = cast(Tensor, trace.nodes[f"u_{name}"]["value"])
+                match = cast(Tensor, trace.nodes[name]["value"]) == targets[name]
+                if name != "x":  # a Gumbel vector is accepted or rejected as a whole
+                    match = match[..., None]
+                match = match.expand_as(proposal)
+                if name not in chosen:
+                    chosen[name] = torch.zeros_like(proposal[0])
+                    found[name] = torch.zeros_like(match[0])
+                for j in range(per_call):
+                    take = match[j] & ~found[name]
+                    chosen[name] = torch.where(take, proposal[j], chosen[name])
+                    found[name] = found[name] | take
+            if all(bool(f.all()) for f in found.values()):
+                break
+        else:
+            missing = [name for name, f in found.items() if not bool(f.all())]
+            raise CausalSpritesError(
+                f"generic abduction found no noise reproducing {', '.join(missing)} in "
+                f"{MAX_PROPOSALS} proposals (near-impossible observations); use method='exact'"
+            )
+    return {f"u_{name}": value for name, value in chosen.items()}
+
+
+def refine_style(
+    vae: ConditionalVAE, images: Tensor, labels: Tensor, loc: Tensor, scale: Tensor, steps: int
+) -> tuple[Tensor, Tensor]:
+    """A few Adam steps per image on the ELBO of q(z) = Normal(loc, scale), from the
+    encoder's output (images are independent, so one batched loss refines each)."""
+    loc = loc.detach().clone().requires_grad_(True)
+    log_scale = scale.detach().log().requires_grad_(True)
+    optimizer = torch.optim.Adam([loc, log_scale], lr=REFINE_LR)
+    prior = vae.z_dist(len(loc))
+    with torch.enable_grad():
+        for _ in range(steps):
+            q = dist.Normal(loc, log_scale.exp()).to_event(1)
+            z = q.rsample()
+            recon = vae.x_dist(labels, z).log_prob(images[:, 0])
+            loss = (kl_divergence(q, prior) - recon).sum()
+            loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
+            optimizer.step()
+    return loc.detach(), log_scale.detach().exp()

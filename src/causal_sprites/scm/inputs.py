@@ -1,0 +1,81 @@
+"""What queries accept: images, labels and interventions checked and coerced into tensors, and
+seeded blocks that leave the caller's random state alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from causal_sprites.data.factors import FACTORS, SIZES, parse_factor_value
+from causal_sprites.errors import CausalSpritesError
+
+Value = str | int
+Interventions = Mapping[str, Value | Sequence[Value] | np.ndarray | Tensor]
+Method = Literal["exact", "generic"]
+Style = Literal["mean", "sample"]
+
+
+def as_images(x: np.ndarray | Tensor) -> Tensor:
+    """0/1 images (B, 64, 64) or (64, 64) -> float (B, 1, 64, 64); anything else is refused."""
+    images = torch.as_tensor(np.asarray(x))
+    if images.dim() == 2:
+        images = images[None]
+    if images.dim() == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.dim() != 3 or tuple(images.shape[1:]) != (64, 64):
+        raise CausalSpritesError(f"images must have shape (B, 64, 64), got {tuple(images.shape)}")
+    if not bool(((images == 0) | (images == 1)).all()):
+        raise CausalSpritesError("images must be binary (0/1 pixels)")
+    return images.float()[:, None]
+
+
+def as_labels(y: np.ndarray | Tensor, batch: int) -> Tensor:
+    """Factor classes (B, 5) or (B, 6) with color -> (B, 5) int64, range-checked."""
+    labels = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    if labels.dim() == 1:
+        labels = labels[None]
+    if labels.dim() != 2 or labels.shape[1] not in (5, 6):
+        raise CausalSpritesError(f"labels must have shape (B, 5), got {tuple(labels.shape)}")
+    labels = labels[:, -5:]
+    if labels.shape[0] != batch:
+        raise CausalSpritesError(f"{labels.shape[0]} labels for {batch} images")
+    for i, (name, size) in enumerate(zip(FACTORS, SIZES, strict=True)):
+        if bool(((labels[:, i] < 0) | (labels[:, i] >= size)).any()):
+            raise CausalSpritesError(f"label for {name} out of range 0..{size - 1}")
+    return labels
+
+
+def as_interventions(do: Interventions | None, batch: int) -> dict[str, Tensor]:
+    """do() values by name or index, one for all images or one per image -> {factor: (B,) int64}."""
+    actions: dict[str, Tensor] = {}
+    for name, value in (do or {}).items():
+        given = np.asarray(value.cpu() if isinstance(value, Tensor) else value).reshape(-1)
+        if given.size == 1:
+            given = np.repeat(given, batch)
+        if given.size != batch:
+            raise CausalSpritesError(f"{given.size} values of {name} for {batch} images")
+        unique, inverse = np.unique(given, return_inverse=True)
+        classes = np.array([parse_factor_value(name, v) for v in unique.tolist()], dtype=np.int64)
+        actions[name] = torch.from_numpy(classes[inverse].reshape(-1))
+    return actions
+
+
+@contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Run the block from torch's RNG seeded with `seed` (and restore it after); None: as is."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def check_count(num_samples: int) -> None:
+    if num_samples < 1:
+        raise CausalSpritesError(f"the number of samples must be >= 1, got {num_samples}")

@@ -1,0 +1,104 @@
+"""The SCM over a trained VAE as a Pyro model: exogenous noise at sample sites, endogenous
+variables at deterministic sites computed by their mechanisms (Gumbel-max factors, style z = u_z,
+thresholded-uniform pixels)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+
+from causal_sprites.data.factors import FACTORS, SIZES
+from causal_sprites.model.vae import ConditionalVAE
+from causal_sprites.scm.mechanisms import gumbel_max, pixel_mechanism
+
+#: Images per decoder call.
+CHUNK = 512
+
+
+class StructuralModel:
+    """The SCM over a trained VAE as a Pyro model: exogenous noise at sample sites, endogenous
+    variables at deterministic sites computed by their mechanisms.
+
+    u_<factor> ~ Gumbel(0, 1)^K, <factor> = argmax(log pi(k | parents) + u) (Gumbel-max);
+    u_z ~ Normal(0, I), z = u_z; u_x ~ Uniform(0, 1)^(64 x 64), x = 1[u_x < p(y, z)].
+    Queries wrap it in handlers (condition on noise, do, twin worlds) and never change it.
+    """
+
+    def __init__(self, vae: ConditionalVAE) -> None:
+        self.vae = vae
+        self._memo = threading.local()  # per thread, so concurrent queries (a web UI) stay apart
+
+    def __call__(self, batch_size: int, num_samples: int = 1) -> dict[str, Tensor]:
+        """Draw the noise, run the mechanisms; values (S, B) per factor, z (S, B, d), x (S, B,
+        64, 64) float 0/1 (more leading dims under counterfactual handlers)."""
+        vae, device = self.vae, self.vae.device()
+        values: dict[str, Tensor] = {}
+        with (
+            pyro.plate("samples", num_samples, dim=-2),
+            pyro.plate("data", batch_size, dim=-1),
+        ):
+            for name in vae.order:
+                zeros = torch.zeros(SIZES[FACTORS.index(name)], device=device)
+                noise = pyro.sample(
+                    f"u_{name}", dist.Gumbel(zeros, 1.0, validate_args=False).to_event(1)
+                )
+                logits = vae.factor_dist(name, values).logits
+                values[name] = pyro.deterministic(name, gumbel_max(logits, noise), event_dim=0)
+            zeros = torch.zeros(vae.config.z_dim, device=device)
+            u_z = pyro.sample("u_z", dist.Normal(zeros, 1.0, validate_args=False).to_event(1))
+            values["z"] = pyro.deterministic("z", u_z, event_dim=1)
+            low = torch.zeros(64, 64, device=device)
+            u_x = pyro.sample("u_x", dist.Uniform(low, low + 1.0, validate_args=False).to_event(2))
+            labels = torch.stack(torch.broadcast_tensors(*(values[n] for n in FACTORS)), -1)
+            probs = self.pixel_probs(labels, values["z"])
+            x = pixel_mechanism(probs, u_x).float()
+            values["x"] = pyro.deterministic("x", x, event_dim=2)
+        return values
+
+    def pixel_probs(self, labels: Tensor, z: Tensor) -> Tensor:
+        """Decoder means p(y, z) (..., 64, 64) of labels (..., 5) and styles (..., d).
+
+        Rows equal to those registered by `reusing` return the registered floats: p is a pure
+        function, and a decoder run in another batch layout may round differently, which would
+        break the pixel noise abducted against those floats.
+        """
+        batch = torch.broadcast_shapes(labels.shape[:-1], z.shape[:-1])
+        probs, todo = None, None
+        known: tuple[Tensor, Tensor, Tensor] | None = getattr(self._memo, "known", None)
+        if known is not None:
+            known_labels, known_z, known_probs = known
+            try:
+                shape = torch.broadcast_shapes(batch, known_labels.shape[:-1], known_z.shape[:-1])
+            except RuntimeError:
+                shape = None
+            if shape == batch:
+                same = (labels == known_labels).all(-1) & (z == known_z).all(-1)
+                if bool(same.all()):
+                    return known_probs.expand(*batch, 64, 64)
+                todo = ~same.expand(batch).reshape(-1)
+                probs = known_probs.expand(*batch, 64, 64).reshape(-1, 64, 64).clone()
+        labels = labels.expand(*batch, labels.shape[-1]).reshape(-1, labels.shape[-1])
+        z = z.expand(*batch, z.shape[-1]).reshape(-1, z.shape[-1])
+        if probs is None or todo is None:
+            probs = torch.empty(len(labels), 64, 64, device=z.device)
+            todo = torch.ones(len(labels), dtype=torch.bool, device=z.device)
+        rows = todo.nonzero().squeeze(-1)
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start : start + CHUNK]
+            probs[chunk] = torch.sigmoid(self.vae.x_logits(labels[chunk], z[chunk]))
+        return probs.view(*batch, 64, 64)
+
+    @contextmanager
+    def reusing(self, labels: Tensor, z: Tensor, probs: Tensor) -> Iterator[None]:
+        """Within the block, `pixel_probs` of (labels, z) rows returns these probs (a memo)."""
+        self._memo.known = (labels, z, probs)
+        try:
+            yield
+        finally:
+            self._memo.known = None
