@@ -47,7 +47,8 @@ def answer(explorer: Explorer, *rows: dict[str, object]) -> list[dict[str, objec
     """Run the batched handler on requests; one dict of outputs per request."""
     columns = {key: [row[key] for row in rows] for key in rows[0]}
     out = explorer.counterfactuals(**columns)
-    names = ("original", "reconstruction", "counterfactual", "difference", "table", "latency")
+    names = ("original", "reconstruction", "counterfactual", "difference", "pixel_probability")
+    names = (*names, "table", "latency")
     return [dict(zip((*names, "status"), values, strict=True)) for values in zip(*out, strict=True)]
 
 

@@ -13,9 +13,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -34,8 +33,8 @@ from causal_sprites.data.factors import (
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import FactorPosterior
+from causal_sprites.scm.batch import Question, answer
 from causal_sprites.scm.queries import CausalModel, load_run
-from causal_sprites.scm.results import CounterfactualDistribution
 from causal_sprites.viz import difference_map, query_samples_figure
 
 HOST = "127.0.0.1"
@@ -57,6 +56,7 @@ ORIGINALS = (("original", "original"), ("reconstruction", "reconstruction"))
 COUNTERFACTUALS = (
     ("counterfactual", "counterfactual"),
     ("difference", "difference (red removed, green added)"),
+    ("pixel-probability", "P(pixel on) over the counterfactual's distribution"),
 )
 #: Sprites are 64x64 PNGs scaled up in the page with square pixels, not smoothed.
 CSS = ".sprite img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
@@ -101,16 +101,6 @@ def figure_array(fig: Figure) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-@dataclass(frozen=True)
-class Query:
-    """One counterfactual request: the image (64, 64) 0/1, its labels (5,) (None: read off the
-    pixels by the posterior p(y | x)) and the interventions {factor: class}."""
-
-    image: np.ndarray
-    labels: np.ndarray | None
-    do: dict[str, int]
 
 
 class Explorer:
@@ -164,7 +154,7 @@ class Explorer:
         index: Any,
         upload: np.ndarray | None,
         actions: list[str | None],
-    ) -> Query:
+    ) -> Question:
         """Parse one request: the image, its labels and the interventions ("keep" or a value)."""
         image, labels = self.choose(source, factors, index, upload)
         do = {
@@ -172,7 +162,29 @@ class Explorer:
             for name, value in zip(FACTORS, actions, strict=True)
             if value not in (None, KEEP)
         }
-        return Query(image, labels, do)
+        return Question(image, labels, do)
+
+    def read_uploads(
+        self, queries: dict[int, Question], status: list[str]
+    ) -> dict[int, tuple[FactorPosterior, int]]:
+        """Read the factors of the questions without labels off their pixels; those no sprite
+        explains are dropped from `queries` with their one-line refusal in `status`. Returns,
+        per question kept, its posterior and row."""
+        unread = [k for k, q in queries.items() if q.labels is None]
+        if not unread:
+            return {}
+        posterior = self.model.infer(
+            np.stack([queries[k].image for k in unread]), top=TOP_CANDIDATES
+        )
+        read = {}
+        for row, k in enumerate(unread):
+            refusal = self.model.unexplained(posterior, row)
+            if refusal is None:
+                read[k] = (posterior, row)
+            else:
+                status[k] = f"**Not answered:** {refusal}"
+                del queries[k]
+        return read
 
     def counterfactuals(
         self,
@@ -191,13 +203,13 @@ class Explorer:
         do_posY: list[str],
     ) -> tuple[list[Any], ...]:
         """Batched handler (Gradio passes one list per input, an entry per request): returns lists
-        of original, reconstruction, counterfactual, difference map, factor table, latency and
-        status. Requests are grouped by intervened factors and label source, and each group is
-        one `counterfactual_query` (the CLI's call, with its default seed)."""
+        of original, reconstruction, counterfactual, difference map, pixel-probability map, factor
+        table, latency and status. Requests are grouped by intervened factors and label source,
+        and each group is one `counterfactual_query` (the CLI's call, with its default seed)."""
         start = time.perf_counter()
         count = len(source)
-        out: list[list[Any]] = [[None] * count for _ in range(4)] + [[""] * count for _ in range(3)]
-        queries: dict[int, Query] = {}
+        out: list[list[Any]] = [[None] * count for _ in range(5)] + [[""] * count for _ in range(3)]
+        queries: dict[int, Question] = {}
         factors = list(zip(shape, scale, orientation, posX, posY, strict=True))
         actions = list(zip(do_shape, do_scale, do_orientation, do_posX, do_posY, strict=True))
         for k in range(count):
@@ -206,44 +218,41 @@ class Explorer:
                     source[k], list(factors[k]), index[k], upload[k], list(actions[k])
                 )
             except CausalSpritesError as error:
-                out[6][k] = f"**Not answered:** {error}"
-        groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
-        for k, q in queries.items():
-            groups.setdefault((tuple(sorted(q.do)), q.labels is not None), []).append(k)
-        for (names, given), rows in groups.items():
-            images = np.stack([queries[k].image for k in rows])
-            labels = (
-                np.stack([cast(np.ndarray, queries[k].labels) for k in rows]) if given else None
-            )
-            do = {name: np.array([queries[k].do[name] for k in rows]) for name in names}
+                out[7][k] = f"**Not answered:** {error}"
+        with self.lock:
+            read = self.read_uploads(queries, out[7])
+            keys = list(queries)
             try:
-                with self.lock:
-                    result = self.model.counterfactual_query(images, labels, do or None, seed=SEED)
-                    recon = self.model.reconstruct(images, result.factual)
-                    read = None if given else self.model.infer(images, top=TOP_CANDIDATES)
-                    spread = self.model.counterfactual_distribution(
-                        images, labels, do or None, DISTRIBUTION_SAMPLES, seed=SEED
-                    )
+                answers = answer(self.model, [queries[k] for k in keys], SEED, DISTRIBUTION_SAMPLES)
             except CausalSpritesError as error:
-                for k in rows:
-                    out[6][k] = f"**Not answered:** {error}"
-                continue
-            for j, k in enumerate(rows):
-                image, cf = images[j], result.images[j]
-                out[0][k], out[1][k], out[2][k] = image * 255, recon[j] * 255, cf * 255
-                out[3][k] = (difference_map(image, cf) * 255).astype(np.uint8)
-                out[4][k] = factor_table(result.factual[j], result.counterfactual[j], given)
-                if read is not None:
-                    out[4][k] += "\n\n" + candidates_text(read, j, self.model.likelihood_range)
-                if len(spread.probabilities[j]) > 1:
-                    out[4][k] += "\n\n" + distribution_text(spread, j)
-                out[5][k] = (
-                    f"Counterfactual query: **{result.seconds * 1e3:.0f} ms** "
-                    f"(a batch of {len(rows)}, seed {SEED})"
-                )
+                for k in keys:
+                    out[7][k] = f"**Not answered:** {error}"
+                return tuple(out)
+            if not keys:
+                return tuple(out)
+            recon = self.model.reconstruct(
+                np.stack([queries[k].image for k in keys]), answers.factual
+            )
+        for j, k in enumerate(keys):
+            image, cf = queries[k].image, answers.images[j]
+            classes, probabilities, _, pixel_probs, method = answers.distributions[j]
+            out[0][k], out[1][k], out[2][k] = image * 255, recon[j] * 255, cf * 255
+            out[3][k] = (difference_map(image, cf) * 255).astype(np.uint8)
+            out[4][k] = (pixel_probs * 255).round().astype(np.uint8)
+            given = bool(answers.given[j])
+            out[5][k] = factor_table(answers.factual[j], answers.counterfactual[j], given)
+            if k in read:
+                posterior, row = read[k]
+                out[5][k] += "\n\n" + candidates_text(posterior, row, self.model.likelihood_range)
+            if len(probabilities) > 1:
+                out[5][k] += "\n\n" + distribution_text(classes, probabilities, method)
+            out[6][k] = (
+                f"Counterfactual query: **{answers.seconds * 1e3:.0f} ms** "
+                f"(a batch of {answers.batch_size[j]}, seed {SEED})"
+            )
         elapsed = time.perf_counter() - start
         for k in queries:
-            out[5][k] += f"; request handled in {elapsed * 1e3:.0f} ms."
+            out[6][k] += f"; request handled in {elapsed * 1e3:.0f} ms."
         return tuple(out)
 
     def intervention_samples(self, *inputs: Any) -> tuple[np.ndarray | None, str]:
@@ -294,17 +303,16 @@ def candidates_text(posterior: FactorPosterior, row: int, usual: dict[str, float
     return "\n".join(lines)
 
 
-def distribution_text(spread: CounterfactualDistribution, row: int) -> str:
+def distribution_text(classes: np.ndarray, probabilities: np.ndarray, method: str) -> str:
     """Markdown lines: a counterfactual that the image does not pin down, as its most probable
-    factor tuples with their probabilities (the image shown is the most probable one's)."""
+    factor tuples (T, 5) with their probabilities (T,)."""
     lines = [
-        f"**The counterfactual is a distribution** ({spread.method[row]}, "
-        f"{spread.num_samples} noise draws); the image shows the answer for the most probable "
-        "factual factors:"
+        f"**The counterfactual is a distribution** ({method}, {DISTRIBUTION_SAMPLES} noise "
+        "draws); the image shows the answer for the most probable factual factors:"
     ]
-    for classes, p in list(zip(spread.classes[row], spread.probabilities[row], strict=True))[:5]:
+    for row, p in list(zip(classes, probabilities, strict=True))[:5]:
         values = ", ".join(
-            f"{n}={value_text(n, int(c))}" for n, c in zip(FACTORS, classes, strict=True)
+            f"{n}={value_text(n, int(c))}" for n, c in zip(FACTORS, row, strict=True)
         )
         lines.append(f"- {p:.3f}: {values}")
     return "\n".join(lines)

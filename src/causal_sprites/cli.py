@@ -551,6 +551,7 @@ def counterfactual(
 ) -> None:
     """What each image would have looked like under do(...): abduction, action, prediction."""
     from causal_sprites.data.factors import format_classes
+    from causal_sprites.scm.batch import Question, answer
     from causal_sprites.scm.queries import load_run
 
     if sum(source is not None for source in (index, image, queries)) != 1:
@@ -577,34 +578,9 @@ def counterfactual(
             factual[k], labels[k] = store.images(item.index), store.factors(item.index)
         elif item.image is not None:
             factual[k] = read_binary_png(item.image)
-    groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
-    for k, item in enumerate(items):
-        groups.setdefault((tuple(sorted(item.do)), k in labels), []).append(k)
-    images = np.zeros_like(factual)
-    classes = np.zeros((2, len(items), 5), dtype=np.int64)
-    distributions: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]] = {}
-    seconds = 0.0
-    for (names, given), rows in groups.items():
-        y = np.stack([labels[k] for k in rows]) if given else None
-        per_row = {name: np.array([items[k].do[name] for k in rows]) for name in names}
-        result = model.counterfactual_query(factual[rows], y, per_row, seed=seed)
-        images[rows], classes[0, rows], classes[1, rows] = (
-            result.images,
-            result.factual,
-            result.counterfactual,
-        )
-        seconds += result.seconds
-        if samples is not None:
-            spread = model.counterfactual_distribution(factual[rows], y, per_row, samples, seed)
-            for j, k in enumerate(rows):
-                distributions[k] = (
-                    spread.classes[j],
-                    spread.probabilities[j],
-                    spread.images[j],
-                    spread.pixel_probs[j],
-                    spread.method[j],
-                )
-            seconds += spread.seconds
+    questions = [Question(factual[k], labels.get(k), item.do) for k, item in enumerate(items)]
+    answers = answer(model, questions, seed, samples)
+    images, distributions = answers.images, answers.distributions
     if out is not None:
         from causal_sprites.viz import counterfactual_distribution_figure, counterfactual_figure
 
@@ -631,8 +607,8 @@ def counterfactual(
             "image": None if item.image is None else str(item.image),
             "do": item.do,
             "labels": "given" if k in labels else "inferred",
-            "factual": format_classes(classes[0, k]),
-            "counterfactual": format_classes(classes[1, k]),
+            "factual": format_classes(answers.factual[k]),
+            "counterfactual": format_classes(answers.counterfactual[k]),
         }
         for k, item in enumerate(items)
     ]
@@ -645,8 +621,8 @@ def counterfactual(
     if json_out:
         summary = {
             "queries": records,
-            "seconds": seconds,
-            "seconds_per_query": seconds / len(items),
+            "seconds": answers.seconds,
+            "seconds_per_query": answers.seconds / len(items),
             "out": None if out is None else str(out),
             "out_npz": None if out_npz is None else str(out_npz),
         }

@@ -100,17 +100,24 @@ class CausalModel:
             return np.zeros(len(posterior.log_likelihood), dtype=bool)
         return posterior.log_likelihood < self.likelihood_range["threshold"]
 
+    def unexplained(self, posterior: FactorPosterior, row: int) -> str | None:
+        """Why image `row` gets no counterfactual (no factor tuple explains it), or None."""
+        usual = self.likelihood_range
+        if usual is None or not self.out_of_distribution(posterior)[row]:
+            return None
+        return (
+            f"image {row} is unlike any dSprites image: log-likelihood "
+            f"{posterior.log_likelihood[row]:.0f} nats at its best factors, below this run's "
+            f"threshold {usual['threshold']:.0f} (held-out median {usual['median']:.1f}); "
+            "no counterfactual"
+        )
+
     def refuse_out_of_distribution(self, posterior: FactorPosterior) -> None:
         """Raise a one-line error naming the first image no factor tuple explains."""
-        flagged = np.flatnonzero(self.out_of_distribution(posterior))
-        if len(flagged) and self.likelihood_range is not None:
-            first, usual = int(flagged[0]), self.likelihood_range
-            raise CausalSpritesError(
-                f"image {first} is unlike any dSprites image: log-likelihood "
-                f"{posterior.log_likelihood[first]:.0f} nats at its best factors, below this "
-                f"run's threshold {usual['threshold']:.0f} (held-out median "
-                f"{usual['median']:.1f}); no counterfactual"
-            )
+        for row in range(len(posterior.log_likelihood)):
+            refusal = self.unexplained(posterior, row)
+            if refusal is not None:
+                raise CausalSpritesError(refusal)
 
     @torch.no_grad()
     def encode(self, x: np.ndarray | Tensor, y: np.ndarray | Tensor | None = None) -> Tensor:
