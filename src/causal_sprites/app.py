@@ -30,6 +30,7 @@ from causal_sprites.data.factors import (
     index_to_classes,
     parse_factor_value,
 )
+from causal_sprites.data.pictures import binary_pixels
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import FactorPosterior
@@ -80,20 +81,8 @@ def value_text(name: str, value: int) -> str:
 
 
 def binary_upload(pixels: np.ndarray) -> np.ndarray:
-    """An uploaded picture (H, W) or (H, W, C) -> (64, 64) uint8 0/1; anything but a 64x64
-    black-and-white image is refused with a message that says why."""
-    array = np.asarray(pixels)
-    if array.ndim == 3:
-        array = array[..., :3].max(-1) if array.shape[-1] >= 3 else array[..., 0]
-    if array.ndim != 2 or array.shape != (64, 64):
-        size = "x".join(str(n) for n in array.shape[1::-1]) if array.ndim >= 2 else "?"
-        raise CausalSpritesError(f"the upload is {size} pixels; expected a 64x64 image")
-    levels = set(np.unique(array).tolist())
-    if not (levels <= {0, 1} or levels <= {0, 255}):
-        raise CausalSpritesError(
-            f"the upload has {len(levels)} gray levels; expected black and white pixels (0/255)"
-        )
-    return (array > 0).astype(np.uint8)
+    """An uploaded picture (H, W) or (H, W, C) -> (64, 64) uint8 0/1, or a refusal that says why."""
+    return binary_pixels(pixels, "the upload")
 
 
 def figure_array(fig: Figure) -> np.ndarray:

@@ -1,0 +1,186 @@
+"""Evaluation, causal discovery, the report and the web app of a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from causal_sprites.cli.common import (
+    DataOption,
+    JsonOption,
+    RunArgument,
+    app,
+    load_run_and_data,
+)
+from causal_sprites.errors import CausalSpritesError
+
+
+@app.command("evaluate")
+def evaluate(
+    run: RunArgument,
+    data: DataOption = None,
+    num_images: Annotated[int, typer.Option(min=2, help="Held-out images to score.")] = 4096,
+    counterfactual: Annotated[
+        bool, typer.Option("--counterfactual", help="Also score counterfactual soundness.")
+    ] = False,
+    oracle: Annotated[
+        str, typer.Option(help="Oracle classifier directory, or `pretrained`.")
+    ] = "pretrained",
+    num_counterfactuals: Annotated[
+        int, typer.Option(min=2, help="Images per intervened factor (with --counterfactual).")
+    ] = 128,
+    json_out: JsonOption = False,
+) -> None:
+    """Test NELBO (recon, KL), reconstruction IoU, classifier accuracy and z-leakage; with
+    --counterfactual also ground-truth fidelity, effectiveness, preservation, composition and
+    reversibility (Monteiro et al. 2023)."""
+    from causal_sprites.data.variants import variant_of
+    from causal_sprites.metrics import evaluate as evaluate_run
+    from causal_sprites.metrics import evaluate_counterfactuals, evaluate_distributions
+    from causal_sprites.oracle import load_oracle
+
+    model, store = load_run_and_data(run, data)
+    scores = evaluate_run(model, store, num_images)
+    if counterfactual:
+        variant = variant_of(data or (Path(model.config.data) if model.config.data else None))
+        judge = load_oracle(oracle)
+        scores.update(evaluate_counterfactuals(model, store, judge, variant, num_counterfactuals))
+        spec = variant[0] if variant else None
+        scores["distributions"] = evaluate_distributions(model, judge, spec, store)
+    if json_out:
+        typer.echo(json.dumps(scores))
+        return
+    for key, value in scores.items():
+        if isinstance(value, dict) and all(isinstance(v, float) for v in value.values()):
+            value = ", ".join(f"{k} {v:.3f}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = ", ".join(value)
+        elif isinstance(value, dict):
+            value = "(see --json)"
+        typer.echo(f"{key:>28}: {value}")
+
+
+def _write_discovered_graph(
+    run_dir: Path, edges: list[dict], orient: str | None
+) -> list[list[str]]:
+    """Orient the discovered edges (undirected ones by --orient) and store the DAG in a run."""
+    from causal_sprites.config import parse_graph
+    from causal_sprites.runs import rewrite_graph
+
+    chosen = set(parse_graph(orient or ""))
+    graph = []
+    for edge in edges:
+        pair = (edge["from"], edge["to"])
+        if edge["directed"]:
+            graph.append(pair)
+        elif pair in chosen or pair[::-1] in chosen:
+            graph.append(pair if pair in chosen else pair[::-1])
+        else:
+            raise CausalSpritesError(
+                f"the data cannot orient {pair[0]} -- {pair[1]}; choose a direction with "
+                f'--orient "{pair[0]}->{pair[1]}" (or the reverse)'
+            )
+    rewrite_graph(run_dir, tuple(graph))
+    return [list(pair) for pair in graph]
+
+
+@app.command("discover")
+def discover(
+    run: Annotated[
+        str | None,
+        typer.Argument(help="Read the factors off the pixels with this run's posterior p(y | x)."),
+    ] = None,
+    data: DataOption = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="Variant spec whose graph to score against (SHD).")
+    ] = None,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Test level.")] = 1e-3,
+    test: Annotated[str, typer.Option(help="Independence test: chisq or gsq.")] = "chisq",
+    num_images: Annotated[
+        int, typer.Option(min=50, help="Images to read (with RUN), a seeded subsample.")
+    ] = 20_000,
+    seed: Annotated[int, typer.Option(help="Seed of the subsample.")] = 0,
+    write_graph: Annotated[
+        Path | None, typer.Option(help="Store the discovered DAG in this run directory.")
+    ] = None,
+    orient: Annotated[
+        str | None, typer.Option(help='Directions for undirected edges, e.g. "shape->scale".')
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """PC causal discovery over the factors, from a data file's labels or from the pixels."""
+    from causal_sprites.data.variants import load_spec
+    from causal_sprites.discovery import discover_file, discover_from_images
+
+    spec = load_spec(truth) if truth is not None else None
+    options: dict[str, Any] = {"alpha": alpha, "test": test}
+    if run is None:
+        result = discover_file(data, spec, **options)
+    else:
+        model, store = load_run_and_data(run, data)
+        count = min(num_images, len(store))
+        rows = np.sort(np.random.default_rng(seed).choice(len(store), count, replace=False))
+        result = discover_from_images(model, store.images(rows), spec, seed=seed, **options)
+    if write_graph is not None:
+        result["written_graph"] = _write_discovered_graph(write_graph, result["edges"], orient)
+    if json_out:
+        typer.echo(json.dumps(result))
+        return
+    source = f"factors drawn from {run}'s posterior p(y | x)" if run else "labels"
+    typer.echo(
+        f"PC ({result['test']}, alpha {result['alpha']:g}) on {result['num_samples']} rows "
+        f"({source}), {result['seconds']:.2f} s"
+    )
+    for edge in result["edges"] or [None]:
+        if edge is None:
+            typer.echo("  no edges: every factor pair is independent")
+        else:
+            arrow = "->" if edge["directed"] else "--"
+            typer.echo(f"  {edge['from']} {arrow} {edge['to']}")
+    for t in result["tests"]:
+        pair = f"{t['a']:>11} ~ {t['b']:<11}"
+        typer.echo(f"  {pair} p {t['p_value']:<9.3g} V {t['cramers_v']:.3f}")
+    if result["shd"] is not None:
+        typer.echo(f"  SHD to {truth}: {result['shd']}")
+    if any(not e["directed"] for e in result["edges"]):
+        typer.echo("  undirected edges: the data cannot orient them; choose a direction yourself")
+
+
+@app.command("report")
+def report(
+    run: RunArgument,
+    data: DataOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="HTML to write (default: RUN/report.html).")
+    ] = None,
+) -> None:
+    """One self-contained HTML page with every figure and metric of a run."""
+    from causal_sprites.report import write_report
+
+    model, store = load_run_and_data(run, data)
+    typer.echo(write_report(model, store, out))
+
+
+@app.command("app")
+def web_app(
+    run: RunArgument,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; anything but loopback exposes the app.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 7860,
+    data: DataOption = None,
+) -> None:
+    """Serve the web UI of a run (needs the `app` extra: pip install 'causal-sprites\\[app]')."""
+    try:
+        from causal_sprites.app import launch
+    except ImportError:
+        raise CausalSpritesError(
+            "the web UI needs Gradio: pip install 'causal-sprites[app]'"
+        ) from None
+    launch(run, host, port, data)

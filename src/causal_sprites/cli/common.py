@@ -1,0 +1,106 @@
+"""What every command shares: the typer app whose errors become one line, the common options,
+loading a run with its data, writing figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from matplotlib.figure import Figure
+from typer.core import TyperGroup
+
+from causal_sprites.data import dsprites
+from causal_sprites.data.factors import SHAPE_NAMES
+from causal_sprites.errors import CausalSpritesError
+
+
+def fail(message: str) -> NoReturn:
+    """Print `error: <message>` as one line on stderr and exit 1."""
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    raise typer.Exit(1)
+
+
+class _Group(TyperGroup):
+    """A command group whose commands' bad-input errors become one line and exit 1, never a
+    traceback: commands just raise CausalSpritesError (or hit an OSError)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (CausalSpritesError, OSError) as error:
+            fail(str(error))
+
+
+def _typer(help: str) -> typer.Typer:
+    """A command group with the one-line error handling of `_Group`."""
+    return typer.Typer(
+        cls=_Group,
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+
+app = _typer("Causal modelling of dSprites: a conditional VAE inside a structural causal model.")
+
+
+data_app = _typer("The dSprites data: generate, verify, download, show.")
+
+
+app.add_typer(data_app, name="data")
+
+
+def write_png(fig: Figure, out: Path) -> Path:
+    """Save a figure as PNG atomically; returns `out` (imported late: the CLI starts fast)."""
+    from causal_sprites.figures import save_figure
+
+    return save_figure(fig, out)
+
+
+DataOption = Annotated[
+    Path | None,
+    typer.Option("--data", help="dSprites .npz or .hdf5 (default: the default data)."),
+]
+
+
+OutDirOption = Annotated[
+    Path | None, typer.Option("--out", help="Directory (default: the data directory).")
+]
+
+
+RunArgument = Annotated[str, typer.Argument(help="Run directory, or `pretrained`.")]
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+DeviceOption = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, mps.")]
+
+
+def load_run_and_data(run: str, data: Path | None = None) -> tuple[Any, dsprites.DSprites]:
+    """The run's model and the data it was trained on (or --data)."""
+    from causal_sprites.scm.queries import load_run
+
+    model = load_run(run)
+    path = data or (Path(model.config.data) if model.config.data else None)
+    return model, dsprites.DSprites.load(path)
+
+
+def assignment_text(assignments: dict[str, int]) -> str:
+    """`shape=heart, scale=3`: factor values as a user would type them."""
+    return ", ".join(
+        f"{name}={SHAPE_NAMES[value] if name == 'shape' else value}"
+        for name, value in assignments.items()
+    )
+
+
+SamplesOption = Annotated[int, typer.Option("--samples", min=1, max=4096, help="Images to draw.")]
+
+
+SeedOption = Annotated[int, typer.Option(help="Random seed.")]
+
+
+#: Sample images drawn in a figure (the JSON lists them all).
+FIGURE_IMAGES = 64

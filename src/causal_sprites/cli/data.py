@@ -1,0 +1,108 @@
+"""`causal-sprites data ...`: generate, verify, download, show the data; sample a causal variant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from causal_sprites.cli.common import (
+    DataOption,
+    OutDirOption,
+    data_app,
+    fail,
+    write_png,
+)
+from causal_sprites.data import dsprites
+from causal_sprites.data.factors import parse_assignments
+
+
+def _sample_grid(data: dsprites.DSprites, rows: np.ndarray, num: int, seed: int, out: Path) -> Path:
+    """Write a labelled grid of up to `num` random images among `rows` to `out`."""
+    from causal_sprites.viz import sample_grid_figure
+
+    chosen = np.random.default_rng(seed).choice(rows, size=min(num, len(rows)), replace=False)
+    return write_png(sample_grid_figure(data.images(chosen), data.classes(chosen)), out)
+
+
+@data_app.command("generate")
+def data_generate(
+    out: OutDirOption = None,
+) -> None:
+    """Write the default data (the procedural generator) as an official-format .npz."""
+    typer.echo(dsprites.generate((out or dsprites.data_dir()) / dsprites.DEFAULT_FILENAME))
+
+
+@data_app.command("verify")
+def data_verify(
+    path: Annotated[Path, typer.Argument(help="A dSprites .npz or .hdf5 file.")],
+    sha256: Annotated[str | None, typer.Option(help="Expected sha256 (hex).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Exit 0 if PATH is a valid, complete dSprites file (keys, shapes, order, checksum)."""
+    summary = dsprites.verify(path, sha256)
+    if json_out:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(
+            f"ok: {path} ({summary['format']}, {summary['num_images']} images, "
+            f"sha256 {summary['sha256']}, checksum {summary['checksum']})"
+        )
+
+
+@data_app.command("download")
+def data_download(
+    out: OutDirOption = None,
+    sha256: Annotated[str | None, typer.Option(help="Expected sha256 (hex).")] = None,
+    hdf5: Annotated[bool, typer.Option("--hdf5", help="The .hdf5 twin, not the .npz.")] = False,
+    url: Annotated[str | None, typer.Option(help="Fetch from here instead.")] = None,
+) -> None:
+    """Download the official file, verify it, and move it into place only when whole."""
+    official = dsprites.OFFICIAL_HDF5_URL if hdf5 else dsprites.OFFICIAL_URL
+    typer.echo(dsprites.download(out, url=url or official, sha256=sha256))
+
+
+@data_app.command("show")
+def data_show(
+    out: Annotated[Path, typer.Option(help="PNG to write.")],
+    data: DataOption = None,
+    given: Annotated[
+        list[str] | None, typer.Option(help="Only images with factor=value, e.g. shape=heart.")
+    ] = None,
+    num: Annotated[int, typer.Option(min=1, help="Number of images.")] = 16,
+    seed: Annotated[int, typer.Option(help="Random seed of the choice.")] = 0,
+) -> None:
+    """A PNG grid of random images (or of those matching --given), labelled with factors."""
+    assignments = parse_assignments(given or [])
+    store = dsprites.DSprites.load(data)
+    rows = store.find(**assignments)
+    if not len(rows):
+        fail(f"no images match {' '.join(given or [])}")
+    typer.echo(_sample_grid(store, rows, num, seed, out))
+
+
+@data_app.command("variant")
+def data_variant(
+    spec: Annotated[Path, typer.Argument(help="Variant spec: a factor-level SCM (YAML or JSON).")],
+    out: Annotated[Path, typer.Option("--out", help="The .npz to write.")],
+    num_samples: Annotated[
+        int | None, typer.Option(min=1, help="Override the spec's num_samples.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Override the spec's seed.")] = None,
+) -> None:
+    """Sample a causal variant: an official-format .npz plus each sample's noise and the spec."""
+    import dataclasses
+
+    from causal_sprites.data.variants import load_spec, sample_variant
+
+    loaded = load_spec(spec)
+    if num_samples is not None:
+        loaded = dataclasses.replace(loaded, num_samples=num_samples)
+    if seed is not None:
+        loaded = dataclasses.replace(loaded, seed=seed)
+    path = sample_variant(loaded, out)
+    edges = loaded.graph_string() or "no edges"
+    typer.echo(f"{path}: {loaded.num_samples} samples of {loaded.name} ({edges})")

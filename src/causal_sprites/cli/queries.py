@@ -1,0 +1,407 @@
+"""Queries on a run: reconstruct, edit, condition, intervene, counterfactual, infer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from causal_sprites.cli.common import (
+    FIGURE_IMAGES,
+    DataOption,
+    JsonOption,
+    RunArgument,
+    SamplesOption,
+    SeedOption,
+    app,
+    assignment_text,
+    load_run_and_data,
+    write_png,
+)
+from causal_sprites.data import dsprites
+from causal_sprites.data.factors import normalize_assignments, parse_assignments
+from causal_sprites.data.pictures import read_binary_png
+from causal_sprites.errors import CausalSpritesError
+
+
+@app.command("reconstruct")
+def reconstruct(
+    run: RunArgument,
+    out: Annotated[Path, typer.Option(help="PNG to write.")],
+    index: Annotated[list[int], typer.Option(help="Dataset index (repeatable).")],
+    data: DataOption = None,
+) -> None:
+    """Originals and their reconstructions."""
+    from causal_sprites.viz import reconstruction_figure
+
+    model, store = load_run_and_data(run, data)
+    images, classes = store.images(index), store.classes(index)
+    typer.echo(write_png(reconstruction_figure(images, model.reconstruct(images, classes)), out))
+
+
+@app.command("edit")
+def edit(
+    run: RunArgument,
+    index: Annotated[int, typer.Option(help="Dataset index of the image.")],
+    set_: Annotated[list[str], typer.Option("--set", help="factor=value; repeat to chain.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")],
+    data: DataOption = None,
+) -> None:
+    """Same z, changed labels: each --set adds to the previous ones (shape, then orientation)."""
+    from causal_sprites.viz import edit_figure
+
+    model, store = load_run_and_data(run, data)
+    image, classes = store.images([index]), store.classes([index])
+    panels = [("reconstruction", model.reconstruct(image, classes)[0])]
+    changes: dict[str, int] = {}
+    for item in set_:
+        changes.update(parse_assignments([item]))
+        panels.append(
+            (
+                ", ".join(f"{k}={v}" for k, v in changes.items()),
+                model.edit(image, classes, changes)[0],
+            )
+        )
+    typer.echo(write_png(edit_figure(image[0], panels), out))
+
+
+def _write_npz(path: Path, factual: np.ndarray, counterfactual: np.ndarray) -> Path:
+    """Write the image arrays as a compressed .npz atomically (temp file, rename); returns path."""
+    from causal_sprites.runs import atomic_path
+
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        np.savez_compressed(handle, factual=factual, counterfactual=counterfactual)
+    return path
+
+
+def _marginals_json(marginals: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    return {name: [round(float(p), 6) for p in probs] for name, probs in marginals.items()}
+
+
+@app.command("condition")
+def condition(
+    run: RunArgument,
+    out: Annotated[Path, typer.Option(help="PNG: posterior bars beside sampled images.")],
+    given: Annotated[
+        list[str] | None, typer.Option(help="factor=value evidence, e.g. scale=5 (repeatable).")
+    ] = None,
+    samples: SamplesOption = 16,
+    seed: SeedOption = 0,
+    json_out: JsonOption = False,
+) -> None:
+    """Images given factor values: the exact posterior over the other factors, then images."""
+    from causal_sprites.scm.queries import load_run
+
+    evidence = parse_assignments(given or [])
+    result = load_run(run).condition_query(evidence, samples, seed)
+    title = f"p(x | {assignment_text(evidence)})" if evidence else "p(x)"
+    _show_samples(result, title, out, {"given": evidence}, "posterior", json_out)
+
+
+@app.command("intervene")
+def intervene(
+    run: RunArgument,
+    do: Annotated[list[str], typer.Option("--do", help="factor=value, e.g. posX=31 (repeatable).")],
+    out: Annotated[Path, typer.Option(help="PNG: marginal bars beside sampled images.")],
+    samples: SamplesOption = 16,
+    seed: SeedOption = 0,
+    json_out: JsonOption = False,
+) -> None:
+    """Images under do(factor=value): intervened factors cut from their parents, the rest
+    sampled through the model."""
+    from causal_sprites.scm.queries import load_run
+
+    actions = parse_assignments(do)
+    result = load_run(run).intervene_query(actions, samples, seed)
+    title = f"p(x | do({assignment_text(actions)}))"
+    _show_samples(result, title, out, {"do": actions}, "marginals", json_out)
+
+
+def _show_samples(
+    result: Any, title: str, out: Path, query: dict[str, Any], name: str, json_out: bool
+) -> None:
+    """Save a conditioning or intervention result's figure; print its path or its JSON record
+    (the query, the marginals under `name`, the sampled classes, timing, output path)."""
+    from causal_sprites.data.factors import format_classes
+    from causal_sprites.viz import query_samples_figure
+
+    shown = slice(0, FIGURE_IMAGES)
+    figure = query_samples_figure(
+        result.images[shown], result.classes[shown], result.marginals, title
+    )
+    write_png(figure, out)
+    if not json_out:
+        typer.echo(out)
+        return
+    record = {
+        **query,
+        name: _marginals_json(result.marginals),
+        "samples": [format_classes(c) for c in result.classes],
+        "seconds": result.seconds,
+        "out": str(out),
+    }
+    typer.echo(json.dumps(record))
+
+
+@dataclass(frozen=True)
+class _Query:
+    """One counterfactual query: a dataset index or an image file, and its do()."""
+
+    index: int | None
+    image: Path | None
+    do: dict[str, int]
+
+
+def read_queries(path: Path, default_do: dict[str, int]) -> list[_Query]:
+    """Parse a JSON-lines query file: {"index": I} or {"image": PNG} (relative to the file), with
+    an optional "do" object (else the command line's --do); errors name the line."""
+    queries = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CausalSpritesError(f"{where}: not valid JSON ({error.msg})") from None
+        if not isinstance(item, dict):
+            raise CausalSpritesError(f"{where}: expected a JSON object")
+        unknown = sorted(set(item) - {"index", "image", "do"})
+        if unknown:
+            raise CausalSpritesError(f"{where}: unknown keys {unknown}; use index, image, do")
+        if ("index" in item) == ("image" in item):
+            raise CausalSpritesError(f"{where}: give exactly one of index and image")
+        index = item.get("index")
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
+            raise CausalSpritesError(f"{where}: index must be an integer, got {index!r}")
+        image = item.get("image")
+        if image is not None and not isinstance(image, str):
+            raise CausalSpritesError(f"{where}: image must be a path string, got {image!r}")
+        do = item.get("do", default_do)
+        if not isinstance(do, dict):
+            raise CausalSpritesError(f'{where}: do must be an object like {{"shape": "heart"}}')
+        if not do:
+            raise CausalSpritesError(f'{where}: no do(); give "do" or --do')
+        try:
+            actions = normalize_assignments(do)
+        except CausalSpritesError as error:
+            raise CausalSpritesError(f"{where}: {error}") from None
+        queries.append(_Query(index, None if image is None else path.parent / image, actions))
+    if not queries:
+        raise CausalSpritesError(f"{path} holds no queries")
+    return queries
+
+
+@app.command("counterfactual")
+def counterfactual(
+    run: RunArgument,
+    do: Annotated[
+        list[str] | None, typer.Option("--do", help="factor=value, e.g. shape=heart (repeatable).")
+    ] = None,
+    index: Annotated[
+        list[int] | None, typer.Option(help="Dataset index, labels from the data (repeatable).")
+    ] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(help="A 64x64 binary PNG, labels from the classifier (repeatable)."),
+    ] = None,
+    queries: Annotated[
+        Path | None,
+        typer.Option(help='JSON lines: {"index": I} or {"image": PNG}, optional "do": {...}.'),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="PNG: factual | counterfactual | difference.")
+    ] = None,
+    out_npz: Annotated[
+        Path | None,
+        typer.Option("--out-npz", help="factual and counterfactual images, uint8 (B, 64, 64)."),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            "--samples",
+            min=1,
+            max=100_000,
+            help="Also give each answer as a distribution over N draws of the abducted noise.",
+        ),
+    ] = None,
+    data: DataOption = None,
+    seed: SeedOption = 0,
+    json_out: JsonOption = False,
+) -> None:
+    """What each image would have looked like under do(...): abduction, action, prediction."""
+    from causal_sprites.data.factors import format_classes
+    from causal_sprites.scm.batch import Question, answer
+    from causal_sprites.scm.queries import load_run
+
+    if sum(source is not None for source in (index, image, queries)) != 1:
+        raise typer.BadParameter("give exactly one", param_hint="--index, --image or --queries")
+    actions = parse_assignments(do or [])
+    if queries is not None:
+        if not queries.is_file():
+            raise CausalSpritesError(f"query file {queries} does not exist")
+        items = read_queries(queries, actions)
+    elif not actions:
+        raise typer.BadParameter("give at least one factor=value", param_hint="--do")
+    else:
+        items = [_Query(i, None, actions) for i in index or []]
+        items += [_Query(None, path, actions) for path in image or []]
+    model = load_run(run)
+    store = None
+    if any(item.index is not None for item in items):
+        path = data or (Path(model.config.data) if model.config.data else None)
+        store = dsprites.DSprites.load(path)
+    factual = np.zeros((len(items), 64, 64), dtype=np.uint8)
+    labels: dict[int, np.ndarray] = {}
+    for k, item in enumerate(items):
+        if store is not None and item.index is not None:
+            factual[k], labels[k] = store.images(item.index), store.factors(item.index)
+        elif item.image is not None:
+            factual[k] = read_binary_png(item.image)
+    questions = [Question(factual[k], labels.get(k), item.do) for k, item in enumerate(items)]
+    answers = answer(model, questions, seed, samples)
+    images, distributions = answers.images, answers.distributions
+    if out is not None:
+        from causal_sprites.viz import counterfactual_distribution_figure, counterfactual_figure
+
+        shown = slice(0, FIGURE_IMAGES // 4)
+        titles = [f"do({assignment_text(item.do)})" for item in items[shown]]
+        if distributions:
+            parts = [distributions[k] for k in range(len(items))][shown]
+            figure = counterfactual_distribution_figure(
+                factual[shown],
+                [p[0] for p in parts],
+                [p[1] for p in parts],
+                [p[2] for p in parts],
+                np.stack([p[3] for p in parts]),
+                titles,
+            )
+        else:
+            figure = counterfactual_figure(factual[shown], images[shown], titles)
+        write_png(figure, out)
+    if out_npz is not None:
+        _write_npz(out_npz, factual, images)
+    records: list[dict[str, Any]] = [
+        {
+            "index": item.index,
+            "image": None if item.image is None else str(item.image),
+            "do": item.do,
+            "labels": "given" if k in labels else "inferred",
+            "factual": format_classes(answers.factual[k]),
+            "counterfactual": format_classes(answers.counterfactual[k]),
+        }
+        for k, item in enumerate(items)
+    ]
+    for k, (tuples, probabilities, _, _, method) in distributions.items():
+        records[k]["distribution"] = [
+            {"factors": format_classes(t), "probability": float(p)}
+            for t, p in zip(tuples, probabilities, strict=True)
+        ]
+        records[k]["distribution_method"] = method
+    if json_out:
+        summary = {
+            "queries": records,
+            "seconds": answers.seconds,
+            "seconds_per_query": answers.seconds / len(items),
+            "out": None if out is None else str(out),
+            "out_npz": None if out_npz is None else str(out_npz),
+        }
+        typer.echo(json.dumps(summary))
+        return
+    for query in records[:20]:
+        source = f"index {query['index']}" if query["index"] is not None else query["image"]
+        changed = {
+            k: f"{query['factual'][k]}->{v}"
+            for k, v in query["counterfactual"].items()
+            if v != query["factual"][k]
+        }
+        typer.echo(f"{source}: {', '.join(f'{k} {v}' for k, v in changed.items()) or 'no change'}")
+        spread = query.get("distribution", [])
+        for entry in spread[:5] if len(spread) > 1 else []:
+            typer.echo(f"  {entry['probability']:7.4f}  {assignment_text(entry['factors'])}")
+    if len(records) > 20:
+        typer.echo(f"... and {len(records) - 20} more")
+    for path in (out, out_npz):
+        if path is not None:
+            typer.echo(path)
+
+
+@app.command("infer")
+def infer(
+    run: RunArgument,
+    index: Annotated[list[int] | None, typer.Option(help="Dataset index (repeatable).")] = None,
+    image: Annotated[
+        list[Path] | None, typer.Option(help="A 64x64 binary PNG (repeatable).")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data file: with --index, where to look the indices up; alone, infer "
+            "its first --limit images."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Images of --data to read.")] = 100,
+    top: Annotated[int, typer.Option(min=1, help="Candidate factor tuples per image.")] = 5,
+    json_out: JsonOption = False,
+) -> None:
+    """The factors of images read off the pixels: the posterior p(y | x), best first."""
+    import time
+
+    from causal_sprites.data.factors import format_classes
+    from causal_sprites.scm.queries import load_run
+
+    if (index is not None) + (image is not None) + (data is not None and index is None) != 1:
+        raise typer.BadParameter("give exactly one", param_hint="--index, --image or --data")
+    model = load_run(run)
+    sources: list[dict[str, Any]]
+    if image is not None:
+        pixels = np.stack([read_binary_png(path) for path in image])
+        sources = [{"image": str(path)} for path in image]
+    else:
+        default = Path(model.config.data) if model.config.data else None
+        store = dsprites.DSprites.load(data or default)
+        rows = np.asarray(index if index is not None else range(min(limit, len(store))))
+        pixels = store.images(rows)
+        sources = [{"index": int(k), "true": format_classes(store.factors(int(k)))} for k in rows]
+    start = time.perf_counter()
+    posterior = model.infer(pixels, top=top)
+    seconds = time.perf_counter() - start
+    flagged = model.out_of_distribution(posterior)
+    records = [
+        {
+            **source,
+            "candidates": [
+                {"factors": format_classes(c), "probability": float(p)}
+                for c, p in zip(posterior.classes[b], posterior.probabilities[b], strict=True)
+                if p > 0
+            ],
+            "log_likelihood": float(posterior.log_likelihood[b]),
+            "out_of_distribution": bool(flagged[b]),
+            "num_scored": int(posterior.num_scored[b]),
+        }
+        for b, source in enumerate(sources)
+    ]
+    if json_out:
+        summary = {"images": records, "likelihood_range": model.likelihood_range}
+        typer.echo(json.dumps({**summary, "seconds": seconds}))
+        return
+    usual = model.likelihood_range
+    for record in records[:20]:
+        name = record.get("image") or f"index {record['index']}"
+        typer.echo(f"{name}: log-likelihood {record['log_likelihood']:.1f} nats")
+        if record["out_of_distribution"] and usual is not None:
+            typer.echo(
+                f"  warning: unlike any dSprites image (threshold {usual['threshold']:.0f}, "
+                f"held-out median {usual['median']:.1f}); these factors explain it badly"
+            )
+        for candidate in record["candidates"]:
+            text = assignment_text(candidate["factors"])
+            typer.echo(f"  {candidate['probability']:7.4f}  {text}")
+    if len(records) > 20:
+        typer.echo(f"... and {len(records) - 20} more")
+    if usual is None:
+        typer.echo("note: this run records no likelihood range; out-of-distribution is unchecked")
