@@ -22,7 +22,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from causal_sprites.app import running
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' app server helper
+from tests.app_server import running
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENDPOINT = "gradio_api/call/counterfactual"

@@ -36,7 +36,7 @@ from causal_sprites.config import PRESETS
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.variants import VariantSpec, load_spec, read_variant, sample_variant
 from causal_sprites.discovery import discover_file, discover_from_images
-from causal_sprites.metrics import evaluate_counterfactuals, evaluate_distributions
+from causal_sprites.evaluation import evaluate_counterfactuals, evaluate_distributions
 from causal_sprites.oracle import load_oracle
 from causal_sprites.runtime import choose_device
 from causal_sprites.scm.queries import CausalModel, load_run

@@ -21,7 +21,8 @@ from causal_sprites.errors import CausalSpritesError
 from causal_sprites.scm.queries import CausalModel
 
 gr = pytest.importorskip("gradio")
-from causal_sprites.app import SEED, Explorer, binary_upload, build_app, running  # noqa: E402
+from causal_sprites.app import SEED, Explorer, binary_upload, build_app  # noqa: E402
+from tests.app_server import running  # noqa: E402
 
 KEEP5 = ["keep"] * 5
 

@@ -24,7 +24,7 @@ from causal_sprites.data.variants import (
     sample_variant,
     true_counterfactual,
 )
-from causal_sprites.metrics import evaluate_counterfactuals
+from causal_sprites.evaluation import evaluate_counterfactuals
 from causal_sprites.scm.graph import FactorGraph
 from causal_sprites.scm.results import CounterfactualResult
 

@@ -18,7 +18,8 @@ from causal_sprites.data.factors import FACTORS, SIZES
 from causal_sprites.data.render import render
 from causal_sprites.data.variants import read_variant, sample_variant, variant_of
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.metrics import counterfactual_tv, distribution_tv, evaluate_counterfactuals
+from causal_sprites.evaluation import evaluate_counterfactuals
+from causal_sprites.metrics import counterfactual_tv, distribution_tv
 from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.scm.graph import FactorGraph
 from causal_sprites.scm.queries import CausalModel

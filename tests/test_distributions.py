@@ -18,9 +18,9 @@ from causal_sprites.data.factors import FACTORS, SIZES
 from causal_sprites.data.render import render
 from causal_sprites.data.variants import VariantSpec, distribution, parse_spec
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.evaluation import evaluate_distributions
 from causal_sprites.metrics import (
     empirical_conditional,
-    evaluate_distributions,
     label_distribution,
     sampling_floor,
     total_variation,

@@ -37,7 +37,7 @@ from causal_sprites.train import fit
 #: sprite the standard figures edit (square, scale 5, orientation 5, posX 10, posY 20).
 GRID = np.meshgrid([0, 1, 2], [2, 5], [0, 5], [0, 10, 31], [0, 20, 31], indexing="ij")
 CLASSES = np.stack([g.reshape(-1) for g in GRID], 1)
-#: Evaluation scores as `metrics.evaluate` returns them (computing them takes long on 2 cores).
+#: Evaluation scores as `evaluation.evaluate` returns them (computing them takes long on 2 cores).
 SCORES: dict[str, Any] = {
     "test_nelbo": 123.456,
     "test_recon": 120.0,

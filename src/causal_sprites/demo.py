@@ -12,8 +12,8 @@ import typer
 
 from causal_sprites.config import PRESETS
 from causal_sprites.data.dsprites import DSprites
+from causal_sprites.evaluation import evaluate
 from causal_sprites.figures import write_json, write_run_figures
-from causal_sprites.metrics import evaluate
 from causal_sprites.report import write_report
 from causal_sprites.runs import CHECKPOINT_FILE
 from causal_sprites.runtime import choose_device

@@ -27,8 +27,8 @@ from causal_sprites.data.factors import FACTORS, SIZES
 from causal_sprites.data.variants import variant_of
 from causal_sprites.discovery import discover, discover_from_images
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.evaluation import evaluate, evaluate_counterfactuals
 from causal_sprites.figures import write_run_figures
-from causal_sprites.metrics import evaluate, evaluate_counterfactuals
 from causal_sprites.oracle import load_oracle
 from causal_sprites.runs import PRETRAINED_DIR, read_metrics, write_text_atomic
 from causal_sprites.scm.queries import CausalModel, load_run

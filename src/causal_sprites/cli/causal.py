@@ -39,8 +39,8 @@ def evaluate(
     --counterfactual also ground-truth fidelity, effectiveness, preservation, composition and
     reversibility (Monteiro et al. 2023)."""
     from causal_sprites.data.variants import variant_of
-    from causal_sprites.metrics import evaluate as evaluate_run
-    from causal_sprites.metrics import evaluate_counterfactuals, evaluate_distributions
+    from causal_sprites.evaluation import evaluate as evaluate_run
+    from causal_sprites.evaluation import evaluate_counterfactuals, evaluate_distributions
     from causal_sprites.oracle import load_oracle
 
     model, store = load_run_and_data(run, data)

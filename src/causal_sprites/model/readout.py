@@ -4,12 +4,15 @@ The classifier q(y | x) proposes, the decoder decides (Kingma et al. 2014, M2, c
 generative model): a coordinate search from the classifier's argmax scores single-factor changes
 of the current best tuple (every class the classifier gives some weight, the neighbouring grid
 values, and the orientations that draw nearly the same sprite) by log p(y) plus the ELBO of
-log p(x | y) with q(z | x, y), moves to the best and repeats until nothing improves. Every scored
-tuple enters the normalised posterior; tuples never proposed are taken as negligible.
+log p(x | y) with q(z | x, y), moves to the best and repeats until nothing improves. A mode that
+still explains its image badly is searched again, wider each time (the classifier's top classes
+combined, two factors changed at once, every shape, scale and orientation around the position).
+Every scored tuple enters the normalised posterior; tuples never proposed are taken as negligible.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -28,9 +31,8 @@ MIN_PROPOSAL_PROB = 0.01
 MAX_LIKELY = 5
 #: Rounds of the coordinate search at most.
 MAX_ROUNDS = 4
-#: A mode whose ELBO of log p(x | y) is below this many nats is searched again with two factors
-#: changed at once: a sprite the model draws right scores a few nats at most, a pose a step off
-#: in two factors some hundreds.
+#: A mode whose ELBO of log p(x | y) is below this many nats is searched again, wider: a sprite
+#: the pretrained model draws right scores a few nats, a pose a step off in two factors hundreds.
 ESCALATE_NATS = -30.0
 #: Classes per factor combined by the first escalation (3 ** 5 = 243 tuples at most).
 JOINT_CLASSES = 3
@@ -56,11 +58,8 @@ class FactorPosterior:
     @classmethod
     def concatenate(cls, parts: list[FactorPosterior]) -> FactorPosterior:
         """One posterior of the images of several, in order."""
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls._fields()))
-
-    @classmethod
-    def _fields(cls) -> tuple[str, ...]:
-        return ("classes", "probabilities", "log_likelihood", "num_scored")
+        names = [field.name for field in dataclasses.fields(cls)]
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in names))
 
     @property
     def mode(self) -> np.ndarray:

@@ -62,8 +62,7 @@ def counterfactual_distribution(
     pixel_probs = torch.zeros(len(images), 64, 64)
     pictures: list[dict[tuple[int, ...], np.ndarray]] = [{} for _ in range(len(images))]
     for labels, weight in factuals:
-        keep = weight > 0
-        if not keep.any():
+        if not (weight > 0).any():
             continue
         factual = torch.as_tensor(labels)
         drawn = graph.counterfactuals(factual, actions, num_samples, generator)
