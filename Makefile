@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/train.py --minutes 10 --side-by-side --fp32-too
 	$(PY) bench/counterfactual.py
 	$(PY) bench/causal.py
+	$(PY) bench/distribution_speed.py
 	$(PY) bench/inference.py
 	$(PY) bench/decoder.py
 	$(PY) bench/app.py
