@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from chirho.counterfactual.handlers import TwinWorldCounterfactual
-from chirho.indexed.ops import IndexSet, gather, indices_of
 from chirho.interventional.handlers import do as chirho_do
 from pyro import poutine
 from torch import Tensor
@@ -42,24 +41,10 @@ from causal_sprites.scm.results import (
     CounterfactualResult,
     SampleResult,
 )
-from causal_sprites.scm.structural import CHUNK, StructuralModel
+from causal_sprites.scm.structural import CHUNK, StructuralModel, world_slice
 
 #: Factor tuples per image kept from the posterior to draw from (the rest weigh nothing here).
 POSTERIOR_DRAW_TOP = 8
-#: Event dims of the endogenous sites (factors are scalars per image).
-EVENT_DIMS: dict[str, int] = {"z": 1, "x": 2}
-
-
-def _world(value: Tensor, event_dim: int, world: int, shape: tuple[int, int]) -> Tensor:
-    """One world's (S, B, *event) slice of a twin-world value; worlds found by `indices_of`
-    (TwinWorldCounterfactual names its index `__fresh_split__`, not after the intervened site)."""
-    names = indices_of(value, event_dim=event_dim)
-    picked = gather(value, IndexSet(**{n: {world} for n in names}), event_dim=event_dim)
-    event = picked.shape[picked.dim() - event_dim :]
-    lead = picked.dim() - event_dim - 2
-    if lead > 0:
-        picked = picked.reshape(picked.shape[lead:])
-    return picked.expand(*shape, *event)
 
 
 class CausalModel:
@@ -320,7 +305,7 @@ class CausalModel:
             values = model(batch, num_samples)
             worlds = tuple(
                 {
-                    name: _world(value, EVENT_DIMS.get(name, 0), world, (num_samples, batch))
+                    name: world_slice(name, value, world, (num_samples, batch))
                     for name, value in values.items()
                 }
                 for world in (0, 1)

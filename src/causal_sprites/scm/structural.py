@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import pyro
 import pyro.distributions as dist
 import torch
+from chirho.indexed.ops import IndexSet, gather, indices_of
 from torch import Tensor
 
 from causal_sprites.data.factors import FACTORS, SIZES
@@ -102,3 +103,21 @@ class StructuralModel:
             yield
         finally:
             self._memo.known = None
+
+
+#: Event dims of the endogenous sites (factors are scalars per image).
+EVENT_DIMS: dict[str, int] = {"z": 1, "x": 2}
+
+
+def world_slice(site: str, value: Tensor, world: int, shape: tuple[int, int]) -> Tensor:
+    """One world's (S, B, *event) slice of a site's twin-world value; worlds found by
+    `indices_of` (TwinWorldCounterfactual names its index `__fresh_split__`, not after the
+    intervened site)."""
+    event_dim = EVENT_DIMS.get(site, 0)
+    names = indices_of(value, event_dim=event_dim)
+    picked = gather(value, IndexSet(**{n: {world} for n in names}), event_dim=event_dim)
+    event = picked.shape[picked.dim() - event_dim :]
+    lead = picked.dim() - event_dim - 2
+    if lead > 0:
+        picked = picked.reshape(picked.shape[lead:])
+    return picked.expand(*shape, *event)
