@@ -44,12 +44,24 @@ def _typer(help: str) -> typer.Typer:
 
 
 app = _typer("Causal modelling of dSprites: a conditional VAE inside a structural causal model.")
-
-
 data_app = _typer("The dSprites data: generate, verify, download, show.")
-
-
 app.add_typer(data_app, name="data")
+
+
+DataOption = Annotated[
+    Path | None,
+    typer.Option("--data", help="dSprites .npz or .hdf5 (default: the default data)."),
+]
+OutDirOption = Annotated[
+    Path | None, typer.Option("--out", help="Directory (default: the data directory).")
+]
+RunArgument = Annotated[str, typer.Argument(help="Run directory, or `pretrained`.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+DeviceOption = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, mps.")]
+SamplesOption = Annotated[int, typer.Option("--samples", min=1, max=4096, help="Images to draw.")]
+SeedOption = Annotated[int, typer.Option(help="Random seed.")]
+#: Sample images drawn in a figure (the JSON lists them all).
+FIGURE_IMAGES = 64
 
 
 def write_png(fig: Figure, out: Path) -> Path:
@@ -57,26 +69,6 @@ def write_png(fig: Figure, out: Path) -> Path:
     from causal_sprites.figures import save_figure
 
     return save_figure(fig, out)
-
-
-DataOption = Annotated[
-    Path | None,
-    typer.Option("--data", help="dSprites .npz or .hdf5 (default: the default data)."),
-]
-
-
-OutDirOption = Annotated[
-    Path | None, typer.Option("--out", help="Directory (default: the data directory).")
-]
-
-
-RunArgument = Annotated[str, typer.Argument(help="Run directory, or `pretrained`.")]
-
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-
-
-DeviceOption = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, mps.")]
 
 
 def load_run_and_data(run: str, data: Path | None = None) -> tuple[Any, dsprites.DSprites]:
@@ -94,13 +86,3 @@ def assignment_text(assignments: dict[str, int]) -> str:
         f"{name}={SHAPE_NAMES[value] if name == 'shape' else value}"
         for name, value in assignments.items()
     )
-
-
-SamplesOption = Annotated[int, typer.Option("--samples", min=1, max=4096, help="Images to draw.")]
-
-
-SeedOption = Annotated[int, typer.Option(help="Random seed.")]
-
-
-#: Sample images drawn in a figure (the JSON lists them all).
-FIGURE_IMAGES = 64
