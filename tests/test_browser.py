@@ -34,7 +34,8 @@ pytestmark = [
 ]
 sync_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("gradio")
-from causal_sprites.app import SEED, value_text  # noqa: E402
+from causal_sprites.app import SEED  # noqa: E402
+from causal_sprites.app_text import value_text  # noqa: E402
 from tests.app_server import running  # noqa: E402
 
 #: Chromium's flags on these machines: no sandbox (root), no GPU, and no calls home (the network

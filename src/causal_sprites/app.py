@@ -14,6 +14,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from causal_sprites.app_text import (
+    DISTRIBUTION_SAMPLES,
+    candidates_text,
+    distribution_text,
+    factor_table,
+    value_choices,
+    value_text,
+)
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import (
     FACTORS,
@@ -41,8 +49,6 @@ ANY = "any"
 SEED = 0
 #: Factor tuples of an upload's posterior shown beside its counterfactual.
 TOP_CANDIDATES = 3
-#: Noise draws behind a counterfactual's distribution in the app.
-DISTRIBUTION_SAMPLES = 500
 #: Concurrent counterfactual requests answered by one batched query.
 MAX_BATCH = 64
 IMAGE_PX = 192
@@ -59,18 +65,6 @@ UPLOAD_HELP = (
     "model's posterior p(y | x). Other sizes or gray levels are refused, not resized; an image no "
     "sprite explains is refused too."
 )
-
-
-def value_choices(name: str) -> list[str]:
-    """A factor's values as the dropdowns show them: shape names, else class indices."""
-    if name == "shape":
-        return list(SHAPE_NAMES)
-    return [str(k) for k in range(SIZES[FACTORS.index(name)])]
-
-
-def value_text(name: str, value: int) -> str:
-    """A class index as shown to the user (`heart (2)` for shapes)."""
-    return f"{SHAPE_NAMES[value]} ({value})" if name == "shape" else str(value)
 
 
 def binary_upload(pixels: np.ndarray) -> np.ndarray:
@@ -266,49 +260,6 @@ class Explorer:
         title = f"p(x | {evidence})" if given else "p(x)"
         fig = query_samples_figure(result.images, result.classes, result.marginals, title)
         return figure_array(fig), f"Query: {result.seconds * 1e3:.0f} ms"
-
-
-def candidates_text(posterior: FactorPosterior, row: int, usual: dict[str, float] | None) -> str:
-    """Markdown lines: an upload's most probable factor tuples with their probabilities, and its
-    log-likelihood beside the held-out data's range."""
-    lines = [
-        f"**Read off the pixels, p(y | x)** (log-likelihood "
-        f"{posterior.log_likelihood[row]:.1f} nats"
-        + (f"; held-out median {usual['median']:.1f}):" if usual else "):")
-    ]
-    for classes, p in zip(posterior.classes[row], posterior.probabilities[row], strict=True):
-        if p > 0:
-            values = ", ".join(
-                f"{n}={value_text(n, int(c))}" for n, c in zip(FACTORS, classes, strict=True)
-            )
-            lines.append(f"- {p:.3f}: {values}")
-    return "\n".join(lines)
-
-
-def distribution_text(classes: np.ndarray, probabilities: np.ndarray, method: str) -> str:
-    """Markdown lines: a counterfactual that the image does not pin down, as its most probable
-    factor tuples (T, 5) with their probabilities (T,)."""
-    lines = [
-        f"**The counterfactual is a distribution** ({method}, {DISTRIBUTION_SAMPLES} noise "
-        "draws); the image shows the answer for the most probable factual factors:"
-    ]
-    for row, p in list(zip(classes, probabilities, strict=True))[:5]:
-        values = ", ".join(
-            f"{n}={value_text(n, int(c))}" for n, c in zip(FACTORS, row, strict=True)
-        )
-        lines.append(f"- {p:.3f}: {values}")
-    return "\n".join(lines)
-
-
-def factor_table(factual: np.ndarray, counterfactual: np.ndarray, given: bool) -> str:
-    """A Markdown table of the factual and counterfactual classes (5,) of one query."""
-    source = "given" if given else "posterior mode"
-    lines = [f"| factor | factual ({source}) | counterfactual |", "| --- | --- | --- |"]
-    for i, name in enumerate(FACTORS):
-        before, after = int(factual[i]), int(counterfactual[i])
-        mark = " **(changed)**" if before != after else ""
-        lines.append(f"| {name} | {value_text(name, before)} | {value_text(name, after)}{mark} |")
-    return "\n".join(lines)
 
 
 def _sprite_image(label: str, elem_id: str) -> gr.Image:
