@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from causal_sprites.data.factors import (
 from causal_sprites.data.pictures import binary_pixels
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.model.readout import FactorPosterior
+from causal_sprites.model.readout import DRAW_TOP
 from causal_sprites.scm.batch import Question, answer
 from causal_sprites.scm.queries import CausalModel, load_run
 from causal_sprites.viz import difference_map, query_samples_figure
@@ -140,27 +141,21 @@ class Explorer:
         }
         return Question(image, labels, do)
 
-    def read_uploads(
-        self, queries: dict[int, Question], status: list[str]
-    ) -> dict[int, tuple[FactorPosterior, int]]:
-        """Read the factors of the questions without labels off their pixels; those no sprite
-        explains are dropped from `queries` with their one-line refusal in `status`. Returns,
-        per question kept, its posterior and row."""
+    def read_uploads(self, queries: dict[int, Question], status: list[str]) -> None:
+        """Read the factors of the questions without labels off their pixels, once: each keeps
+        its posterior; those no sprite explains are dropped from `queries` with their one-line
+        refusal in `status`."""
         unread = [k for k, q in queries.items() if q.labels is None]
         if not unread:
-            return {}
-        posterior = self.model.infer(
-            np.stack([queries[k].image for k in unread]), top=TOP_CANDIDATES
-        )
-        read = {}
+            return
+        posterior = self.model.infer(np.stack([queries[k].image for k in unread]), top=DRAW_TOP)
         for row, k in enumerate(unread):
             refusal = self.model.unexplained(posterior, row)
             if refusal is None:
-                read[k] = (posterior, row)
+                queries[k] = replace(queries[k], posterior=posterior.rows([row]))
             else:
                 status[k] = f"**Not answered:** {refusal}"
                 del queries[k]
-        return read
 
     def counterfactuals(
         self,
@@ -196,7 +191,7 @@ class Explorer:
             except CausalSpritesError as error:
                 out[7][k] = f"**Not answered:** {error}"
         with self.lock:
-            read = self.read_uploads(queries, out[7])
+            self.read_uploads(queries, out[7])
             keys = list(queries)
             try:
                 answers = answer(self.model, [queries[k] for k in keys], SEED, DISTRIBUTION_SAMPLES)
@@ -217,9 +212,10 @@ class Explorer:
             out[4][k] = (pixel_probs * 255).round().astype(np.uint8)
             given = bool(answers.given[j])
             out[5][k] = factor_table(answers.factual[j], answers.counterfactual[j], given)
-            if k in read:
-                posterior, row = read[k]
-                out[5][k] += "\n\n" + candidates_text(posterior, row, self.model.likelihood_range)
+            read = queries[k].posterior
+            if read is not None:
+                usual = self.model.likelihood_range
+                out[5][k] += "\n\n" + candidates_text(read, TOP_CANDIDATES, usual)
             if len(probabilities) > 1:
                 out[5][k] += "\n\n" + distribution_text(classes, probabilities, method)
             out[6][k] = (

@@ -24,15 +24,16 @@ def value_text(name: str, value: int) -> str:
     return f"{SHAPE_NAMES[value]} ({value})" if name == "shape" else str(value)
 
 
-def candidates_text(posterior: FactorPosterior, row: int, usual: dict[str, float] | None) -> str:
-    """Markdown lines: an upload's most probable factor tuples with their probabilities, and its
-    log-likelihood beside the held-out data's range."""
+def candidates_text(posterior: FactorPosterior, top: int, usual: dict[str, float] | None) -> str:
+    """Markdown lines: an upload's (one image's posterior) `top` most probable factor tuples with
+    their probabilities, and its log-likelihood beside the held-out data's median."""
     lines = [
         f"**Read off the pixels, p(y | x)** (log-likelihood "
-        f"{posterior.log_likelihood[row]:.1f} nats"
+        f"{posterior.log_likelihood[0]:.1f} nats"
         + (f"; held-out median {usual['median']:.1f}):" if usual else "):")
     ]
-    for classes, p in zip(posterior.classes[row], posterior.probabilities[row], strict=True):
+    pairs = zip(posterior.classes[0][:top], posterior.probabilities[0][:top], strict=True)
+    for classes, p in pairs:
         if p > 0:
             values = ", ".join(
                 f"{n}={value_text(n, int(c))}" for n, c in zip(FACTORS, classes, strict=True)

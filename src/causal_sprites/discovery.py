@@ -24,14 +24,13 @@ from scipy import stats
 from causal_sprites.data.factors import FACTORS
 from causal_sprites.data.variants import VariantSpec, topological_order
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.readout import DRAW_TOP
 
 #: Significance level of each test: with 10^4-10^5 rows the dependencies of interest have
 #: p-values far below it, and the ~10-30 tests PC runs then add a false edge with about 1-3 %.
 DEFAULT_ALPHA = 1e-3
 #: Fewest rows we run PC on; below it the tables are too sparse for any conclusion.
 MIN_SAMPLES = 50
-#: Factor tuples per image kept from the posterior to draw from.
-POSTERIOR_TOP = 8
 
 #: A CPDAG as {(a, b): mark} over unordered pairs a < b in factor order; mark is "->" (a -> b),
 #: "<-" (b -> a), "--" (undirected) or "<->" (PC found conflicting colliders).
@@ -257,7 +256,7 @@ def discover_from_images(
     and if the model is right the draws over all images follow the factors' true joint law
     (sum over x of p(y | x) p(x) = p(y)), so no edge appears that the data does not have. A mode,
     or any canonical orientation per shape, would tie orientation's law to the shape."""
-    posterior = model.infer(images, top=POSTERIOR_TOP)
+    posterior = model.infer(images, top=DRAW_TOP)
     labels = posterior.sample(1, np.random.default_rng(seed))[0]
     result = discover(labels, truth, factors=factors, seed=seed, **options)
     return {**result, "labels": "posterior"}

@@ -36,6 +36,9 @@ MAX_ROUNDS = 4
 ESCALATE_NATS = -30.0
 #: Classes per factor combined by the first escalation (3 ** 5 = 243 tuples at most).
 JOINT_CLASSES = 3
+#: Factor tuples per image kept when a posterior is drawn from or folded in (the rest weigh
+#: nothing on a trained model).
+DRAW_TOP = 8
 #: Candidate tuples scored per decoder call.
 SCORE_CHUNK = 1024
 ORIENTATION, NUM_ORIENTATIONS = FACTORS.index("orientation"), SIZES[FACTORS.index("orientation")]
@@ -60,6 +63,11 @@ class FactorPosterior:
         """One posterior of the images of several, in order."""
         names = [field.name for field in dataclasses.fields(cls)]
         return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in names))
+
+    def rows(self, index: np.ndarray | list[int]) -> FactorPosterior:
+        """The posterior of some of the images, in the order given."""
+        names = [field.name for field in dataclasses.fields(self)]
+        return FactorPosterior(*(getattr(self, name)[index] for name in names))
 
     @property
     def mode(self) -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from causal_sprites.data.factors import FACTORS
+from causal_sprites.model.readout import DRAW_TOP, FactorPosterior
 from causal_sprites.scm.results import CounterfactualDistribution
 
 if TYPE_CHECKING:
@@ -20,11 +21,13 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Question:
     """A counterfactual question: an image (64, 64) 0/1, its factor classes (5,) or None (then
-    read off the pixels by the posterior), and the interventions {factor: class}."""
+    read off the pixels by the posterior: `posterior`, the image's own, when already read), and
+    the interventions {factor: class}."""
 
     image: np.ndarray
     labels: np.ndarray | None
     do: dict[str, int]
+    posterior: FactorPosterior | None = None
 
 
 @dataclass
@@ -69,18 +72,31 @@ def answer(
         images = np.stack([questions[k].image for k in rows])
         labels = np.stack([np.asarray(questions[k].labels) for k in rows]) if given else None
         do = {name: np.array([questions[k].do[name] for k in rows]) for name in names}
-        result = model.counterfactual_query(images, labels, do or None, seed=seed)
+        posterior = None if given else _posterior(model, [questions[k] for k in rows], images)
+        result = model.counterfactual_query(
+            images, labels, do or None, seed=seed, posterior=posterior
+        )
         out.images[rows], out.factual[rows] = result.images, result.factual
         out.counterfactual[rows] = result.counterfactual
         out.batch_size[rows] = len(rows)
         out.seconds += result.seconds
         if num_samples is not None:
             spread = model.counterfactual_distribution(
-                images, labels, do or None, num_samples, seed
+                images, labels, do or None, num_samples, seed, posterior
             )
             out.distributions.update(zip(rows, _per_row(spread), strict=True))
             out.seconds += spread.seconds
     return out
+
+
+def _posterior(
+    model: CausalModel, questions: list[Question], images: np.ndarray
+) -> FactorPosterior:
+    """The questions' posteriors: read once here unless every question brings its own."""
+    known = [q.posterior for q in questions if q.posterior is not None]
+    if len(known) == len(questions):
+        return FactorPosterior.concatenate(known)
+    return model.infer(images, top=DRAW_TOP)
 
 
 def _per_row(

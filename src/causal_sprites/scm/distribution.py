@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from causal_sprites.data.factors import FACTORS
+from causal_sprites.model.readout import DRAW_TOP, FactorPosterior
 from causal_sprites.scm.inputs import (
     Interventions,
     as_images,
@@ -26,9 +27,6 @@ from causal_sprites.scm.results import CounterfactualDistribution
 if TYPE_CHECKING:
     from causal_sprites.scm.queries import CausalModel
 
-#: Factor tuples per image kept from the posterior p(y | x) to fold in when labels are not given.
-POSTERIOR_TOP = 8
-
 
 @torch.no_grad()
 def counterfactual_distribution(
@@ -38,10 +36,12 @@ def counterfactual_distribution(
     do: Interventions | None = None,
     num_samples: int = 2000,
     seed: int | None = 0,
+    posterior: FactorPosterior | None = None,
 ) -> CounterfactualDistribution:
     """The counterfactual of each image (B, 64, 64) as a distribution: over the factor noise
     abducted from its factual classes (labels (B, 5), or None: the posterior p(y | x) folded
-    in, its top tuples weighted by their probabilities), the distinct counterfactual tuples
+    in, its top tuples weighted by their probabilities; `posterior` when the caller has it
+    already), the distinct counterfactual tuples
     with their probabilities; the pixel noise is abducted exactly, so each tuple's image and
     the per-pixel probability follow in closed form."""
     start = time.perf_counter()
@@ -49,7 +49,8 @@ def counterfactual_distribution(
     images = as_images(x)
     actions = as_interventions(do, len(images))
     if y is None:
-        posterior = model.infer(images[:, 0], top=POSTERIOR_TOP)
+        if posterior is None:
+            posterior = model.infer(images[:, 0], top=DRAW_TOP)
         model.refuse_out_of_distribution(posterior)
         weights = posterior.probabilities / posterior.probabilities.sum(1, keepdims=True)
         factuals = [(posterior.classes[:, k], weights[:, k]) for k in range(weights.shape[1])]

@@ -18,7 +18,7 @@ from torch import Tensor
 from causal_sprites.config import RunConfig
 from causal_sprites.data.factors import FACTORS, normalize_assignments
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.model.readout import FactorPosterior, infer_posterior
+from causal_sprites.model.readout import DRAW_TOP, FactorPosterior, infer_posterior
 from causal_sprites.model.vae import ConditionalVAE, parents_of
 from causal_sprites.runs import load_model, read_likelihood_range
 from causal_sprites.scm.abduction import REFINE_STEPS, exact_noise, generic_noise, refine_style
@@ -42,9 +42,6 @@ from causal_sprites.scm.results import (
     SampleResult,
 )
 from causal_sprites.scm.structural import CHUNK, StructuralModel, world_slice
-
-#: Factor tuples per image kept from the posterior to draw from (the rest weigh nothing here).
-POSTERIOR_DRAW_TOP = 8
 
 
 class CausalModel:
@@ -322,18 +319,21 @@ class CausalModel:
         style: Style = "mean",
         refine_steps: int = REFINE_STEPS,
         seed: int | None = None,
+        posterior: FactorPosterior | None = None,
     ) -> CounterfactualResult:
         """Abduction, action, prediction for images (B, 64, 64), with do values by name or
         index, shared or one per image. Labels (B, 5), or None: the factors are then latent, read
-        off the pixels by the posterior p(y | x): one answer abducts from its mode, `num_samples`
-        answers from as many draws of it (out-of-distribution images are refused)."""
+        off the pixels by the posterior p(y | x) (`posterior`, when the caller has it already):
+        one answer abducts from its mode, `num_samples` answers from as many draws of it
+        (out-of-distribution images are refused)."""
         start = time.perf_counter()
         check_count(num_samples)
         images = as_images(x)
         actions = as_interventions(do, len(images))
         inferred = y is None
         if y is None:
-            posterior = self.infer(images[:, 0], top=POSTERIOR_DRAW_TOP)
+            if posterior is None:
+                posterior = self.infer(images[:, 0], top=DRAW_TOP)
             self.refuse_out_of_distribution(posterior)
             if num_samples > 1:
                 return self._counterfactual_over_posterior(
@@ -420,10 +420,11 @@ class CausalModel:
         do: Interventions | None = None,
         num_samples: int = 2000,
         seed: int | None = 0,
+        posterior: FactorPosterior | None = None,
     ) -> CounterfactualDistribution:
         """The counterfactual of each image as a distribution over factor tuples, with one image
         each and the per-pixel probability (`scm/distribution.py`)."""
-        return counterfactual_distribution(self, x, y, do, num_samples, seed)
+        return counterfactual_distribution(self, x, y, do, num_samples, seed, posterior)
 
 
 def load_run(run: str | Path, device: str | torch.device = "cpu") -> CausalModel:
