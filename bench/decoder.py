@@ -30,11 +30,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 
 def baseline_forward(decoder: PoseDecoder, y: Tensor, z: Tensor) -> Tensor:
     """The forward pass as it was before the fused pixel MLP (git history of model/nets.py)."""
-    batch, w = y.shape[0], decoder.window
-    top, left = decoder.window_origin(y)
-    offsets = torch.arange(w, device=y.device)
-    rows = (top[:, None, None] + offsets[None, :, None]).expand(batch, w, w).reshape(batch, -1)
-    cols = (left[:, None, None] + offsets[None, None, :]).expand(batch, w, w).reshape(batch, -1)
+    batch = y.shape[0]
+    rows, cols = decoder.window_pixels(y, 32)
     uv = decoder.sprite_coordinates(y, rows.float(), cols.float())
     bias = decoder.image_bias(torch.cat([F.one_hot(y[:, 0], SIZES[0]).float(), z], dim=-1))
     hidden = decoder.coordinate_layer(decoder.features(uv)) + bias[:, None, :]

@@ -1,7 +1,10 @@
 """The conditional VAE: shapes, gradients, the ELBO against Pyro and by hand, CPTs, round trips."""
 
+import json
 import math
+from dataclasses import replace
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -9,7 +12,9 @@ from pyro.infer import TraceMeanField_ELBO
 from torch.nn import functional as F
 
 from causal_sprites.config import ModelConfig, RunConfig
+from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.nets import PoseDecoder
 from causal_sprites.model.vae import ConditionalVAE, topological_order
 from causal_sprites.runs import load_model, save_model
 
@@ -143,3 +148,46 @@ def test_default_smoothing_keeps_a_rare_row_close_to_its_frequencies() -> None:
     assert (
         probs[2, 0].item() == pytest.approx(0.1 / 13.2) and torch.isfinite(model.cpt("posX")).all()
     )
+
+
+def test_every_sprite_lies_inside_the_window_of_its_scale() -> None:
+    """The decoder gives pixels outside the window the background logit: every dSprites sprite
+    (each shape, scale and orientation, positions at the grid's ends and middle) must fit."""
+    grids = np.meshgrid([0], range(3), range(6), range(40), [0, 1, 15, 16, 30, 31], [0, 16, 31])
+    classes = np.stack([g.reshape(-1) for g in grids], axis=1).astype(np.int64)
+    images = torch.from_numpy(render(classes)).bool()
+    decoder = PoseDecoder(4, 8, 2, 1, window=32, scale_windows=True)
+    y = torch.from_numpy(classes[:, 1:])
+    inside = torch.zeros(len(y), 64 * 64, dtype=torch.bool)
+    for window in decoder.windows.unique().tolist():
+        chosen = (decoder.windows[y[:, 1]] == window).nonzero().squeeze(1)
+        rows, cols = decoder.window_pixels(y[chosen], window)
+        inside[chosen[:, None], rows * 64 + cols] = True
+    outside = images.view(len(y), -1) & ~inside
+    assert decoder.windows.tolist() == [18, 20, 22, 26, 28, 32]
+    assert outside.sum() == 0
+
+
+def test_scale_windows_change_nothing_inside_the_sprite_windows() -> None:
+    """Same weights, one 32-pixel window or a window per scale: the logits agree wherever the
+    smaller window reaches, and are the background logit elsewhere."""
+    wide = ConditionalVAE(replace(SMALL, scale_windows=False)).decoder
+    tight = ConditionalVAE(replace(SMALL, scale_windows=True)).decoder
+    tight.load_state_dict(wide.state_dict())
+    _, y = random_batch(32)
+    z = torch.randn(32, SMALL.z_dim)
+    with torch.no_grad():
+        a, b = wide(y, z), tight(y, z)
+    background = b == tight.background_logit
+    assert torch.allclose(a[~background], b[~background])
+    assert background.view(32, -1).sum(1).min() >= 64 * 64 - 32 * 32
+    assert (background.view(32, -1).sum(1) > 64 * 64 - 32 * 32).any()  # a smaller window
+
+
+def test_runs_written_before_format_2_keep_one_window() -> None:
+    """A format-1 config.json has no `scale_windows`: it rebuilds the decoder it trained."""
+    old = json.loads(RunConfig().to_json())
+    old["version"] = 1
+    del old["model"]["scale_windows"]
+    assert RunConfig.from_json(json.dumps(old)).model.scale_windows is False
+    assert RunConfig.from_json(RunConfig().to_json()).model.scale_windows is True

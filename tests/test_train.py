@@ -16,7 +16,7 @@ from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.runs import load_tensors, read_metrics
-from causal_sprites.train import fit
+from causal_sprites.train import fit, learning_rate
 
 TINY = RunConfig(
     model=ModelConfig(decoder_hidden=16, num_frequencies=2, encoder_channels=4, encoder_hidden=16),
@@ -58,10 +58,12 @@ def test_stopped_and_resumed_run_is_bit_identical(tiny_data: DSprites, tmp_path:
     assert steps == sorted(set(steps))  # no duplicated log lines after the resume
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_crash_between_checkpoints_resumes_bit_identically(
-    tiny_data: DSprites, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_data: DSprites, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schedule: str
 ) -> None:
-    fit(tmp_path / "whole", with_steps(TINY, 12), tiny_data, CPU, progress=False)
+    config = with_steps(replace(TINY, train=replace(TINY.train, lr_schedule=schedule)), 12)
+    fit(tmp_path / "whole", config, tiny_data, CPU, progress=False)
     calls = {"n": 0}
     original_step = torch.optim.Adam.step
 
@@ -73,9 +75,9 @@ def test_crash_between_checkpoints_resumes_bit_identically(
 
     monkeypatch.setattr(torch.optim.Adam, "step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
-        fit(tmp_path / "crashed", with_steps(TINY, 12), tiny_data, CPU, progress=False)
+        fit(tmp_path / "crashed", config, tiny_data, CPU, progress=False)
     monkeypatch.setattr(torch.optim.Adam, "step", original_step)
-    fit(tmp_path / "crashed", with_steps(TINY, 12), tiny_data, CPU, resume=True, progress=False)
+    fit(tmp_path / "crashed", config, tiny_data, CPU, resume=True, progress=False)
     assert_same_weights(tmp_path / "whole", tmp_path / "crashed")
 
 
@@ -120,3 +122,17 @@ def test_short_fit_lowers_the_test_nelbo(tiny_data: DSprites, tmp_path: Path) ->
     assert set(final["classifier_accuracy"]) == {"shape", "scale", "orientation", "posX", "posY"}
     config_json = json.loads((tmp_path / "config.json").read_text())
     assert config_json["libraries"]["torch"] == metadata.version("torch")
+
+
+def test_cosine_schedule_anneals_over_the_budget_and_constant_does_not() -> None:
+    cosine = replace(TINY, train=replace(TINY.train, lr=1e-3, lr_schedule="cosine"))
+    rates = [learning_rate(cosine, step, 100, 0.0) for step in range(0, 101, 10)]
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates[5] == pytest.approx(0.51e-3)
+    assert rates[-1] == pytest.approx(0.02e-3)
+    assert rates == sorted(rates, reverse=True)
+    timed = replace(cosine, train=replace(cosine.train, max_minutes=2.0))
+    # A time budget: the larger of the step and the time fraction decides.
+    assert learning_rate(timed, 0, None, 60.0) == pytest.approx(0.51e-3)
+    assert learning_rate(timed, 50, 100, 120.0) == pytest.approx(0.02e-3)
+    assert learning_rate(TINY, 99, 100, 1e9) == TINY.train.lr

@@ -14,7 +14,8 @@ from typing import Any, Literal
 from causal_sprites.errors import CausalSpritesError
 
 #: Bumped when config.json changes incompatibly; a run from a newer format is refused.
-CONFIG_VERSION = 1
+#: Format 2 added `model.scale_windows`; format-1 runs used one window for every scale.
+CONFIG_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ModelConfig:
     decoder_layers: int = 3
     num_frequencies: int = 6
     window: int = 32
+    scale_windows: bool = True
     encoder_channels: int = 16
     encoder_hidden: int = 256
     mlp_hidden: int = 1000
@@ -38,6 +40,8 @@ class TrainConfig:
 
     batch_size: int = 256
     lr: float = 2e-3
+    #: "cosine" anneals the learning rate to 2 % over the budget (steps, epochs or minutes).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     classifier_weight: float = 1.0
     seed: int = 0
     split: Literal["random", "heldout"] = "random"
@@ -91,13 +95,16 @@ class RunConfig:
             isinstance(data, str) and data.endswith((".npz", ".hdf5", ".h5"))
         ):
             raise CausalSpritesError("config.json: data must name a .npz or .hdf5 file")
+        model = raw.get("model", {})
+        if version < 2 and isinstance(model, dict):
+            model = {"scale_windows": False, **model}
         try:
             return cls(
-                model=_build(ModelConfig, raw.get("model", {})),
+                model=_build(ModelConfig, model),
                 train=_build(TrainConfig, raw.get("train", {})),
                 data=data,
                 graph=tuple((str(a), str(b)) for a, b in raw.get("graph", ())),
-                version=version,
+                version=CONFIG_VERSION,
                 libraries=dict(raw.get("libraries", {})),
             )
         except (TypeError, ValueError) as error:

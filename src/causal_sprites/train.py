@@ -115,6 +115,19 @@ def split_rows(data: DSprites, config: RunConfig) -> tuple[np.ndarray, np.ndarra
     return train_rows, test_rows
 
 
+def learning_rate(config: RunConfig, step: int, steps: int | None, elapsed: float) -> float:
+    """The learning rate of the next step: constant, or cosine-annealed to 2 % of `lr` over the
+    budget (the larger of the step and the time fraction used, so a resume continues it)."""
+    train = config.train
+    if train.lr_schedule == "constant":
+        return train.lr
+    used = [step / steps] if steps else []
+    if train.max_minutes:
+        used.append(elapsed / (60 * train.max_minutes))
+    fraction = min(max(used, default=0.0), 1.0)
+    return train.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * fraction)))
+
+
 def total_steps(config: RunConfig, per_epoch: int) -> int | None:
     """The step budget from --steps or --epochs (None: time-limited only)."""
     budgets = []
@@ -335,12 +348,17 @@ def _fit(
         trainer = torch.nn.parallel.DistributedDataParallel(model)
     writer = _tensorboard_writer(run_dir) if tensorboard and main else None
 
-    def done() -> bool:
-        over_time = train_cfg.max_minutes is not None and elapsed >= 60 * train_cfg.max_minutes
+    def shared_elapsed() -> float:
+        """Step time so far, the same on every rank under DDP with a time budget (the slowest
+        rank's; a collective, so every rank calls it once per step)."""
         if distributed.world_size > 1 and train_cfg.max_minutes is not None:
-            flag = torch.tensor([float(over_time)], device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            over_time = bool(flag.item())
+            slowest = torch.tensor([elapsed], device=device, dtype=torch.float64)
+            torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MAX)
+            return float(slowest.item())
+        return elapsed
+
+    def done(used: float) -> bool:
+        over_time = train_cfg.max_minutes is not None and used >= 60 * train_cfg.max_minutes
         return over_time or (steps is not None and step >= steps)
 
     def checkpoint() -> None:
@@ -352,9 +370,12 @@ def _fit(
     window_start, window_images = time.monotonic(), 0
     with progress_bar(progress, steps) as bar:
         task = bar.add_task("train", total=steps, completed=step, nelbo="-", rate="-")
-        finished = done()  # a collective under DDP with a time budget: every rank calls it
+        used = shared_elapsed()
+        finished = done(used)
         while not finished:
             started = time.monotonic()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step, steps, used)
             x, y, noise = batches(step)
             with autocast(device, train_cfg.bf16):
                 parts = trainer(x, y, train_cfg.classifier_weight, noise)
@@ -386,7 +407,8 @@ def _fit(
                 _log_scalars(writer, record, step)
                 bar.update(task, nelbo=f"{record['train_nelbo']:.2f}", rate=f"{rate:.0f}")
             bar.update(task, completed=step)
-            finished = done()
+            used = shared_elapsed()
+            finished = done(used)
             if main and step % train_cfg.eval_every == 0 and not finished:
                 evaluation = evaluate_nelbo(model, packed, labels, eval_rows)
                 append_metrics(run_dir, {"step": step, "elapsed": elapsed, **evaluation})

@@ -36,6 +36,9 @@ def train(
     graph: Annotated[str | None, typer.Option(help='Factor DAG, e.g. "shape->scale".')] = None,
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     lr: Annotated[float | None, typer.Option(min=0)] = None,
+    lr_schedule: Annotated[
+        str | None, typer.Option(help="constant, or cosine (anneal to 2 % over the budget).")
+    ] = None,
     split: Annotated[str | None, typer.Option(help="random or heldout.")] = None,
     subset: Annotated[int | None, typer.Option(min=1, help="Train on N images only.")] = None,
     bf16: Annotated[bool | None, typer.Option(help="bfloat16 autocast.")] = None,
@@ -63,6 +66,8 @@ def train(
 
     if preset not in PRESETS:
         raise CausalSpritesError(f"unknown preset {preset!r}; choose {', '.join(PRESETS)}")
+    if lr_schedule not in (None, "constant", "cosine"):
+        raise CausalSpritesError(f"unknown --lr-schedule {lr_schedule!r}; use constant or cosine")
     if split not in (None, "random", "heldout"):
         raise CausalSpritesError(f"unknown split {split!r}; use random or heldout")
     if minutes is None and epochs is None and steps is None:
@@ -73,6 +78,7 @@ def train(
         "checkpoint_every": checkpoint_every,
         "batch_size": batch_size,
         "lr": lr,
+        "lr_schedule": lr_schedule,
         "split": split,
         "subset": subset,
         "bf16": bf16,

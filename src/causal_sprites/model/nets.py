@@ -117,26 +117,42 @@ class MLPDecoder(nn.Module):
         return logits.view(-1, IMAGE_SIZE, IMAGE_SIZE)
 
 
+#: The window (pixels, even) the decoder evaluates around the sprite's centre, per scale class:
+#: the smallest that holds every sprite of that scale in all 737,280 dSprites images (measured,
+#: 16 18 20 24 26 30) plus one pixel each side. Smaller sprites need far fewer pixels: 1.7x fewer
+#: evaluated on average than one 32-pixel window for all.
+SCALE_WINDOWS = (18, 20, 22, 26, 28, 32)
+
+
 class PoseDecoder(nn.Module):
     """p(x | y, z) as an implicit shape function evaluated in the sprite's frame.
 
     Each pixel centre is moved into the sprite's frame: minus the position centre
     (16 + 32 pos px), turned back by the orientation, divided by the scale. A per-pixel MLP of
     those coordinates (plus Fourier features), biased per image by the shape and z, gives the
-    logit. The MLP runs on a `window` x `window` patch around the centre (sprites never reach
-    further); the rest of the canvas gets one learned background logit.
+    logit. The MLP runs on a window around the centre (sprites never reach further): `window`
+    pixels square, or with `scale_windows` the window of the sprite's scale (SCALE_WINDOWS, at
+    most `window`); the rest of the canvas gets one learned background logit.
     """
 
     scales: Tensor
     angles: Tensor
     positions: Tensor
     frequencies: Tensor
+    windows: Tensor
 
     def __init__(
-        self, z_dim: int, hidden: int, num_layers: int, num_frequencies: int, window: int
+        self,
+        z_dim: int,
+        hidden: int,
+        num_layers: int,
+        num_frequencies: int,
+        window: int,
+        scale_windows: bool = False,
     ) -> None:
         super().__init__()
-        self.window = window
+        sizes = [min(w, window) for w in SCALE_WINDOWS] if scale_windows else [window] * SIZES[1]
+        self.register_buffer("windows", torch.tensor(sizes), persistent=False)
         self.register_buffer("scales", torch.tensor(VALUES["scale"], dtype=torch.float32))
         self.register_buffer("angles", torch.tensor(VALUES["orientation"], dtype=torch.float32))
         self.register_buffer("positions", torch.tensor(VALUES["posX"], dtype=torch.float32))
@@ -150,11 +166,15 @@ class PoseDecoder(nn.Module):
         self.mlp = nn.Sequential(*layers, nn.SiLU(), nn.Linear(hidden, 1))
         self.background_logit = nn.Parameter(torch.tensor(-8.0))
 
-    def window_origin(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Top-left pixel (row, column) of each image's window, (B,) each."""
+    def window_pixels(self, y: Tensor, window: int) -> tuple[Tensor, Tensor]:
+        """Canvas rows and columns (B, window**2) of each image's window around its centre."""
         centre = 16 + 32 * self.positions[y[:, 3:5]]
-        origin = (centre.floor().long() - self.window // 2).clamp(0, IMAGE_SIZE - self.window)
-        return origin[:, 1], origin[:, 0]
+        origin = (centre.floor().long() - window // 2).clamp(0, IMAGE_SIZE - window)
+        offsets = torch.arange(window, device=y.device)
+        shape = (len(y), window, window)
+        rows = (origin[:, 1, None, None] + offsets[None, :, None]).expand(shape)
+        cols = (origin[:, 0, None, None] + offsets[None, None, :]).expand(shape)
+        return rows.reshape(len(y), -1), cols.reshape(len(y), -1)
 
     def sprite_coordinates(self, y: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         """(B, P, 2) coordinates (u, v) in the sprite frame of pixel centres (B, P)."""
@@ -189,17 +209,18 @@ class PoseDecoder(nn.Module):
         return hidden
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
-        """Pixel logits (B, 64, 64)."""
-        batch, w = y.shape[0], self.window
-        top, left = self.window_origin(y)
-        offsets = torch.arange(w, device=y.device)
-        rows = (top[:, None, None] + offsets[None, :, None]).expand(batch, w, w).reshape(batch, -1)
-        cols = (left[:, None, None] + offsets[None, None, :]).expand(batch, w, w).reshape(batch, -1)
-        uv = self.sprite_coordinates(y, rows.float(), cols.float())
+        """Pixel logits (B, 64, 64): the MLP on each image's window (images grouped by window
+        size), one scatter of all windows onto the background."""
+        batch = len(y)
         bias = self.image_bias(torch.cat([F.one_hot(y[:, 0], SIZES[0]).float(), z], dim=-1))
-        patch = self.pixel_mlp(self.features(uv), bias).view(batch, -1).float()
-        if w == IMAGE_SIZE:
-            return patch.view(batch, IMAGE_SIZE, IMAGE_SIZE)
-        canvas = self.background_logit.expand(batch, IMAGE_SIZE**2)
-        canvas = canvas.scatter(1, rows * IMAGE_SIZE + cols, patch)
+        sizes = self.windows[y[:, 1]]
+        places, logits = [], []
+        for window in sizes.unique().tolist():
+            chosen = (sizes == window).nonzero().squeeze(1)
+            rows, cols = self.window_pixels(y[chosen], window)
+            uv = self.sprite_coordinates(y[chosen], rows.float(), cols.float())
+            logits.append(self.pixel_mlp(self.features(uv), bias[chosen]).view(-1).float())
+            places.append((chosen[:, None] * IMAGE_SIZE**2 + rows * IMAGE_SIZE + cols).view(-1))
+        canvas = self.background_logit.expand(batch * IMAGE_SIZE**2)
+        canvas = canvas.scatter(0, torch.cat(places), torch.cat(logits))
         return canvas.view(batch, IMAGE_SIZE, IMAGE_SIZE)

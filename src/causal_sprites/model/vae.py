@@ -76,6 +76,7 @@ class ConditionalVAE(nn.Module):
                 config.decoder_layers,
                 config.num_frequencies,
                 config.window,
+                config.scale_windows,
             )
         elif config.decoder == "mlp":
             self.encoder = MLPEncoder(config.z_dim, config.mlp_hidden)
