@@ -22,9 +22,10 @@ import numpy as np
 from scipy import stats
 
 from causal_sprites.data.factors import FACTORS
-from causal_sprites.data.variants import VariantSpec, topological_order
+from causal_sprites.data.variants import VariantSpec
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import DRAW_TOP
+from causal_sprites.scm.graph import topological_order
 
 #: Significance level of each test: with 10^4-10^5 rows the dependencies of interest have
 #: p-values far below it, and the ~10-30 tests PC runs then add a false edge with about 1-3 %.

@@ -1,13 +1,15 @@
 """Causal dSprites variants: a factor-level Gumbel-max SCM (Oberst & Sontag 2019) samples dSprites
 images with dependent factors and records every sample's exogenous noise, so the true
 counterfactual of any sample under any do() is known (same noise, new mechanisms, the new image).
+The SCM is the package's one `FactorGraph`; this module reads specs and writes and reads the files.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import zipfile
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -24,7 +26,8 @@ from causal_sprites.data.factors import (
 )
 from causal_sprites.data.render import metadata, render
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.scm.mechanisms import gumbel_posterior, sample_gumbels
+from causal_sprites.scm.graph import FactorGraph, topological_order
+from causal_sprites.scm.mechanisms import sample_gumbels
 
 SIZE: Final = dict(zip(FACTORS, SIZES, strict=True))
 NOISE_PREFIX: Final = "noise_"
@@ -47,10 +50,18 @@ class VariantSpec:
         """(parent, child) pairs, children in factor order."""
         return tuple((p, child) for child in FACTORS for p in self.parents[child])
 
+    @functools.cached_property
+    def graph(self) -> FactorGraph:
+        """The spec as the package's factor-level SCM. Logs are taken in numpy, as the variant
+        files were always sampled, so the same seed keeps giving the same data bit for bit."""
+        with np.errstate(divide="ignore"):
+            logs = {n: torch.from_numpy(np.log(t)) for n, t in self.tables.items()}
+        return FactorGraph(self.parents, logs)
+
     @property
     def order(self) -> tuple[str, ...]:
         """The factors in a topological order (ties in factor order)."""
-        return topological_order(self.parents)
+        return tuple(self.graph.order)
 
     def graph_string(self) -> str:
         """The edges as `train --graph` takes them: `"shape->scale,scale->posX"`."""
@@ -58,13 +69,7 @@ class VariantSpec:
 
     def descendants(self, names: Sequence[str]) -> set[str]:
         """Proper descendants of the given factors (the given ones themselves excluded)."""
-        found: set[str] = set()
-        frontier = set(names)
-        while frontier:
-            children = {c for p, c in self.edges if p in frontier} - found
-            found |= children
-            frontier = children
-        return found - set(names)
+        return self.graph.descendants(list(names))
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-able form (helpers expanded into tables); `parse_spec` reads it back."""
@@ -84,19 +89,6 @@ class VariantSpec:
 
 def _is_uniform(table: np.ndarray) -> bool:
     return bool(np.allclose(table, 1.0 / table.shape[-1], rtol=0, atol=1e-15))
-
-
-def topological_order(parents: Mapping[str, Collection[str]]) -> tuple[str, ...]:
-    """The factors in a topological order of {factor: parents} (ties in factor order)."""
-    order: list[str] = []
-    remaining = list(FACTORS)
-    while remaining:
-        ready = [n for n in remaining if all(p in order for p in parents[n])]
-        if not ready:
-            raise CausalSpritesError(f"the edges have a cycle through {', '.join(remaining)}")
-        order.append(ready[0])
-        remaining.remove(ready[0])
-    return tuple(order)
 
 
 def _factor(name: Any, where: str) -> str:
@@ -245,16 +237,25 @@ def load_spec(path: Path | str) -> VariantSpec:
         raise CausalSpritesError(f"{path}: {error}") from None
 
 
-# --- the mechanisms --------------------------------------------------------------------------
+# --- the mechanisms, numpy in and out of the FactorGraph --------------------------------------
+
+
+def _classes(classes: np.ndarray) -> torch.Tensor:
+    """Factor classes (B, 5) int64 of (B, 5) or (B, 6) (color first) integer classes."""
+    return torch.from_numpy(np.array(np.asarray(classes)[:, -len(FACTORS) :], dtype=np.int64))
+
+
+def _noise(noise: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Noise arrays {factor: (B, K)} as tensors (other keys dropped), dtype kept."""
+    return {n: torch.as_tensor(np.asarray(v)) for n, v in noise.items() if n in SIZE}
 
 
 def mechanism(spec: VariantSpec, node: str, classes: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Y_node = argmax_k(log table[parents] + G): classes (B, 5) (parents read), noise (B, K)
-    -> (B,) int64. The one place factors are computed, so sampling and counterfactuals agree."""
-    rows = tuple(classes[:, FACTORS.index(p)] for p in spec.parents[node])
-    with np.errstate(divide="ignore"):
-        logits = np.log(spec.tables[node][rows] if rows else spec.tables[node][None])
-    return np.argmax(logits + noise.astype(np.float64), axis=-1).astype(np.int64)
+    -> (B,) int64, by the FactorGraph's mechanism (float32 noise is added in float64)."""
+    columns = _classes(classes)
+    values = {n: columns[:, i] for i, n in enumerate(FACTORS)}
+    return spec.graph.mechanism(node, values, torch.as_tensor(np.asarray(noise))).numpy()
 
 
 def sample_classes(spec: VariantSpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -262,10 +263,7 @@ def sample_classes(spec: VariantSpec) -> tuple[np.ndarray, dict[str, np.ndarray]
     generator = torch.Generator().manual_seed(spec.seed)
     num = spec.num_samples
     noise = {n: sample_gumbels((num, SIZE[n]), generator).numpy() for n in FACTORS}
-    classes = np.zeros((num, len(FACTORS)), dtype=np.int64)
-    for node in spec.order:
-        classes[:, FACTORS.index(node)] = mechanism(spec, node, classes, noise[node])
-    return classes, noise
+    return spec.graph.sample(_noise(noise)).numpy(), noise
 
 
 def sample_variant(spec: VariantSpec, out: Path | str) -> Path:
@@ -342,18 +340,13 @@ def true_counterfactual(
     {factor: (B, K)} under `do`: intervened factors fixed, their descendants recomputed with the
     same noise, the rest kept. Returns classes (B, 5) int64 and images (B, 64, 64) uint8."""
     values = normalize_assignments(do)
-    cf = np.array(np.asarray(classes)[:, -len(FACTORS) :], dtype=np.int64)
+    factual = _classes(classes)
     for node, n in noise.items():
-        if node in SIZE and np.shape(n) != (len(cf), SIZE[node]):
+        if node in SIZE and np.shape(n) != (len(factual), SIZE[node]):
             raise CausalSpritesError(
-                f"noise of {node} has shape {np.shape(n)}, expected ({len(cf)}, {SIZE[node]})"
+                f"noise of {node} has shape {np.shape(n)}, expected ({len(factual)}, {SIZE[node]})"
             )
-    recompute = spec.descendants(list(values))
-    for node in spec.order:
-        if node in values:
-            cf[:, FACTORS.index(node)] = values[node]
-        elif node in recompute:
-            cf[:, FACTORS.index(node)] = mechanism(spec, node, cf, np.asarray(noise[node]))
+    cf = spec.graph.predict(factual, _noise(noise), values).numpy()
     return cf, render(cf)
 
 
@@ -364,17 +357,8 @@ def abduct_noise(spec: VariantSpec, classes: np.ndarray, seed: int = 0) -> dict[
     Fed to `true_counterfactual`, it gives a perfect model's counterfactual; compared with the
     recorded truth it shows how much of a counterfactual the observation determines: a descendant
     of the intervened factor is only known in distribution when its mechanism is stochastic."""
-    cf = np.asarray(classes)[:, -len(FACTORS) :]
     generator = torch.Generator().manual_seed(seed)
-    noise = {}
-    for node in FACTORS:
-        rows = tuple(cf[:, FACTORS.index(p)] for p in spec.parents[node])
-        table = spec.tables[node][rows] if rows else spec.tables[node][None]
-        with np.errstate(divide="ignore"):
-            logits = torch.from_numpy(np.log(table)).expand(len(cf), SIZE[node])
-        observed = torch.from_numpy(np.ascontiguousarray(cf[:, FACTORS.index(node)]))
-        noise[node] = gumbel_posterior(logits, observed, generator).numpy()
-    return noise
+    return {n: v.numpy() for n, v in spec.graph.abduct(_classes(classes), generator).items()}
 
 
 # --- exact distributions, the truth for the distribution metrics -------------------------------
@@ -382,24 +366,8 @@ def abduct_noise(spec: VariantSpec, classes: np.ndarray, seed: int = 0) -> dict[
 
 def joint(spec: VariantSpec, do: Mapping[str, int | str] | None = None) -> np.ndarray:
     """P(shape, scale, orientation, posX, posY) as a (3, 6, 40, 32, 32) array, under `do` if given
-    (the intervened factors' tables replaced by point masses)."""
-    values = normalize_assignments(do or {})
-    result = np.ones(SIZES)
-    for axis, node in enumerate(FACTORS):
-        if node in values:
-            table = np.zeros(SIZE[node])
-            table[values[node]] = 1.0
-            axes = [axis]
-        else:
-            table = spec.tables[node]
-            axes = [FACTORS.index(p) for p in spec.parents[node]] + [axis]
-        # Move the table's axes into joint position, then broadcast over the rest.
-        order = np.argsort(axes)
-        shape = [1] * len(FACTORS)
-        for a in axes:
-            shape[a] = SIZE[FACTORS[a]]
-        result = result * np.transpose(table, order).reshape(shape)
-    return result
+    (the intervened factors' tables replaced by point masses): the FactorGraph's joint."""
+    return spec.graph.log_joint(normalize_assignments(do or {})).exp().numpy()
 
 
 def distribution(

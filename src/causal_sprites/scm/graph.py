@@ -1,16 +1,16 @@
 """The factor-level SCM as one object: a DAG over the five factors with a Gumbel-max mechanism
-per factor (Oberst & Sontag 2019), its noise posterior given observed classes, and Monte Carlo
-counterfactuals (abduction, action, prediction) over that posterior.
+per factor (Oberst & Sontag 2019): sampling from given noise, the noise posterior given observed
+classes, prediction under do() with that noise, and Monte Carlo counterfactuals over it.
 
-Built from a trained model's tables or from a variant's true ones, so the model and the truth
-answer the same counterfactual question the same way and can be compared distribution to
-distribution.
+Built from a trained model's tables or from a variant's true ones (which also samples the variant
+datasets), so the model and the truth answer the same counterfactual question the same way and
+can be compared distribution to distribution.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,12 +50,7 @@ class FactorGraph:
     @property
     def order(self) -> list[str]:
         """Factors parents first (ties in factor order)."""
-        done: list[str] = []
-        while len(done) < len(FACTORS):
-            done += [
-                n for n in FACTORS if n not in done and all(p in done for p in self.parents[n])
-            ][:1]
-        return done
+        return list(topological_order(self.parents))
 
     def descendants(self, names: set[str] | list[str]) -> set[str]:
         """Factors downstream of any of `names` (themselves excluded)."""
@@ -69,6 +64,44 @@ class FactorGraph:
         """log p(name | parents) (..., K) for parent classes given in `values`."""
         index = tuple(values[p] for p in self.parents[name])
         return self.log_tables[name][index] if index else self.log_tables[name]
+
+    def mechanism(self, name: str, values: Mapping[str, Tensor], noise: Tensor) -> Tensor:
+        """Y_name = argmax_k(log p(k | parents) + G_k) for parent classes in `values` and Gumbel
+        noise G (..., K): the one Gumbel-max mechanism that sampling and prediction share."""
+        return gumbel_max(self.logits(name, values), noise)
+
+    def sample(self, noise: Mapping[str, Tensor]) -> Tensor:
+        """Classes (N, 5) that noise {factor: (N, K)} gives, each factor from its parents."""
+        values: dict[str, Tensor] = {}
+        for name in self.order:
+            values[name] = self.mechanism(name, values, noise[name])
+        return torch.stack([values[n] for n in FACTORS], -1)
+
+    def abduct(
+        self, classes: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Noise {factor: (B, K)} drawn from its exact posterior given classes (B, 5): the Gumbel
+        posterior of each factor given its observed class and its parents' (factor order)."""
+        values = {n: classes[:, i] for i, n in enumerate(FACTORS)}
+        return {
+            name: gumbel_posterior(
+                self.logits(name, values).expand(len(classes), size), values[name], generator
+            )
+            for name, size in zip(FACTORS, SIZES, strict=True)
+        }
+
+    def predict(
+        self, classes: Tensor, noise: Mapping[str, Tensor], do: Mapping[str, int]
+    ) -> Tensor:
+        """Classes (B, 5) under do {factor: class} with the noise {factor: (B, K)} of the factual
+        classes (B, 5): intervened factors fixed, their descendants recomputed, the rest kept."""
+        values = {n: classes[:, i] for i, n in enumerate(FACTORS)}
+        values.update({n: torch.full_like(values[n], v) for n, v in do.items()})
+        changed = self.descendants(list(do))
+        for name in self.order:
+            if name in changed:
+                values[name] = self.mechanism(name, values, noise[name])
+        return torch.stack([values[n] for n in FACTORS], -1)
 
     def log_joint(self, do: Mapping[str, int] | None = None) -> Tensor:
         """log p(y) over the whole factor grid (3, 6, 40, 32, 32) by enumeration; with `do`, of
@@ -114,8 +147,22 @@ class FactorGraph:
                 generator,
                 num_samples=num_samples,
             )
-            values[name] = gumbel_max(self.logits(name, values), noise)
+            values[name] = self.mechanism(name, values, noise)
         return torch.stack([values[n] for n in FACTORS], -1)
+
+
+def topological_order(parents: Mapping[str, Collection[str]]) -> tuple[str, ...]:
+    """The factors in a topological order of {factor: parents} (ties in factor order); raises
+    on a cycle."""
+    order: list[str] = []
+    remaining = list(FACTORS)
+    while remaining:
+        ready = [n for n in remaining if all(p in order for p in parents[n])]
+        if not ready:
+            raise CausalSpritesError(f"the edges have a cycle through {', '.join(remaining)}")
+        order.append(ready[0])
+        remaining.remove(ready[0])
+    return tuple(order)
 
 
 def restrict(log_joint: Tensor, evidence: Mapping[str, int]) -> Tensor:
