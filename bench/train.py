@@ -1,5 +1,7 @@
-"""Training benchmark: the issue's MLP baseline and our default, side by side, same data, split
-and wall-clock budget; test NELBO, images/s, FLOPs per image and fraction of the matmul peak.
+"""Training benchmark: the issue's MLP baseline, our previous default (one 32-pixel decoder
+window for every scale, every pixel in the loss) and today's default, side by side, same data,
+split and wall-clock budget; test NELBO, images/s, FLOPs per image, fraction of the matmul peak,
+and the NELBO at the steps both defaults reached (same or better per step?).
 
 Run `.venv/bin/python bench/train.py [--minutes 10] [--quick]`; prints JSON and writes
 bench/results/train.json (or train-quick.json).
@@ -39,9 +41,9 @@ def flops_per_image(config: RunConfig, data: DSprites, device: torch.device) -> 
     train_rows, _ = split_rows(data, config)
     packed = torch.from_numpy(data.packed).to(device)
     labels = torch.from_numpy(data.classes(slice(None))[:, 1:]).to(device)
-    x, y, noise = Batches(packed, labels, train_rows[:4096], config)(0)
+    x, y, noise, uniform = Batches(packed, labels, train_rows[:4096], config)(0)
     with FlopCounterMode(display=False) as counter:
-        model.loss(x, y, config.train.classifier_weight, noise)["loss"].backward()
+        model.loss(x, y, config.train.classifier_weight, noise, uniform)["loss"].backward()
     return counter.get_total_flops() / x.shape[0]
 
 
@@ -103,9 +105,14 @@ def main() -> None:
     minutes = 1.0 if args.quick else args.minutes
     device = choose_device(args.device)
     data = None if args.side_by_side else DSprites.load()
-    contenders = [("baseline", PRESETS["baseline"]), ("default", PRESETS["default"])]
+    default = PRESETS["default"]
+    previous = replace(
+        default,
+        model=replace(default.model, scale_windows=False),
+        train=replace(default.train, pixel_sample=False),
+    )
+    contenders = [("baseline", PRESETS["baseline"]), ("default", default), ("previous", previous)]
     if args.fp32_too:
-        default = PRESETS["default"]
         contenders.append(
             ("default-fp32", replace(default, train=replace(default.train, bf16=False)))
         )
@@ -130,7 +137,9 @@ def main() -> None:
         result["fraction_of_matmul_peak"] = (
             result["achieved_flops_per_s"] / peak["bfloat16" if result["bf16"] else "float32"]
         )
-    baseline, ours = results[0], results[1]
+    baseline, ours, before = results[0], results[1], results[2]
+    before_curve = dict(before["curve"])
+    same_steps = [(s, before_curve[s], n) for s, n in ours["curve"] if s in before_curve]
     report = {
         "command": "bench/train.py " + " ".join(sys.argv[1:]),
         "side_by_side": args.side_by_side,
@@ -144,6 +153,8 @@ def main() -> None:
         "results": results,
         "nelbo_ratio_baseline_over_ours": baseline["test_nelbo"] / ours["test_nelbo"],
         "throughput_ratio_ours_over_baseline": ours["images_per_s"] / baseline["images_per_s"],
+        "throughput_ratio_ours_over_previous": ours["images_per_s"] / before["images_per_s"],
+        "nelbo_at_same_steps_previous_vs_ours": same_steps,
     }
     RESULTS.mkdir(exist_ok=True)
     name = "train-quick.json" if args.quick else f"train-{device.type}.json"

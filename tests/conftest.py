@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: causal_sprites/openmp.py
+
 import http.server
 import threading
 from collections.abc import Callable, Iterator

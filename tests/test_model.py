@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from causal_sprites.config import ModelConfig, RunConfig
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.model.nets import PoseDecoder
+from causal_sprites.model.nets import PoseDecoder, edge_pixels
 from causal_sprites.model.vae import ConditionalVAE, topological_order
 from causal_sprites.runs import load_model, save_model
 
@@ -191,3 +191,53 @@ def test_runs_written_before_format_2_keep_one_window() -> None:
     del old["model"]["scale_windows"]
     assert RunConfig.from_json(json.dumps(old)).model.scale_windows is False
     assert RunConfig.from_json(RunConfig().to_json()).model.scale_windows is True
+
+
+def test_subsampled_pixels_weigh_every_pixel_one_on_average() -> None:
+    """The training loss's pixel sample: every edge pixel always, the same count per window of a
+    size, and weights whose expectation is 1 for every pixel (so the loss is unbiased)."""
+    grids = np.meshgrid([0], range(3), range(6), [7], [31], [5])
+    classes = np.stack([g.reshape(-1) for g in grids], axis=1).astype(np.int64)
+    x = torch.from_numpy(render(classes)).float().unsqueeze(1)
+    y = torch.from_numpy(classes[:, 1:])
+    decoder = PoseDecoder(4, 8, 2, 1, window=32, scale_windows=True)
+    generator = torch.Generator().manual_seed(0)
+    draws = [
+        decoder.training_pixels(x, y, torch.rand(len(y), 32, 32, generator=generator))
+        for _ in range(100)
+    ]
+    assert all(d is not None for d in draws)
+    weights = torch.stack([d for d in draws if d is not None])
+    edge = F.max_pool2d(x, 3, 1, 1) != -F.max_pool2d(-x, 3, 1, 1)
+    noise = torch.rand(8, 1, 64, 64, generator=generator) < 0.5
+    assert torch.equal(edge_pixels(x[:, 0] > 0.5), edge[:, 0])
+    pooled = F.max_pool2d(noise.float(), 3, 1, 1) != -F.max_pool2d(-noise.float(), 3, 1, 1)
+    assert torch.equal(edge_pixels(noise[:, 0]), pooled[:, 0])
+    assert (weights[:, edge.squeeze(1)] == 1).all()
+    windows = decoder.windows[y[:, 1]]
+    inside = (weights[0] != 1).sum((1, 2))  # sampled-away or up-weighted: window pixels only
+    assert (inside <= windows**2).all()
+    kept = (weights[0] > 0).view(len(y), -1).sum(1)
+    assert torch.equal(kept, 64 * 64 - windows**2 + 10 * windows)
+    mean, spread = weights.mean(0), weights.std(0) / len(weights) ** 0.5
+    assert ((mean - 1).abs() <= 6 * spread + 1e-6).all()  # Monte Carlo: within 6 standard errors
+    assert (mean - 1).abs().mean() < 0.02
+
+
+def test_a_subsampled_loss_estimates_the_full_reconstruction_without_bias() -> None:
+    model = ConditionalVAE(SMALL)
+    grids = np.meshgrid([0], range(3), [1, 5], [3], [4, 20], [9])
+    classes = np.stack([g.reshape(-1) for g in grids], axis=1).astype(np.int64)
+    x = torch.from_numpy(render(classes)).float().unsqueeze(1)
+    y = torch.from_numpy(classes[:, 1:])
+    noise = torch.zeros(len(y), SMALL.z_dim)
+    with torch.no_grad():
+        full, _ = model.elbo_terms(x, y, noise=noise)
+        estimates = []
+        for seed in range(60):
+            uniform = torch.rand(len(y), 32, 32, generator=torch.Generator().manual_seed(seed))
+            weights = model.training_pixels(x, y, uniform)
+            estimates.append(model.elbo_terms(x, y, noise=noise, pixel_weights=weights)[0])
+    mean = torch.stack(estimates).mean(0)
+    assert torch.allclose(mean, full, rtol=0.03)  # all pixels at weight 1 would be 17 % off
+    assert not torch.allclose(estimates[0], full, rtol=1e-4)  # a single draw is an estimate

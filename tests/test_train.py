@@ -1,6 +1,9 @@
 """Training: exact resume, the NaN guard, metrics and a short end-to-end fit."""
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -136,3 +139,19 @@ def test_cosine_schedule_anneals_over_the_budget_and_constant_does_not() -> None
     assert learning_rate(timed, 0, None, 60.0) == pytest.approx(0.51e-3)
     assert learning_rate(timed, 50, 100, 120.0) == pytest.approx(0.02e-3)
     assert learning_rate(TINY, 99, 100, 1e9) == TINY.train.lr
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_unless_the_user_chose(given: str | None, expected: str) -> None:
+    """The package sets OpenMP's wait policy before torch loads (a user's choice is kept)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, causal_sprites; print(os.environ['OMP_WAIT_POLICY'])"
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()]
+    assert loaded.index("causal_sprites.openmp") < loaded.index("torch")
+    assert done.stdout.strip() == expected

@@ -2,6 +2,7 @@
 
 from importlib import metadata
 
+import causal_sprites.openmp  # noqa: F401  (first: it must run before torch loads)
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.scm.queries import CausalModel, load_run

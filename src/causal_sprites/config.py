@@ -14,8 +14,9 @@ from typing import Any, Literal
 from causal_sprites.errors import CausalSpritesError
 
 #: Bumped when config.json changes incompatibly; a run from a newer format is refused.
-#: Format 2 added `model.scale_windows`; format-1 runs used one window for every scale.
-CONFIG_VERSION = 2
+#: Format 2 added `model.scale_windows`, format 3 `train.pixel_sample`; runs of an earlier
+#: format used one window for every scale and every pixel in the loss.
+CONFIG_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class TrainConfig:
     lr: float = 2e-3
     #: "cosine" anneals the learning rate to 2 % over the budget (steps, epochs or minutes).
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    #: An unbiased subsampled reconstruction term: the sprite's edge and a sample of the rest.
+    pixel_sample: bool = True
     classifier_weight: float = 1.0
     seed: int = 0
     split: Literal["random", "heldout"] = "random"
@@ -95,13 +98,15 @@ class RunConfig:
             isinstance(data, str) and data.endswith((".npz", ".hdf5", ".h5"))
         ):
             raise CausalSpritesError("config.json: data must name a .npz or .hdf5 file")
-        model = raw.get("model", {})
+        model, train = raw.get("model", {}), raw.get("train", {})
         if version < 2 and isinstance(model, dict):
             model = {"scale_windows": False, **model}
+        if version < 3 and isinstance(train, dict):
+            train = {"pixel_sample": False, **train}
         try:
             return cls(
                 model=_build(ModelConfig, model),
-                train=_build(TrainConfig, raw.get("train", {})),
+                train=_build(TrainConfig, train),
                 data=data,
                 graph=tuple((str(a), str(b)) for a, b in raw.get("graph", ())),
                 version=CONFIG_VERSION,

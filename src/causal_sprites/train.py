@@ -77,6 +77,7 @@ class Batches:
         self.rows = torch.from_numpy(rows).to(packed.device)
         self.batch_size = min(config.train.batch_size, len(rows))
         self.z_dim = config.model.z_dim
+        self.pixel_sample = config.train.pixel_sample
         self.seed = config.train.seed
         self.per_epoch = len(rows) // self.batch_size
         distributed = distributed or Distributed()
@@ -89,8 +90,11 @@ class Batches:
         self.share = slice(distributed.rank * share, (distributed.rank + 1) * share)
         self._epoch, self._order = -1, self.rows
 
-    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This rank's images (b, 1, 64, 64) float, labels (b, 5) and z noise (b, z_dim)."""
+    def __call__(
+        self, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """This rank's images (b, 1, 64, 64) float, labels (b, 5), z noise (b, z_dim) and the
+        uniform draws (b, 32, 32) that pick a subsampled loss's pixels (None: all pixels)."""
         epoch, position = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -101,7 +105,11 @@ class Batches:
         noise_generator = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * step + 1)
         noise = torch.randn(self.batch_size, self.z_dim, generator=noise_generator)[self.share]
         images = unpack_torch(self.packed[chosen]).unsqueeze(1).float()
-        return images, self.labels[chosen], noise.to(images.device)
+        uniform = None
+        if self.pixel_sample:
+            uniform = torch.rand(self.batch_size, 32, 32, generator=noise_generator)[self.share]
+            uniform = uniform.to(images.device)
+        return images, self.labels[chosen], noise.to(images.device), uniform
 
 
 def split_rows(data: DSprites, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -376,9 +384,9 @@ def _fit(
             started = time.monotonic()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step, steps, used)
-            x, y, noise = batches(step)
+            x, y, noise, uniform = batches(step)
             with autocast(device, train_cfg.bf16):
-                parts = trainer(x, y, train_cfg.classifier_weight, noise)
+                parts = trainer(x, y, train_cfg.classifier_weight, noise, uniform)
             loss = parts["loss"]
             if not torch.isfinite(loss):
                 raise CausalSpritesError(

@@ -122,6 +122,20 @@ class MLPDecoder(nn.Module):
 #: 16 18 20 24 26 30) plus one pixel each side. Smaller sprites need far fewer pixels: 1.7x fewer
 #: evaluated on average than one 32-pixel window for all.
 SCALE_WINDOWS = (18, 20, 22, 26, 28, 32)
+#: Pixels per window row that a subsampled training loss evaluates (`training_pixels`): 2.5x
+#: fewer than the windows hold on average; the sprite's edge has at most 214 (scale 1, 320 kept).
+PIXELS_PER_ROW = 10
+
+
+def edge_pixels(x: Tensor) -> Tensor:
+    """(B, H, W) bool: pixels of binary images x (B, H, W) whose 3 x 3 neighbourhood holds both
+    colours (a separable dilation against an erosion; 20x faster than max_pool2d on CPU)."""
+    padded = F.pad(x[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0].bool()
+    rows_any = padded[:, :-2] | padded[:, 1:-1] | padded[:, 2:]
+    rows_all = padded[:, :-2] & padded[:, 1:-1] & padded[:, 2:]
+    grown = rows_any[:, :, :-2] | rows_any[:, :, 1:-1] | rows_any[:, :, 2:]
+    shrunk = rows_all[:, :, :-2] & rows_all[:, :, 1:-1] & rows_all[:, :, 2:]
+    return grown & ~shrunk
 
 
 class PoseDecoder(nn.Module):
@@ -187,7 +201,7 @@ class PoseDecoder(nn.Module):
         return torch.stack([dx * cos - dy * sin, dx * sin + dy * cos], dim=-1) / scale[..., None]
 
     def features(self, uv: Tensor) -> Tensor:
-        """(B, P, 2) -> (B, P, 2 + 4F) scaled coordinates and their Fourier features."""
+        """(..., 2) -> (..., 2 + 4F) scaled coordinates and their Fourier features."""
         phases = (uv[..., None] * self.frequencies).flatten(-2)
         return torch.cat([uv / 16, phases.sin(), phases.cos()], dim=-1)
 
@@ -208,9 +222,11 @@ class PoseDecoder(nn.Module):
                 hidden = F.silu(hidden, inplace=in_place)
         return hidden
 
-    def forward(self, y: Tensor, z: Tensor) -> Tensor:
+    def forward(self, y: Tensor, z: Tensor, keep: Tensor | None = None) -> Tensor:
         """Pixel logits (B, 64, 64): the MLP on each image's window (images grouped by window
-        size), one scatter of all windows onto the background."""
+        size), one scatter onto the background. With `keep` (B, 64, 64) bool from
+        `training_pixels`, the MLP runs only on the kept pixels (the same number in every window
+        of a size); the others get the background logit."""
         batch = len(y)
         bias = self.image_bias(torch.cat([F.one_hot(y[:, 0], SIZES[0]).float(), z], dim=-1))
         sizes = self.windows[y[:, 1]]
@@ -218,9 +234,43 @@ class PoseDecoder(nn.Module):
         for window in sizes.unique().tolist():
             chosen = (sizes == window).nonzero().squeeze(1)
             rows, cols = self.window_pixels(y[chosen], window)
+            place = chosen[:, None] * IMAGE_SIZE**2 + rows * IMAGE_SIZE + cols
             uv = self.sprite_coordinates(y[chosen], rows.float(), cols.float())
+            if keep is not None:
+                kept = keep.reshape(-1)[place]
+                place, uv = place[kept].view(len(chosen), -1), uv[kept].view(len(chosen), -1, 2)
             logits.append(self.pixel_mlp(self.features(uv), bias[chosen]).view(-1).float())
-            places.append((chosen[:, None] * IMAGE_SIZE**2 + rows * IMAGE_SIZE + cols).view(-1))
+            places.append(place.reshape(-1))
         canvas = self.background_logit.expand(batch * IMAGE_SIZE**2)
         canvas = canvas.scatter(0, torch.cat(places), torch.cat(logits))
         return canvas.view(batch, IMAGE_SIZE, IMAGE_SIZE)
+
+    def training_pixels(self, x: Tensor, y: Tensor, uniform: Tensor) -> Tensor | None:
+        """Weights (B, 64, 64) of an unbiased subsampled reconstruction term, or None to use all.
+
+        In each window: every pixel at the sprite's edge (its 3 x 3 neighbourhood is not all one
+        colour), weight 1, and a uniform sample of the others (drawn with `uniform` (B, 32, 32)),
+        weighted by the inverse of their inclusion probability, 10 pixels per window row in all
+        (Horvitz-Thompson: the weighted sum's expectation is the full log-likelihood). Pixels
+        outside the windows are the cheap background: all kept. A batch with an image whose edge
+        alone fills its sample (not seen in dSprites) is not subsampled."""
+        edge = edge_pixels(x.reshape(-1, IMAGE_SIZE, IMAGE_SIZE) > 0.5).reshape(-1)
+        weights = torch.ones(len(y) * IMAGE_SIZE**2, device=x.device)
+        sizes = self.windows[y[:, 1]]
+        for window in sizes.unique().tolist():
+            chosen = (sizes == window).nonzero().squeeze(1)
+            rows, cols = self.window_pixels(y[chosen], window)
+            place = chosen[:, None] * IMAGE_SIZE**2 + rows * IMAGE_SIZE + cols
+            on_edge = edge[place]
+            count, num_edge = PIXELS_PER_ROW * window, on_edge.sum(1, keepdim=True)
+            if count >= window**2:
+                continue
+            if (num_edge >= count).any():
+                return None
+            draws = uniform.reshape(len(y), -1)[chosen, : window**2]
+            priority = on_edge + draws  # edge pixels first, then at random
+            taken = torch.zeros_like(on_edge).scatter(1, priority.topk(count, dim=1).indices, True)
+            rest_weight = (window**2 - num_edge) / (count - num_edge)
+            inside = torch.where(on_edge, 1.0, rest_weight) * taken
+            weights[place.reshape(-1)] = inside.reshape(-1).float()
+        return weights.view(-1, IMAGE_SIZE, IMAGE_SIZE)

@@ -124,13 +124,23 @@ class ConditionalVAE(nn.Module):
         loc = torch.zeros(batch_size, self.config.z_dim, device=self.device())
         return dist.Normal(loc, 1.0).to_event(1)
 
-    def x_logits(self, y: Tensor, z: Tensor) -> Tensor:
-        """Decoder logits (B, 64, 64) of p(x | y, z)."""
+    def x_logits(self, y: Tensor, z: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Decoder logits (B, 64, 64) of p(x | y, z); `keep` see `PoseDecoder.forward`."""
+        if keep is not None and isinstance(self.decoder, PoseDecoder):
+            return self.decoder(y, z, keep).float()
         return self.decoder(y, z).float()
 
-    def x_dist(self, y: Tensor, z: Tensor) -> dist.TorchDistribution:
+    def x_dist(self, y: Tensor, z: Tensor, keep: Tensor | None = None) -> dist.TorchDistribution:
         """p(x | y, z): independent Bernoulli pixels, (B,) events of shape (64, 64)."""
-        return dist.Bernoulli(logits=self.x_logits(y, z), validate_args=False).to_event(2)
+        logits = self.x_logits(y, z, keep)
+        return dist.Bernoulli(logits=logits, validate_args=False).to_event(2)
+
+    def training_pixels(self, x: Tensor, y: Tensor, uniform: Tensor | None) -> Tensor | None:
+        """Pixel weights of a subsampled reconstruction term (`PoseDecoder.training_pixels`), or
+        None (all pixels) without `uniform` or with the MLP decoder."""
+        if uniform is None or not isinstance(self.decoder, PoseDecoder):
+            return None
+        return self.decoder.training_pixels(x, y, uniform)
 
     def z_posterior(
         self, x: Tensor, y: Tensor, features: Tensor | None = None
@@ -155,10 +165,12 @@ class ConditionalVAE(nn.Module):
         y: Tensor | None = None,
         batch_size: int = 1,
         features: Tensor | None = None,
+        keep: Tensor | None = None,
     ) -> Tensor:
         """The generative story; returns images (B, 64, 64). Observed where x, y are given.
 
-        `features` belongs to the guide (Pyro hands model and guide the same arguments).
+        `features` belongs to the guide (Pyro hands model and guide the same arguments); `keep`
+        (B, 64, 64) bool restricts the decoder to the pixels a subsampled training loss reads.
         """
         if x is not None:
             batch_size = x.shape[0]
@@ -172,7 +184,7 @@ class ConditionalVAE(nn.Module):
             labels = torch.stack([factors[n] for n in FACTORS], dim=-1)
             z = pyro.sample("z", self.z_dist(batch_size))
             obs_x = None if x is None else x.reshape(batch_size, 64, 64)
-            image: Tensor = pyro.sample("x", self.x_dist(labels, z), obs=obs_x)
+            image: Tensor = pyro.sample("x", self.x_dist(labels, z, keep), obs=obs_x)
         return image
 
     def guide(
@@ -184,22 +196,34 @@ class ConditionalVAE(nn.Module):
 
     # -- losses ------------------------------------------------------------------------------
     def forward(
-        self, x: Tensor, y: Tensor, classifier_weight: float, noise: Tensor | None = None
+        self,
+        x: Tensor,
+        y: Tensor,
+        classifier_weight: float,
+        noise: Tensor | None = None,
+        uniform: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The training loss (what DistributedDataParallel calls); see `loss`."""
-        return self.loss(x, y, classifier_weight, noise)
+        return self.loss(x, y, classifier_weight, noise, uniform)
 
     def loss(
-        self, x: Tensor, y: Tensor, classifier_weight: float, noise: Tensor | None = None
+        self,
+        x: Tensor,
+        y: Tensor,
+        classifier_weight: float,
+        noise: Tensor | None = None,
+        uniform: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Training objective: mean NELBO of x | y plus the weighted classifier cross-entropy.
 
         Returns the scalar `loss` and its batch-mean parts `recon`, `kl`, `classifier`.
         `noise` (B, z_dim), when given, is the standard normal draw behind z's reparameterised
-        sample, so training randomness can be a pure function of the step.
+        sample, so training randomness can be a pure function of the step; `uniform`
+        (B, 32, 32), when given, draws the pixels of an unbiased subsampled reconstruction term.
         """
         features = self.encoder.features(x)
-        recon, kl = self.elbo_terms(x, y, features, noise)
+        weights = self.training_pixels(x, y, uniform)
+        recon, kl = self.elbo_terms(x, y, features, noise, weights)
         classifier = self.classifier_loss(x, y, features)
         nelbo = (kl - recon).mean()
         return {
@@ -215,12 +239,15 @@ class ConditionalVAE(nn.Module):
         y: Tensor,
         features: Tensor | None = None,
         noise: Tensor | None = None,
+        pixel_weights: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Per-image reconstruction log p(x | y, z) with z ~ q and analytic KL(q(z|x,y) || p(z)).
 
         Built from a guide trace replayed through the model, so it is the model's own ELBO of
         log p(x | y) (the label term log p(y) is left out). Both (B,). With `noise`, the guide's
-        z is replayed as loc + scale * noise (still reparameterised, still unobserved).
+        z is replayed as loc + scale * noise (still reparameterised, still unobserved). With
+        `pixel_weights` (B, 64, 64), the reconstruction is their weighted sum of pixel
+        log-likelihoods (unbiased, see `training_pixels`), the decoder run on weighted pixels.
         """
         guide = self.guide
         if noise is not None:
@@ -231,10 +258,15 @@ class ConditionalVAE(nn.Module):
             guide = poutine.replay(self.guide, trace=fixed)
         guide_trace = poutine.trace(guide).get_trace(x, y, features=features)
         replayed = poutine.replay(self.model, trace=guide_trace)
-        model_trace = poutine.trace(replayed).get_trace(x, y)
+        keep = None if pixel_weights is None else pixel_weights > 0
+        model_trace = poutine.trace(replayed).get_trace(x, y, keep=keep)
         x_site, z_model = model_trace.nodes["x"], model_trace.nodes["z"]
         z_guide = guide_trace.nodes["z"]
-        recon = cast(dist.TorchDistribution, x_site["fn"]).log_prob(cast(Tensor, x_site["value"]))
+        x_fn, x_value = cast(dist.Independent, x_site["fn"]), cast(Tensor, x_site["value"])
+        if pixel_weights is None:
+            recon = x_fn.log_prob(x_value)
+        else:
+            recon = (x_fn.base_dist.log_prob(x_value) * pixel_weights).sum((-2, -1))
         kl = kl_divergence(
             cast(dist.TorchDistribution, z_guide["fn"]), cast(dist.TorchDistribution, z_model["fn"])
         )

@@ -1,0 +1,98 @@
+"""One training step (forward, backward, Adam) of the previous default (one 32-pixel decoder
+window for every scale, every pixel in the loss), the window per scale class alone, and today's
+default (windows per scale and a subsampled reconstruction term), interleaved step by step on the
+same batches in one process, so the machine's load falls on all alike.
+
+Run `.venv/bin/python bench/train_step.py [--steps 60] [--threads 1]`; writes
+bench/results/train-step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from causal_sprites.config import PRESETS, RunConfig
+from causal_sprites.data.dsprites import DSprites
+from causal_sprites.runs import build_model
+from causal_sprites.runtime import autocast
+from causal_sprites.train import Batches, split_rows
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def contenders() -> dict[str, RunConfig]:
+    default = PRESETS["default"]
+    windows = replace(default, train=replace(default.train, pixel_sample=False))
+    return {
+        "previous": replace(windows, model=replace(default.model, scale_windows=False)),
+        "scale windows": windows,
+        "default": default,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=60, help="Timed steps per contender.")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS / "train-step.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = DSprites.load()
+    packed = torch.from_numpy(data.packed)
+    labels = torch.from_numpy(data.classes(slice(None))[:, 1:])
+    setups = {}
+    for name, config in contenders().items():
+        torch.manual_seed(0)
+        model = build_model(config).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+        rows, _ = split_rows(data, config)
+        setups[name] = (model, optimizer, Batches(packed, labels, rows, config), config)
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    device = torch.device("cpu")
+    for step in range(args.steps + 5):
+        for name, (model, optimizer, batches, config) in setups.items():
+            x, y, noise, uniform = batches(step)
+            start = time.perf_counter()
+            with autocast(device, config.train.bf16):
+                loss = model(x, y, config.train.classifier_weight, noise, uniform)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step >= 5:  # the first steps warm the allocator and oneDNN's kernel caches
+                times[name].append(time.perf_counter() - start)
+    batch = PRESETS["default"].train.batch_size
+    summary = {
+        name: {
+            "median_step_ms": 1000 * statistics.median(t),
+            "images_per_s": batch / statistics.median(t),
+            "p10_p90_step_ms": [1000 * float(np.quantile(t, q)) for q in (0.1, 0.9)],
+        }
+        for name, t in times.items()
+    }
+    report = {
+        "command": "bench/train_step.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
+        "threads": args.threads,
+        "timed_steps": args.steps,
+        "load_average_at_end": os.getloadavg(),
+        "results": summary,
+        "speedup_over_previous": {
+            name: summary["previous"]["median_step_ms"] / result["median_step_ms"]
+            for name, result in summary.items()
+        },
+    }
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
