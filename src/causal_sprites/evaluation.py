@@ -1,12 +1,13 @@
 """Evaluation of a run: test NELBO and reconstructions, factors read off pixels, counterfactual
 soundness against the truth (dSprites' own images, or a causal variant's recorded noise and true
 tables), and conditional and interventional distributions. Built from the pure metrics of
-`metrics.py`."""
+`metrics.py`; `score_*` return the typed results of `scores.py`, `evaluate*` the same as JSON
+dicts."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, ParamSpec
 
 import numpy as np
 import torch
@@ -32,11 +33,23 @@ from causal_sprites.metrics import (
     total_variation,
 )
 from causal_sprites.scm.graph import FactorGraph
+from causal_sprites.scores import (
+    CounterfactualScores,
+    DistributionEntry,
+    DistributionScores,
+    FactorCounterfactualScores,
+    QueryScores,
+    Readout,
+    RunScores,
+    Scores,
+)
+
+Params = ParamSpec("Params")
 
 
-def evaluate(
+def score_run(
     run: Any, data: Any, num_images: int = 4096, seed: int = 0, num_posterior_images: int = 512
-) -> dict[str, Any]:
+) -> RunScores:
     """Test-set metrics of a run: NELBO (recon, KL), reconstruction IoU and pixel error,
     classifier accuracy per factor and z-leakage, on up to `num_images` held-out images; on the
     first `num_posterior_images` of them, factors read off the pixels by the classifier's argmax
@@ -51,27 +64,29 @@ def evaluate(
     labels = torch.from_numpy(data.classes(slice(None))[:, 1:]).to(device)
     with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
         torch.manual_seed(seed)
-        scores = evaluate_nelbo(model, packed, labels, rows)
+        nelbo = evaluate_nelbo(model, packed, labels, rows)
         images, classes = data.images(rows), data.classes(rows)[:, 1:]
         recon, codes = run.reconstruct_with_codes(images, classes)
-        scores.update(
-            num_test_images=len(rows),
-            recon_iou=summarize(iou(recon, images)),
-            recon_pixel_error=summarize(pixel_error(recon, images)),
-            z_leakage=probe_leakage(codes, classes, seed=seed),
-        )
+        leakage = probe_leakage(codes, classes, seed=seed)
         chosen = slice(0, num_posterior_images)
         with torch.no_grad():
             logits = model.classify(torch.as_tensor(images[chosen]).float()[:, None].to(device))
         argmax = torch.stack([lg.argmax(-1) for lg in logits], -1).cpu().numpy()
-        scores["readout"] = {
-            "num_images": len(argmax),
-            "classifier": readout_accuracy(argmax, classes[chosen], images[chosen]),
-            "posterior": readout_accuracy(
+        readout = Readout(
+            num_images=len(argmax),
+            classifier=readout_accuracy(argmax, classes[chosen], images[chosen]),
+            posterior=readout_accuracy(
                 run.infer_labels(images[chosen]), classes[chosen], images[chosen]
             ),
-        }
-        return scores
+        )
+        return RunScores(
+            **nelbo,
+            num_test_images=len(rows),
+            recon_iou=summarize(iou(recon, images)),
+            recon_pixel_error=summarize(pixel_error(recon, images)),
+            z_leakage=leakage,
+            readout=readout,
+        )
 
 
 def _true_counterfactual(
@@ -139,7 +154,7 @@ COMPOSITION_NOTE: Final = (
 )
 
 
-def evaluate_counterfactuals(
+def score_counterfactuals(
     model: Any,
     data: Any,
     oracle: Any,
@@ -147,7 +162,7 @@ def evaluate_counterfactuals(
     num_images: int = 128,
     seed: int = 0,
     num_noise_samples: int = 2000,
-) -> dict[str, Any]:
+) -> CounterfactualScores:
     """Counterfactual soundness (Monteiro et al. 2023) plus dSprites' ground truth, per
     intervened factor and overall, on held-out images each sent to a random other value.
 
@@ -177,7 +192,7 @@ def evaluate_counterfactuals(
             {}, {n: np.ones(k) / k for n, k in zip(FACTORS, SIZES, strict=True)}
         )
     )
-    per_factor: dict[str, dict[str, Any]] = {}
+    per_factor: dict[str, FactorCounterfactualScores] = {}
     for name, size in zip(FACTORS, SIZES, strict=True):
         column = FACTORS.index(name)
         rows = np.sort(rng.choice(test_rows, size=min(num_images, len(test_rows)), replace=False))
@@ -194,28 +209,23 @@ def evaluate_counterfactuals(
         back = model.counterfactual_query(
             result.images, result.counterfactual, do={name: factual[:, column]}, seed=seed
         )
-        scores = {
-            "ground_truth_iou": summarize(iou(result.images, true_images)),
-            "ground_truth_pixel_error": summarize(pixel_error(result.images, true_images)),
-            "counterfactual_classes_correct": accuracy(result.counterfactual, true_classes),
-            "effectiveness": effectiveness(predicted, asked, intervened)["overall"],
-            "preservation": preservation(predicted, factual, preserved_mask(intervened, edges))[
+        tv, floor = counterfactual_tv(
+            model_graph, true_graph, factual, {name: values}, num_noise_samples, seed
+        )
+        per_factor[name] = FactorCounterfactualScores(
+            ground_truth_iou=summarize(iou(result.images, true_images)),
+            ground_truth_pixel_error=summarize(pixel_error(result.images, true_images)),
+            counterfactual_classes_correct=accuracy(result.counterfactual, true_classes),
+            effectiveness=effectiveness(predicted, asked, intervened)["overall"],
+            preservation=preservation(predicted, factual, preserved_mask(intervened, edges))[
                 "overall"
             ],
-            "reversibility_iou": reversibility(images, back.images),
-            "identified": variant is None or not variant[0].descendants([name]),
-            **dict(
-                zip(
-                    ("counterfactual_tv", "counterfactual_tv_floor"),
-                    counterfactual_tv(
-                        model_graph, true_graph, factual, {name: values}, num_noise_samples, seed
-                    ),
-                    strict=True,
-                )
-            ),
+            reversibility_iou=reversibility(images, back.images),
+            identified=variant is None or not variant[0].descendants([name]),
+            counterfactual_tv=tv,
+            counterfactual_tv_floor=floor,
             **_ceiling_scores(data, variant, rows, (factual, images), {name: values}, truth),
-        }
-        per_factor[name] = scores
+        )
     rows = np.sort(rng.choice(test_rows, size=min(num_images, len(test_rows)), replace=False))
     images, factual = data.images(rows), data.classes(rows)[:, 1:]
     repeated, current = [], images
@@ -225,29 +235,31 @@ def evaluate_counterfactuals(
     composed = composition(images, repeated)
 
     def pooled(key: str, identified_only: bool = False) -> float:
-        chosen = [f[key] for f in per_factor.values() if f["identified"] or not identified_only]
+        chosen = [
+            getattr(f, key) for f in per_factor.values() if f.identified or not identified_only
+        ]
         return float(np.nanmean(chosen)) if chosen else float("nan")
 
-    return {
-        "ground_truth_iou": pooled("ground_truth_iou"),
-        "ground_truth_iou_ceiling": pooled("ground_truth_iou_ceiling"),
-        "ground_truth_iou_identified": pooled("ground_truth_iou", identified_only=True),
-        "effectiveness": pooled("effectiveness"),
-        "preservation": pooled("preservation"),
-        "composition_iou_1": float(composed[0]),
-        "composition_iou_10": float(composed[9]),
-        "composition_note": COMPOSITION_NOTE,
-        "preservation_graph": "true" if variant is not None else "model",
-        "counterfactual_tv": pooled("counterfactual_tv"),
-        "counterfactual_tv_floor": pooled("counterfactual_tv_floor"),
-        "num_noise_samples": num_noise_samples,
-        "reversibility_iou": pooled("reversibility_iou"),
-        "reversibility_iou_ceiling": pooled("reversibility_iou_ceiling"),
-        "reversibility_iou_identified": pooled("reversibility_iou", identified_only=True),
-        "identified_factors": [n for n, s in per_factor.items() if s["identified"]],
-        "per_factor": per_factor,
-        "num_images_per_factor": len(rows),
-    }
+    return CounterfactualScores(
+        ground_truth_iou=pooled("ground_truth_iou"),
+        ground_truth_iou_ceiling=pooled("ground_truth_iou_ceiling"),
+        ground_truth_iou_identified=pooled("ground_truth_iou", identified_only=True),
+        effectiveness=pooled("effectiveness"),
+        preservation=pooled("preservation"),
+        composition_iou_1=float(composed[0]),
+        composition_iou_10=float(composed[9]),
+        composition_note=COMPOSITION_NOTE,
+        preservation_graph="true" if variant is not None else "model",
+        counterfactual_tv=pooled("counterfactual_tv"),
+        counterfactual_tv_floor=pooled("counterfactual_tv_floor"),
+        num_noise_samples=num_noise_samples,
+        reversibility_iou=pooled("reversibility_iou"),
+        reversibility_iou_ceiling=pooled("reversibility_iou_ceiling"),
+        reversibility_iou_identified=pooled("reversibility_iou", identified_only=True),
+        identified_factors=[n for n, s in per_factor.items() if s.identified],
+        per_factor=per_factor,
+        num_images_per_factor=len(rows),
+    )
 
 
 #: The pair of factors evaluated on plain dSprites, which has no edges: an example, whose truth is
@@ -257,7 +269,7 @@ DSPRITES_EXAMPLE_EDGES: Final = (("shape", "scale"),)
 
 def _query_scores(
     result: Any, predicted: np.ndarray, target: str, truth: np.ndarray, seed: int
-) -> dict[str, Any]:
+) -> QueryScores:
     """One query's TVs against its truth: the SCM's exact marginal (`tv_scm`), the oracle's
     reading of the generated images (`tv_oracle`), the classes the SCM drew for those images
     (`tv_drawn`, sampling noise only), the oracle's reading against those classes
@@ -267,18 +279,18 @@ def _query_scores(
     drawn = np.asarray(result.classes)[:, column]
     read = np.asarray(predicted)[:, column]
     read_dist = label_distribution(read, size)
-    return {
-        "tv_scm": total_variation(result.marginals[target], truth),
-        "tv_oracle": total_variation(read_dist, truth),
-        "tv_drawn": total_variation(label_distribution(drawn, size), truth),
-        "tv_oracle_vs_drawn": total_variation(read_dist, label_distribution(drawn, size)),
-        "oracle_agreement": accuracy(read, drawn),
-        "sampling_floor": sampling_floor(truth, len(read), seed=seed),
-        "seconds": float(result.seconds),
-    }
+    return QueryScores(
+        tv_scm=total_variation(result.marginals[target], truth),
+        tv_oracle=total_variation(read_dist, truth),
+        tv_drawn=total_variation(label_distribution(drawn, size), truth),
+        tv_oracle_vs_drawn=total_variation(read_dist, label_distribution(drawn, size)),
+        oracle_agreement=accuracy(read, drawn),
+        sampling_floor=sampling_floor(truth, len(read), seed=seed),
+        seconds=float(result.seconds),
+    )
 
 
-def evaluate_distributions(
+def score_distributions(
     model: Any,
     oracle: Any,
     spec: Any = None,
@@ -289,7 +301,7 @@ def evaluate_distributions(
     values: Mapping[str, int | str] | None = None,
     seed: int = 0,
     return_distributions: bool = False,
-) -> dict[str, Any]:
+) -> DistributionScores:
     """The model's P(target | do(set = v)) and P(target | set = v) against the truth, as total
     variation distance, estimated (a) from `num_samples` generated images read by the oracle and
     (b) from the SCM directly (the exact marginals of `intervene_query` / `condition_query`).
@@ -304,9 +316,9 @@ def evaluate_distributions(
     `pairs` [(set, target)] replaces them; `values` {factor: value} picks v (default: the last
     class of the set factor).
 
-    Returns `entries`, one per query: `edge`, `direction`, `set`, `target`, `value`, then
-    `intervention` and `condition`, each with `tv_scm`, `tv_oracle`, `tv_drawn`,
-    `tv_oracle_vs_drawn`, `oracle_agreement`, `sampling_floor` and `seconds`, plus
+    Returns `DistributionScores`: `entries`, one per query: `edge`, `direction`, `set`,
+    `target`, `value`, then `intervention` and `condition`, each with `tv_scm`, `tv_oracle`,
+    `tv_drawn`, `tv_oracle_vs_drawn`, `oracle_agreement`, `sampling_floor` and `seconds`, plus
     `truth_tv_do_vs_condition` and `scm_tv_do_vs_condition`; and the maxima over entries
     `tv_intervention`, `tv_condition` (SCM), `tv_intervention_oracle`, `tv_condition_oracle`,
     `sampling_floor` (the largest TV a perfect model would show from sampling alone), with
@@ -325,7 +337,7 @@ def evaluate_distributions(
         queries = [(s, t, None, None) for s, t in pairs]
     chosen = normalize_assignments(values or {})
     labels = None if data is None or spec is not None else data.factors(slice(None))
-    entries: list[dict[str, Any]] = []
+    entries: list[DistributionEntry] = []
     for index, (setter, target, edge, direction) in enumerate(queries):
         if setter == target or setter not in FACTORS or target not in FACTORS:
             raise CausalSpritesError(f"bad pair {setter} -> {target}: two distinct factors needed")
@@ -345,23 +357,9 @@ def evaluate_distributions(
         done = model.intervene_query({setter: value}, num_samples, seed=query_seed)
         seen = model.condition_query({setter: value}, num_samples, seed=query_seed + 1)
         read_do, read_condition = oracle.predict(done.images), oracle.predict(seen.images)
-        entry: dict[str, Any] = {
-            "edge": edge,
-            "direction": direction,
-            "set": setter,
-            "target": target,
-            "value": int(value),
-            "intervention": _query_scores(done, read_do, target, truth_do, query_seed),
-            "condition": _query_scores(
-                seen, read_condition, target, truth_condition, query_seed + 1
-            ),
-            "truth_tv_do_vs_condition": total_variation(truth_do, truth_condition),
-            "scm_tv_do_vs_condition": total_variation(
-                done.marginals[target], seen.marginals[target]
-            ),
-        }
+        distributions = None
         if return_distributions:
-            entry["distributions"] = {
+            distributions = {
                 "truth_do": np.asarray(truth_do).tolist(),
                 "truth_condition": np.asarray(truth_condition).tolist(),
                 "scm_do": np.asarray(done.marginals[target]).tolist(),
@@ -371,21 +369,50 @@ def evaluate_distributions(
                     read_condition[:, FACTORS.index(target)], size
                 ).tolist(),
             }
-        entries.append(entry)
+        entries.append(
+            DistributionEntry(
+                edge=edge,
+                direction=direction,
+                set=setter,
+                target=target,
+                value=int(value),
+                intervention=_query_scores(done, read_do, target, truth_do, query_seed),
+                condition=_query_scores(
+                    seen, read_condition, target, truth_condition, query_seed + 1
+                ),
+                truth_tv_do_vs_condition=total_variation(truth_do, truth_condition),
+                scm_tv_do_vs_condition=total_variation(
+                    done.marginals[target], seen.marginals[target]
+                ),
+                distributions=distributions,
+            )
+        )
 
-    def largest(mode: str, key: str) -> float:
-        return max((e[mode][key] for e in entries), default=float("nan"))
+    def largest(key: str, *modes: str) -> float:
+        found = (getattr(getattr(e, mode), key) for e in entries for mode in modes)
+        return max(found, default=float("nan"))
 
-    return {
-        "tv_intervention": largest("intervention", "tv_scm"),
-        "tv_condition": largest("condition", "tv_scm"),
-        "tv_intervention_oracle": largest("intervention", "tv_oracle"),
-        "tv_condition_oracle": largest("condition", "tv_oracle"),
-        "sampling_floor": max(
-            (e[m]["sampling_floor"] for e in entries for m in ("intervention", "condition")),
-            default=float("nan"),
-        ),
-        "num_samples": num_samples,
-        "truth": "variant" if spec is not None else ("data" if labels is not None else "uniform"),
-        "entries": entries,
-    }
+    return DistributionScores(
+        tv_intervention=largest("tv_scm", "intervention"),
+        tv_condition=largest("tv_scm", "condition"),
+        tv_intervention_oracle=largest("tv_oracle", "intervention"),
+        tv_condition_oracle=largest("tv_oracle", "condition"),
+        sampling_floor=largest("sampling_floor", "intervention", "condition"),
+        num_samples=num_samples,
+        truth="variant" if spec is not None else ("data" if labels is not None else "uniform"),
+        entries=entries,
+    )
+
+
+def as_json(score: Callable[Params, Scores]) -> Callable[Params, dict[str, Any]]:
+    """The same evaluation returning its result's JSON (a dict), for callers that index it."""
+
+    def evaluate_as_json(*args: Params.args, **kwargs: Params.kwargs) -> dict[str, Any]:
+        return score(*args, **kwargs).to_json()
+
+    return evaluate_as_json
+
+
+evaluate = as_json(score_run)
+evaluate_counterfactuals = as_json(score_counterfactuals)
+evaluate_distributions = as_json(score_distributions)

@@ -39,31 +39,25 @@ def evaluate(
     --counterfactual also ground-truth fidelity, effectiveness, preservation, composition and
     reversibility (Monteiro et al. 2023)."""
     from causal_sprites.data.variants import variant_of
-    from causal_sprites.evaluation import evaluate as evaluate_run
-    from causal_sprites.evaluation import evaluate_counterfactuals, evaluate_distributions
+    from causal_sprites.evaluation import score_counterfactuals, score_distributions, score_run
     from causal_sprites.oracle import load_oracle
+    from causal_sprites.scores import Evaluation
 
     model, store = load_run_and_data(run, data)
-    scores = evaluate_run(model, store, num_images)
+    scores = score_run(model, store, num_images)
+    counterfactuals = distributions = None
     if counterfactual:
         variant = variant_of(data or (Path(model.config.data) if model.config.data else None))
         judge = load_oracle(oracle)
-        scores.update(evaluate_counterfactuals(model, store, judge, variant, num_counterfactuals))
+        counterfactuals = score_counterfactuals(model, store, judge, variant, num_counterfactuals)
         spec = variant[0] if variant else None
-        scores["distributions"] = evaluate_distributions(model, judge, spec, store)
+        distributions = score_distributions(model, judge, spec, store)
+    result = Evaluation(scores, counterfactuals, distributions)
     if json_out:
-        typer.echo(json.dumps(scores))
+        typer.echo(json.dumps(result.to_json()))
         return
-    for key, value in scores.items():
-        if isinstance(value, dict) and all(isinstance(v, float) for v in value.values()):
-            value = ", ".join(f"{k} {v:.3f}" for k, v in value.items())
-        elif isinstance(value, float):
-            value = f"{value:.4f}"
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            value = ", ".join(value)
-        elif isinstance(value, dict):
-            value = "(see --json)"
-        typer.echo(f"{key:>28}: {value}")
+    for line in result.lines():
+        typer.echo(line)
 
 
 def _write_discovered_graph(
