@@ -15,6 +15,7 @@ from cli_run import PNG, run
 
 from causal_sprites.data import dsprites
 from causal_sprites.data.dsprites import DSprites
+from causal_sprites.demo import shortfalls
 
 NUM = 2048
 
@@ -116,6 +117,24 @@ def test_generate_and_demo(
     assert dsprites.default_path().exists()
     app_line = next(line for line in stdout.splitlines() if "in the web app:" in line)
     assert Path(app_line.split(": ", 1)[1].split()[0]).is_file()  # works as printed, no PATH
+    # The shipped pretrained model answers too, in its own folder, and the demo says which
+    # model is right: a 1-second model is not, so the app line points at the pretrained one.
+    for figure in ("condition", "intervene", "counterfactual", "report"):
+        suffix = "html" if figure == "report" else "png"
+        assert (tmp_path / "demo" / "pretrained" / f"{figure}.{suffix}").stat().st_size > 0
+    assert "is not right yet" in stdout and app_line.endswith(" app pretrained")
+
+
+def test_the_demo_calls_a_model_right_only_when_it_reads_every_factor() -> None:
+    read = {"shape": 1.0, "scale": 0.99, "orientation": 0.985, "posX": 1.0, "posY": 0.999}
+    scores = {"readout": {"posterior": {"image_equivalent": read}}, "recon_iou": 0.995}
+    assert shortfalls(scores) == []
+    weak = {**scores, "recon_iou": 0.9}
+    weak["readout"] = {"posterior": {"image_equivalent": {**read, "orientation": 0.95}}}
+    assert shortfalls(weak) == [
+        "reads orientation right 0.950 of the time (< 0.98)",
+        "reconstructs with IoU 0.900 (< 0.98)",
+    ]
 
 
 def test_help_names_the_app_extra() -> None:
