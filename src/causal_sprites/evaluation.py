@@ -12,7 +12,9 @@ from typing import Any, Final, ParamSpec
 import numpy as np
 import torch
 
-from causal_sprites.data.factors import FACTORS, SIZES
+from causal_sprites.data.factors import FACTORS, SIZES, normalize_assignments
+from causal_sprites.data.render import render
+from causal_sprites.data.variants import abduct_noise, distribution, true_counterfactual
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.metrics import (
     accuracy,
@@ -43,6 +45,7 @@ from causal_sprites.scores import (
     RunScores,
     Scores,
 )
+from causal_sprites.train import evaluate_nelbo, split_rows
 
 Params = ParamSpec("Params")
 
@@ -54,8 +57,6 @@ def score_run(
     classifier accuracy per factor and z-leakage, on up to `num_images` held-out images; on the
     first `num_posterior_images` of them, factors read off the pixels by the classifier's argmax
     and by the posterior's mode (`readout`, see `readout_accuracy`)."""
-    from causal_sprites.train import evaluate_nelbo, split_rows
-
     model, config = run.model, run.config
     _, test_rows = split_rows(data, config)
     rows = np.sort(np.random.default_rng(seed).permutation(test_rows)[:num_images])
@@ -101,15 +102,11 @@ def _true_counterfactual(
     values (B,)}): on a variant from its recorded noise, on dSprites the image at the same other
     factors (drawn by the generator, which is the default data). With `abducted`, a variant's noise
     is instead drawn from its posterior given the classes: a perfect model's answer."""
-    from causal_sprites.data.render import render
-
     ((name, values),) = do.items()
     if variant is None:
         classes = factual.copy()
         classes[:, FACTORS.index(name)] = values
         return classes, render(classes)
-    from causal_sprites.data.variants import abduct_noise, true_counterfactual
-
     spec, recorded = variant
     noise = abduct_noise(spec, factual) if abducted else {k: v[rows] for k, v in recorded.items()}
     classes = np.empty_like(factual)
@@ -179,8 +176,6 @@ def score_counterfactuals(
     a variant (the model's own graph only on plain dSprites, where it is empty by construction
     unless the user gave one): `preservation_graph` says which.
     """
-    from causal_sprites.train import split_rows
-
     _, test_rows = split_rows(data, model.config)
     rng = np.random.default_rng(seed)
     edges = list(variant[0].edges if variant is not None else model.config.graph)
@@ -324,8 +319,6 @@ def score_distributions(
     `sampling_floor` (the largest TV a perfect model would show from sampling alone), with
     `num_samples`. With `return_distributions` each entry also carries the distributions.
     """
-    from causal_sprites.data.factors import normalize_assignments
-
     if num_samples < 1:
         raise CausalSpritesError(f"num_samples must be >= 1, got {num_samples}")
     edges = tuple(spec.edges) if spec is not None else DSPRITES_EXAMPLE_EDGES
@@ -344,8 +337,6 @@ def score_distributions(
         value = chosen.get(setter, SIZES[FACTORS.index(setter)] - 1)
         size = SIZES[FACTORS.index(target)]
         if spec is not None:
-            from causal_sprites.data.variants import distribution
-
             truth_do = distribution(spec, target, do={setter: value})
             truth_condition = distribution(spec, target, given={setter: value})
         elif labels is not None:

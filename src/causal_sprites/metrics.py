@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from causal_sprites.data.factors import FACTORS, SIZES, classes_to_index
+from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.runtime import single_thread
 from causal_sprites.scm.graph import FactorGraph
@@ -255,7 +256,6 @@ def readout_accuracy(
     and `image_equivalent` accuracy per factor (the predicted value, swapped into the true
     tuple, draws the same dSprites image: IoU >= 0.98), `all_image_equivalent` (the whole
     predicted tuple draws it) and `heart_orientation_exact` (0 and 2 pi counted as one)."""
-    from causal_sprites.data.render import render
 
     def draw(classes: np.ndarray) -> np.ndarray:
         return render(np.concatenate([np.zeros((len(classes), 1), np.int64), classes], 1))

@@ -16,7 +16,15 @@ from causal_sprites.cli.common import (
     app,
     load_run_and_data,
 )
+from causal_sprites.config import parse_graph
+from causal_sprites.data.variants import load_spec, variant_of
+from causal_sprites.discovery import discover_file, discover_from_images
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.evaluation import score_counterfactuals, score_distributions, score_run
+from causal_sprites.oracle import load_oracle
+from causal_sprites.report import write_report
+from causal_sprites.scores import Evaluation
+from causal_sprites.train import rewrite_graph
 
 
 @app.command("evaluate")
@@ -38,11 +46,6 @@ def evaluate(
     """Test NELBO (recon, KL), reconstruction IoU, classifier accuracy and z-leakage; with
     --counterfactual also ground-truth fidelity, effectiveness, preservation, composition and
     reversibility (Monteiro et al. 2023)."""
-    from causal_sprites.data.variants import variant_of
-    from causal_sprites.evaluation import score_counterfactuals, score_distributions, score_run
-    from causal_sprites.oracle import load_oracle
-    from causal_sprites.scores import Evaluation
-
     model, store = load_run_and_data(run, data)
     scores = score_run(model, store, num_images)
     counterfactuals = distributions = None
@@ -64,9 +67,6 @@ def _write_discovered_graph(
     run_dir: Path, edges: list[dict], orient: str | None
 ) -> list[list[str]]:
     """Orient the discovered edges (undirected ones by --orient) and store the DAG in a run."""
-    from causal_sprites.config import parse_graph
-    from causal_sprites.runs import rewrite_graph
-
     chosen = set(parse_graph(orient or ""))
     graph = []
     for edge in edges:
@@ -109,9 +109,6 @@ def discover(
     json_out: JsonOption = False,
 ) -> None:
     """PC causal discovery over the factors, from a data file's labels or from the pixels."""
-    from causal_sprites.data.variants import load_spec
-    from causal_sprites.discovery import discover_file, discover_from_images
-
     spec = load_spec(truth) if truth is not None else None
     options: dict[str, Any] = {"alpha": alpha, "test": test}
     if run is None:
@@ -155,8 +152,6 @@ def report(
     ] = None,
 ) -> None:
     """One self-contained HTML page with every figure and metric of a run."""
-    from causal_sprites.report import write_report
-
     model, store = load_run_and_data(run, data)
     typer.echo(write_report(model, store, out))
 

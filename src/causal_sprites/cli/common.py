@@ -13,6 +13,8 @@ from typer.core import TyperGroup
 from causal_sprites.data import dsprites
 from causal_sprites.data.factors import SHAPE_NAMES
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.figures import save_figure
+from causal_sprites.scm.queries import load_run
 
 
 def fail(message: str) -> NoReturn:
@@ -65,16 +67,12 @@ FIGURE_IMAGES = 64
 
 
 def write_png(fig: Figure, out: Path) -> Path:
-    """Save a figure as PNG atomically; returns `out` (imported late: the CLI starts fast)."""
-    from causal_sprites.figures import save_figure
-
+    """Save a figure as PNG atomically; returns `out`."""
     return save_figure(fig, out)
 
 
 def load_run_and_data(run: str, data: Path | None = None) -> tuple[Any, dsprites.DSprites]:
     """The run's model and the data it was trained on (or --data)."""
-    from causal_sprites.scm.queries import load_run
-
     model = load_run(run)
     path = data or (Path(model.config.data) if model.config.data else None)
     return model, dsprites.DSprites.load(path)

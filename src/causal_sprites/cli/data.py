@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -18,12 +19,12 @@ from causal_sprites.cli.common import (
 )
 from causal_sprites.data import dsprites
 from causal_sprites.data.factors import parse_assignments
+from causal_sprites.data.variants import load_spec, sample_variant
+from causal_sprites.viz import sample_grid_figure
 
 
 def _sample_grid(data: dsprites.DSprites, rows: np.ndarray, num: int, seed: int, out: Path) -> Path:
     """Write a labelled grid of up to `num` random images among `rows` to `out`."""
-    from causal_sprites.viz import sample_grid_figure
-
     chosen = np.random.default_rng(seed).choice(rows, size=min(num, len(rows)), replace=False)
     return write_png(sample_grid_figure(data.images(chosen), data.classes(chosen)), out)
 
@@ -94,10 +95,6 @@ def data_variant(
     seed: Annotated[int | None, typer.Option(min=0, help="Override the spec's seed.")] = None,
 ) -> None:
     """Sample a causal variant: an official-format .npz plus each sample's noise and the spec."""
-    import dataclasses
-
-    from causal_sprites.data.variants import load_spec, sample_variant
-
     loaded = load_spec(spec)
     if num_samples is not None:
         loaded = dataclasses.replace(loaded, num_samples=num_samples)

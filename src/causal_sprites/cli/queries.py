@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,9 +24,19 @@ from causal_sprites.cli.common import (
     write_png,
 )
 from causal_sprites.data import dsprites
-from causal_sprites.data.factors import normalize_assignments, parse_assignments
+from causal_sprites.data.factors import format_classes, normalize_assignments, parse_assignments
 from causal_sprites.data.pictures import read_binary_png
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.runs import atomic_path
+from causal_sprites.scm.batch import Question, answer
+from causal_sprites.scm.queries import load_run
+from causal_sprites.viz import (
+    counterfactual_distribution_figure,
+    counterfactual_figure,
+    edit_figure,
+    query_samples_figure,
+    reconstruction_figure,
+)
 
 
 @app.command("reconstruct")
@@ -36,8 +47,6 @@ def reconstruct(
     data: DataOption = None,
 ) -> None:
     """Originals and their reconstructions."""
-    from causal_sprites.viz import reconstruction_figure
-
     model, store = load_run_and_data(run, data)
     images, classes = store.images(index), store.classes(index)
     typer.echo(write_png(reconstruction_figure(images, model.reconstruct(images, classes)), out))
@@ -52,8 +61,6 @@ def edit(
     data: DataOption = None,
 ) -> None:
     """Same z, changed labels: each --set adds to the previous ones (shape, then orientation)."""
-    from causal_sprites.viz import edit_figure
-
     model, store = load_run_and_data(run, data)
     image, classes = store.images([index]), store.classes([index])
     panels = [("reconstruction", model.reconstruct(image, classes)[0])]
@@ -71,8 +78,6 @@ def edit(
 
 def _write_npz(path: Path, factual: np.ndarray, counterfactual: np.ndarray) -> Path:
     """Write the image arrays as a compressed .npz atomically (temp file, rename); returns path."""
-    from causal_sprites.runs import atomic_path
-
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         np.savez_compressed(handle, factual=factual, counterfactual=counterfactual)
     return path
@@ -94,8 +99,6 @@ def condition(
     json_out: JsonOption = False,
 ) -> None:
     """Images given factor values: the exact posterior over the other factors, then images."""
-    from causal_sprites.scm.queries import load_run
-
     evidence = parse_assignments(given or [])
     result = load_run(run).condition_query(evidence, samples, seed)
     title = f"p(x | {assignment_text(evidence)})" if evidence else "p(x)"
@@ -113,8 +116,6 @@ def intervene(
 ) -> None:
     """Images under do(factor=value): intervened factors cut from their parents, the rest
     sampled through the model."""
-    from causal_sprites.scm.queries import load_run
-
     actions = parse_assignments(do)
     result = load_run(run).intervene_query(actions, samples, seed)
     title = f"p(x | do({assignment_text(actions)}))"
@@ -126,9 +127,6 @@ def _show_samples(
 ) -> None:
     """Save a conditioning or intervention result's figure; print its path or its JSON record
     (the query, the marginals under `name`, the sampled classes, timing, output path)."""
-    from causal_sprites.data.factors import format_classes
-    from causal_sprites.viz import query_samples_figure
-
     shown = slice(0, FIGURE_IMAGES)
     figure = query_samples_figure(
         result.images[shown], result.classes[shown], result.marginals, title
@@ -234,10 +232,6 @@ def counterfactual(
     json_out: JsonOption = False,
 ) -> None:
     """What each image would have looked like under do(...): abduction, action, prediction."""
-    from causal_sprites.data.factors import format_classes
-    from causal_sprites.scm.batch import Question, answer
-    from causal_sprites.scm.queries import load_run
-
     if sum(source is not None for source in (index, image, queries)) != 1:
         raise typer.BadParameter("give exactly one", param_hint="--index, --image or --queries")
     actions = parse_assignments(do or [])
@@ -266,8 +260,6 @@ def counterfactual(
     answers = answer(model, questions, seed, samples)
     images, distributions = answers.images, answers.distributions
     if out is not None:
-        from causal_sprites.viz import counterfactual_distribution_figure, counterfactual_figure
-
         shown = slice(0, FIGURE_IMAGES // 4)
         titles = [f"do({assignment_text(item.do)})" for item in items[shown]]
         if distributions:
@@ -349,11 +341,6 @@ def infer(
     json_out: JsonOption = False,
 ) -> None:
     """The factors of images read off the pixels: the posterior p(y | x), best first."""
-    import time
-
-    from causal_sprites.data.factors import format_classes
-    from causal_sprites.scm.queries import load_run
-
     if (index is not None) + (image is not None) + (data is not None and index is None) != 1:
         raise typer.BadParameter("give exactly one", param_hint="--index, --image or --data")
     model = load_run(run)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,8 +19,16 @@ from causal_sprites.cli.common import (
     app,
     write_png,
 )
+from causal_sprites.config import PRESETS, parse_graph
 from causal_sprites.data import dsprites
+from causal_sprites.data.variants import load_spec
+from causal_sprites.demo import run_demo
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.oracle import train_oracle as fit_oracle
+from causal_sprites.runs import read_metrics
+from causal_sprites.runtime import init_distributed, leave_distributed
+from causal_sprites.train import fit
+from causal_sprites.viz import nelbo_curve_figure
 
 
 @app.command("train")
@@ -53,16 +64,8 @@ def train(
     ] = 1,
 ) -> None:
     """Train the conditional VAE (or resume it exactly where it stopped)."""
-    from dataclasses import replace
-
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_launch_torchrun(nproc))
-
-    from causal_sprites.config import PRESETS
-    from causal_sprites.runs import read_metrics
-    from causal_sprites.runtime import init_distributed, leave_distributed
-    from causal_sprites.train import fit
-    from causal_sprites.viz import nelbo_curve_figure
 
     if preset not in PRESETS:
         raise CausalSpritesError(f"unknown preset {preset!r}; choose {', '.join(PRESETS)}")
@@ -111,9 +114,6 @@ def train(
 
 def _graph(text: str | None, spec: Path | None) -> tuple[tuple[str, str], ...]:
     """The factor DAG from --graph or --graph-from (not both)."""
-    from causal_sprites.config import parse_graph
-    from causal_sprites.data.variants import load_spec
-
     if text and spec:
         raise CausalSpritesError("give --graph or --graph-from, not both")
     if spec is not None:
@@ -123,9 +123,6 @@ def _graph(text: str | None, spec: Path | None) -> tuple[tuple[str, str], ...]:
 
 def _launch_torchrun(nproc: int) -> int:
     """Re-run this very command under torchrun with `nproc` processes; returns its exit code."""
-    import subprocess
-    import sys
-
     args, skip = [], False
     for arg in sys.argv[1:]:
         if skip or arg == "--nproc":
@@ -145,8 +142,6 @@ def demo(
     device: DeviceOption = "auto",
 ) -> None:
     """The main job end to end on the default data: data, training, evaluation, figures."""
-    from causal_sprites.demo import run_demo
-
     run_demo(out, minutes, device)
 
 
@@ -159,8 +154,6 @@ def train_oracle(
     json_out: JsonOption = False,
 ) -> None:
     """Train the oracle factor classifier on real images (for the soundness metrics)."""
-    from causal_sprites.oracle import train_oracle as fit_oracle
-
     oracle = fit_oracle(dsprites.DSprites.load(data), steps, seed, out, log_every=0)
     if json_out:
         typer.echo(json.dumps({"out": str(out), **oracle.info}))

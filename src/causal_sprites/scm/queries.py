@@ -20,7 +20,8 @@ from causal_sprites.data.factors import FACTORS, normalize_assignments
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import DRAW_TOP, FactorPosterior, infer_posterior
 from causal_sprites.model.vae import ConditionalVAE, parents_of
-from causal_sprites.runs import load_model, read_likelihood_range
+from causal_sprites.runs import load_model, read_likelihood_range, resolve_run
+from causal_sprites.runtime import choose_device
 from causal_sprites.scm.abduction import REFINE_STEPS, exact_noise, generic_noise, refine_style
 from causal_sprites.scm.distribution import counterfactual_distribution
 from causal_sprites.scm.graph import FactorGraph, marginals, restrict, sample_grid
@@ -429,9 +430,6 @@ class CausalModel:
 
 def load_run(run: str | Path, device: str | torch.device = "cpu") -> CausalModel:
     """The trained VAE + SCM of a run directory (`pretrained`: the one shipped with the package)."""
-    from causal_sprites.runs import resolve_run
-    from causal_sprites.runtime import choose_device
-
     chosen = device if isinstance(device, torch.device) else choose_device(device)
     model, config = load_model(run, chosen)
     return CausalModel(model, config, resolve_run(run))
