@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -353,38 +354,38 @@ def build_app(model: CausalModel, data: DSprites | None = None) -> gr.Blocks:
             max_batch_size=MAX_BATCH,
             concurrency_limit=1,
         )
-        with gr.Tab("Intervention samples"):
-            with gr.Row():
-                do_values = [
-                    gr.Dropdown([KEEP, *value_choices(f)], value=KEEP, label=f"do({f})")
-                    for f in FACTORS
-                ]
-            do_count = gr.Slider(4, 64, value=16, step=1, label="samples")
-            do_run = gr.Button("Sample", variant="primary")
-            do_figure = gr.Image(label="p(x | do(...))", format="png", interactive=False)
-            do_note = gr.Markdown()
-            do_run.click(
-                explorer.intervention_samples,
-                [*do_values, do_count],
-                [do_figure, do_note],
-                api_name="intervene",
-            )
-        with gr.Tab("Conditional posterior"):
-            with gr.Row():
-                given_values = [
-                    gr.Dropdown([ANY, *value_choices(f)], value=ANY, label=f) for f in FACTORS
-                ]
-            given_count = gr.Slider(4, 64, value=16, step=1, label="samples")
-            given_run = gr.Button("Sample", variant="primary")
-            given_figure = gr.Image(label="p(x | evidence)", format="png", interactive=False)
-            given_note = gr.Markdown()
-            given_run.click(
-                explorer.conditional_samples,
-                [*given_values, given_count],
-                [given_figure, given_note],
-                api_name="condition",
-            )
+        _sampling_tab(
+            "Intervention samples", KEEP, "do({})", "p(x | do(...))", explorer.intervention_samples,
+            "intervene",
+        )  # fmt: skip
+        _sampling_tab(
+            "Conditional posterior", ANY, "{}", "p(x | evidence)", explorer.conditional_samples,
+            "condition",
+        )  # fmt: skip
     return app
+
+
+def _sampling_tab(
+    title: str,
+    unset: str,
+    label: str,
+    query: str,
+    sample: Callable[..., tuple[np.ndarray | None, str]],
+    api_name: str,
+) -> None:
+    """A tab of samples: a dropdown per factor (`unset` leaves it out; `label` formats its name),
+    a sample count and a button that shows `sample`'s figure of `query` and its note."""
+    with gr.Tab(title):
+        with gr.Row():
+            values = [
+                gr.Dropdown([unset, *value_choices(f)], value=unset, label=label.format(f))
+                for f in FACTORS
+            ]
+        count = gr.Slider(4, 64, value=16, step=1, label="samples")
+        run = gr.Button("Sample", variant="primary")
+        figure = gr.Image(label=query, format="png", interactive=False)
+        note = gr.Markdown()
+        run.click(sample, [*values, count], [figure, note], api_name=api_name)
 
 
 def serve(

@@ -22,8 +22,8 @@ from causal_sprites.model.readout import DRAW_TOP, FactorPosterior, infer_poster
 from causal_sprites.model.vae import ConditionalVAE, parents_of
 from causal_sprites.runs import load_model, read_likelihood_range, resolve_run
 from causal_sprites.runtime import choose_device
+from causal_sprites.scm import distribution
 from causal_sprites.scm.abduction import REFINE_STEPS, exact_noise, generic_noise, refine_style
-from causal_sprites.scm.distribution import counterfactual_distribution
 from causal_sprites.scm.graph import FactorGraph, marginals, restrict, sample_grid
 from causal_sprites.scm.inputs import (
     Interventions,
@@ -38,7 +38,6 @@ from causal_sprites.scm.inputs import (
 )
 from causal_sprites.scm.results import (
     Abduction,
-    CounterfactualDistribution,
     CounterfactualResult,
     SampleResult,
 )
@@ -414,18 +413,9 @@ class CausalModel:
         of the spread over the abducted noise; do(y = observed y) returns x pixel for pixel."""
         return self.counterfactual_query(x, y, do, num_samples, method, seed=seed).images
 
-    def counterfactual_distribution(
-        self,
-        x: np.ndarray | Tensor,
-        y: np.ndarray | Tensor | None = None,
-        do: Interventions | None = None,
-        num_samples: int = 2000,
-        seed: int | None = 0,
-        posterior: FactorPosterior | None = None,
-    ) -> CounterfactualDistribution:
-        """The counterfactual of each image as a distribution over factor tuples, with one image
-        each and the per-pixel probability (`scm/distribution.py`)."""
-        return counterfactual_distribution(self, x, y, do, num_samples, seed, posterior)
+    #: The counterfactual of each image as a distribution over factor tuples, with one image
+    #: each and the per-pixel probability: `scm/distribution.py`'s function, as a method.
+    counterfactual_distribution = distribution.counterfactual_distribution
 
 
 def load_run(run: str | Path, device: str | torch.device = "cpu") -> CausalModel:
