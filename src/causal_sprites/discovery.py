@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
+from causallearn.search.ConstraintBased.PC import pc
 from scipy import stats
 
+from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import FACTORS
 from causal_sprites.data.variants import VariantSpec
 from causal_sprites.errors import CausalSpritesError
@@ -148,8 +150,6 @@ def _as_labels(labels: np.ndarray) -> np.ndarray:
 
 def _run_pc(labels: np.ndarray, factors: Sequence[str], alpha: float, test: str) -> Cpdag:
     """PC's CPDAG over the columns (N, F) of the named factors (in factor order)."""
-    from causallearn.search.ConstraintBased.PC import pc
-
     # MIN_SAMPLES rows keep clear of causal-learn's one warning (more features than samples).
     graph = pc(
         labels, alpha, test, stable=True, show_progress=False, node_names=list(factors)
@@ -236,8 +236,6 @@ def discover_file(
     **options: Any,
 ) -> dict[str, Any]:
     """`discover` on the labels of a data file (default: the default dSprites data)."""
-    from causal_sprites.data.dsprites import DSprites
-
     data = DSprites.load(path)
     return discover(data.factors(slice(None)), truth, **options)
 

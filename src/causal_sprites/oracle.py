@@ -19,6 +19,8 @@ from torch.nn import functional as F
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import SIZES
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.metrics import oracle_accuracy
+from causal_sprites.runs import PRETRAINED_DIR, load_tensors, save_tensors_atomic, write_text_atomic
 
 WEIGHTS_FILE: Final = "oracle.safetensors"
 CONFIG_FILE: Final = "oracle.json"
@@ -150,8 +152,6 @@ def train_oracle(
     `num_eval` of the held-out 2 %, and save it to `out_dir` (oracle.safetensors + oracle.json,
     atomically) when given. `config` (default: the defaults with `steps` and `seed`) overrides
     both; `log_every` > 0 prints the loss every that many steps."""
-    from causal_sprites.metrics import oracle_accuracy
-
     config = config or OracleConfig(steps=steps, seed=seed)
     if config.steps < 1:
         raise CausalSpritesError(f"steps must be >= 1, got {config.steps}")
@@ -191,8 +191,6 @@ def train_oracle(
 
 def save_oracle(oracle: Oracle, out_dir: Path | str) -> Path:
     """Write oracle.safetensors and oracle.json into `out_dir`, atomically; returns the dir."""
-    from causal_sprites.runs import save_tensors_atomic, write_text_atomic
-
     out = Path(out_dir)
     state = oracle.net.state_dict()
     save_tensors_atomic(out / WEIGHTS_FILE, state, {"format": "causal-sprites-oracle"})
@@ -204,8 +202,6 @@ def save_oracle(oracle: Oracle, out_dir: Path | str) -> Path:
 def load_oracle(path: Path | str = "pretrained") -> Oracle:
     """Load an oracle from a directory holding oracle.json and oracle.safetensors (`pretrained`:
     the copy shipped with the package)."""
-    from causal_sprites.runs import PRETRAINED_DIR, load_tensors
-
     directory = PRETRAINED_DIR if str(path) == "pretrained" else Path(path)
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():

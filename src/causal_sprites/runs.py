@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from causal_sprites.config import RunConfig
@@ -115,8 +115,6 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def read_safetensors_metadata(path: Path) -> dict[str, str]:
     """The string metadata of a safetensors header."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
@@ -170,28 +168,6 @@ def save_model(run_dir: Path, model: ConditionalVAE, config: RunConfig) -> None:
     write_text_atomic(run_dir / CONFIG_FILE, config.to_json())
     state = {k: v for k, v in model.state_dict().items()}
     save_tensors_atomic(run_dir / MODEL_FILE, state, {"format": "causal-sprites"})
-
-
-def rewrite_graph(run: str | Path, graph: tuple[tuple[str, str], ...]) -> None:
-    """Give a trained run a new factor DAG: keep the networks, refit every factor's table from
-    the run's training labels under the new parents, and save config and weights."""
-    from dataclasses import replace
-
-    from causal_sprites.data.dsprites import DSprites
-    from causal_sprites.train import split_rows
-
-    if str(run) == "pretrained":
-        raise CausalSpritesError("the shipped pretrained run is read-only; copy it first")
-    run_dir = resolve_run(run)
-    model, config = load_model(run_dir)
-    config = replace(config, graph=graph)
-    rebuilt = build_model(config)
-    networks = {k: v for k, v in model.state_dict().items() if not k.startswith("cpt_")}
-    rebuilt.load_state_dict(networks, strict=False)
-    data = DSprites.load(config.data)
-    train_rows, _ = split_rows(data, config)
-    rebuilt.fit_tables(torch.from_numpy(data.classes(train_rows)[:, 1:]))
-    save_model(run_dir, rebuilt, config)
 
 
 def write_likelihood_range(run_dir: Path, usual: dict[str, float]) -> None:

@@ -8,7 +8,6 @@ bit for bit.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -22,8 +21,10 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from causal_sprites.checkpoint import load_checkpoint, save_checkpoint
 from causal_sprites.config import RunConfig
 from causal_sprites.data.dsprites import DSprites, unpack_torch
+from causal_sprites.data.factors import FACTORS
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import infer_posterior, likelihood_range
 from causal_sprites.model.vae import ConditionalVAE, topological_order
@@ -31,13 +32,12 @@ from causal_sprites.runs import (
     CHECKPOINT_FILE,
     append_metrics,
     build_model,
-    load_tensors,
+    load_model,
     read_config,
-    read_safetensors_metadata,
     remove_stale_temporaries,
+    resolve_run,
     run_lock,
     save_model,
-    save_tensors_atomic,
     truncate_metrics,
     write_likelihood_range,
 )
@@ -50,7 +50,6 @@ from causal_sprites.runtime import (
     seed_everything,
 )
 
-CHECKPOINT_FORMAT = 1
 StepHook = Callable[[int, ConditionalVAE], None]
 LOG_EVERY = 50
 #: Held-out images whose log-likelihoods set a run's usual range (about 2 s on 2 cores).
@@ -158,8 +157,6 @@ def evaluate_nelbo(
 
     Always in float32, whatever precision training used, so numbers compare across runs.
     """
-    from causal_sprites.data.factors import FACTORS
-
     device = packed.device
     totals = {"recon": 0.0, "kl": 0.0}
     correct = torch.zeros(len(FACTORS))
@@ -203,44 +200,6 @@ def held_out_likelihood_range(
         posterior = infer_posterior(model, images, top=1, escalate=False)
     model.train(was_training)
     return likelihood_range(posterior.log_likelihood)
-
-
-def save_checkpoint(
-    run_dir: Path, model: ConditionalVAE, optimizer: torch.optim.Optimizer, state: dict[str, Any]
-) -> None:
-    """Weights, Adam moments, RNG state and the step in one safetensors file, atomically."""
-    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-    optimizer_state = optimizer.state_dict()
-    for index, slots in optimizer_state["state"].items():
-        for key, value in slots.items():
-            tensors[f"optim/{index}/{key}"] = torch.as_tensor(value)
-    tensors["rng/torch"] = torch.get_rng_state()
-    meta = {**state, "param_groups": optimizer_state["param_groups"], "format": CHECKPOINT_FORMAT}
-    save_tensors_atomic(run_dir / CHECKPOINT_FILE, tensors, {"state": json.dumps(meta)})
-
-
-def load_checkpoint(
-    run_dir: Path, model: ConditionalVAE, optimizer: torch.optim.Optimizer
-) -> dict[str, Any]:
-    """Restore what save_checkpoint wrote; returns its JSON state (step, elapsed, ...)."""
-    path = run_dir / CHECKPOINT_FILE
-    tensors = load_tensors(path)
-    try:
-        meta = json.loads(read_safetensors_metadata(path)["state"])
-    except (KeyError, json.JSONDecodeError):
-        raise CausalSpritesError(f"{path} has no readable training state") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CausalSpritesError(f"{path} has checkpoint format {meta.get('format')!r}")
-    model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-    model.load_state_dict(model_state)
-    slots: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim/"):
-            _, index, name = key.split("/")
-            slots.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": slots, "param_groups": meta.pop("param_groups")})
-    torch.set_rng_state(tensors["rng/torch"])
-    return meta
 
 
 @contextmanager
@@ -460,3 +419,20 @@ def _log_scalars(writer: Any, record: dict[str, Any], step: int) -> None:
         elif isinstance(value, dict):
             for name, inner in value.items():
                 writer.add_scalar(f"{key}/{name}", inner, step)
+
+
+def rewrite_graph(run: str | Path, graph: tuple[tuple[str, str], ...]) -> None:
+    """Give a trained run a new factor DAG: keep the networks, refit every factor's table from
+    the run's training labels under the new parents, and save config and weights."""
+    if str(run) == "pretrained":
+        raise CausalSpritesError("the shipped pretrained run is read-only; copy it first")
+    run_dir = resolve_run(run)
+    model, config = load_model(run_dir)
+    config = replace(config, graph=graph)
+    rebuilt = build_model(config)
+    networks = {k: v for k, v in model.state_dict().items() if not k.startswith("cpt_")}
+    rebuilt.load_state_dict(networks, strict=False)
+    data = DSprites.load(config.data)
+    train_rows, _ = split_rows(data, config)
+    rebuilt.fit_tables(torch.from_numpy(data.classes(train_rows)[:, 1:]))
+    save_model(run_dir, rebuilt, config)

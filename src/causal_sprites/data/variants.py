@@ -26,6 +26,7 @@ from causal_sprites.data.factors import (
 )
 from causal_sprites.data.render import metadata, render
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.runs import atomic_path
 from causal_sprites.scm.graph import FactorGraph, topological_order
 from causal_sprites.scm.mechanisms import sample_gumbels
 
@@ -269,8 +270,6 @@ def sample_classes(spec: VariantSpec) -> tuple[np.ndarray, dict[str, np.ndarray]
 def sample_variant(spec: VariantSpec, out: Path | str) -> Path:
     """Sample the variant and write it atomically as an official-format .npz (imgs, latents_classes,
     latents_values, metadata) plus `noise_<factor>` (N, K) float32 and `spec` (JSON text)."""
-    from causal_sprites.runs import atomic_path  # imports the model; only needed here
-
     classes, noise = sample_classes(spec)
     unique, inverse = np.unique(classes, axis=0, return_inverse=True)
     images = render(unique)[inverse.reshape(-1)]

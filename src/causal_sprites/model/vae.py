@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import pyro
 import pyro.distributions as dist
@@ -195,17 +195,6 @@ class ConditionalVAE(nn.Module):
             pyro.sample("z", self.z_posterior(x, y, features))
 
     # -- losses ------------------------------------------------------------------------------
-    def forward(
-        self,
-        x: Tensor,
-        y: Tensor,
-        classifier_weight: float,
-        noise: Tensor | None = None,
-        uniform: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """The training loss (what DistributedDataParallel calls); see `loss`."""
-        return self.loss(x, y, classifier_weight, noise, uniform)
-
     def loss(
         self,
         x: Tensor,
@@ -232,6 +221,10 @@ class ConditionalVAE(nn.Module):
             "kl": kl.mean(),
             "classifier": classifier.mean(),
         }
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """The training loss (what DistributedDataParallel calls): `loss` with its arguments."""
+        return self.loss(*args, **kwargs)
 
     def elbo_terms(
         self,
