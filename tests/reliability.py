@@ -176,6 +176,7 @@ CASES: list[Case] = [
     Case("CLI arguments", "train without a budget", TRAIN),
     Case("CLI arguments", "unknown preset", (*TRAIN, "--steps", "1", "--preset", "huge")),
     Case("CLI arguments", "unknown split", (*TRAIN, "--steps", "1", "--split", "odd")),
+    Case("CLI arguments", "unknown learning-rate schedule", (*TRAIN, "--steps", "1", "--lr-schedule", "linear")),
     Case("CLI arguments", "negative steps", (*TRAIN, "--steps", "-1")),
     Case("CLI arguments", "unknown device", (*TRAIN, "--steps", "1", "--device", "quantum")),
     Case("CLI arguments", "CUDA asked for, none present", (*TRAIN, "--steps", "1", "--device", "cuda")),
