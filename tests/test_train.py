@@ -19,6 +19,7 @@ from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.runs import load_tensors, read_metrics
+from causal_sprites.runtime import threads_for_load
 from causal_sprites.train import fit, learning_rate
 
 TINY = RunConfig(
@@ -155,3 +156,11 @@ def test_openmp_threads_sleep_unless_the_user_chose(given: str | None, expected:
     loaded = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()]
     assert loaded.index("causal_sprites.openmp") < loaded.index("torch")
     assert done.stdout.strip() == expected
+
+
+def test_a_job_takes_the_cores_that_other_jobs_leave_free() -> None:
+    assert threads_for_load(cores=2, load=0.1) == 2
+    assert threads_for_load(cores=2, load=1.2) == 1
+    assert threads_for_load(cores=2, load=6.0) == 1
+    assert threads_for_load(cores=16, load=3.4) == 13
+    assert 1 <= threads_for_load() <= os.cpu_count()  # type: ignore[operator]

@@ -5,11 +5,13 @@ prints where its output went and which model made it."""
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import typer
 
 from causal_sprites.config import PRESETS
@@ -19,7 +21,7 @@ from causal_sprites.evaluation import evaluate
 from causal_sprites.figures import write_json, write_run_figures
 from causal_sprites.report import write_report
 from causal_sprites.runs import CHECKPOINT_FILE
-from causal_sprites.runtime import choose_device
+from causal_sprites.runtime import choose_device, threads_for_load
 from causal_sprites.scm.queries import CausalModel, load_run
 from causal_sprites.train import fit
 
@@ -71,7 +73,11 @@ def run_demo(
     else:
         default = PRESETS["default"]
         config = replace(default, train=replace(default.train, max_minutes=minutes))
-        fit(run_dir, config, data, choose_device(device), progress=progress)
+        chosen = choose_device(device)
+        if chosen.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(threads_for_load())
+            typer.echo(f"train: {torch.get_num_threads()} torch thread(s) for the cores free now")
+        fit(run_dir, config, data, chosen, progress=progress)
     trained = f"the model trained here ({run_dir})"
     scores, paths = write_outputs(load_run(run_dir), data, out, trained)
     pretrained_scores, pretrained_paths = write_outputs(
