@@ -30,6 +30,7 @@ from causal_sprites.model.nets import (
     PoseDecoder,
     split_factor_logits,
 )
+from causal_sprites.scm.graph import topological_order as factor_order
 
 Graph = Sequence[tuple[str, str]]
 
@@ -42,15 +43,8 @@ def topological_order(graph: Graph) -> list[str]:
                 raise CausalSpritesError(
                     f"unknown factor {name!r} in graph; factors are {', '.join(FACTORS)}"
                 )
-    order: list[str] = []
-    remaining = list(FACTORS)
-    while remaining:
-        ready = [n for n in remaining if all(p in order for p, c in graph if c == n)]
-        if not ready:
-            raise CausalSpritesError(f"graph has a cycle among {', '.join(remaining)}")
-        order.append(ready[0])
-        remaining.remove(ready[0])
-    return order
+    parents = {name: parents_of(graph, name) for name in FACTORS}
+    return list(factor_order(parents, cycle="graph has a cycle among"))
 
 
 def parents_of(graph: Graph, name: str) -> list[str]:

@@ -151,15 +151,17 @@ class FactorGraph:
         return torch.stack([values[n] for n in FACTORS], -1)
 
 
-def topological_order(parents: Mapping[str, Collection[str]]) -> tuple[str, ...]:
-    """The factors in a topological order of {factor: parents} (ties in factor order); raises
-    on a cycle."""
+def topological_order(
+    parents: Mapping[str, Collection[str]], cycle: str = "the edges have a cycle through"
+) -> tuple[str, ...]:
+    """The factors in a topological order of {factor: parents} (ties in factor order); a cycle
+    raises `cycle` followed by the factors on or behind it."""
     order: list[str] = []
     remaining = list(FACTORS)
     while remaining:
-        ready = [n for n in remaining if all(p in order for p in parents[n])]
+        ready = [n for n in remaining if all(p in order for p in parents.get(n, ()))]
         if not ready:
-            raise CausalSpritesError(f"the edges have a cycle through {', '.join(remaining)}")
+            raise CausalSpritesError(f"{cycle} {', '.join(remaining)}")
         order.append(ready[0])
         remaining.remove(ready[0])
     return tuple(order)
