@@ -88,3 +88,16 @@ def test_evaluate_counterfactual_json_has_the_contract_keys(
     plain = runner.invoke(app, [*args, "--num-counterfactuals", "4"])
     assert plain.exit_code == 0 and "ground_truth_iou" in plain.stdout
     assert "identified_factors: shape, scale, orientation, posX, posY" in plain.stdout
+
+
+def test_train_takes_the_schedule_and_the_pixel_sample_from_flags(
+    tiny_data_file: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    train = ["train", "--out", str(run), "--data", str(tiny_data_file), "--preset", "tiny"]
+    flags = ["--steps", "2", "--no-progress", "--lr-schedule", "cosine", "--no-pixel-sample"]
+    assert runner.invoke(app, [*train, *flags]).exit_code == 0
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["train"]["lr_schedule"] == "cosine"
+    assert stored["train"]["pixel_sample"] is False
+    assert stored["model"]["scale_windows"] is True and stored["version"] == 3

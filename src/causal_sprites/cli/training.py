@@ -53,6 +53,9 @@ def train(
     split: Annotated[str | None, typer.Option(help="random or heldout.")] = None,
     subset: Annotated[int | None, typer.Option(min=1, help="Train on N images only.")] = None,
     bf16: Annotated[bool | None, typer.Option(help="bfloat16 autocast.")] = None,
+    pixel_sample: Annotated[
+        bool | None, typer.Option(help="Subsampled (unbiased) reconstruction term in training.")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard events.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -85,6 +88,7 @@ def train(
         "split": split,
         "subset": subset,
         "bf16": bf16,
+        "pixel_sample": pixel_sample,
     }
     train_config = replace(
         base.train,
