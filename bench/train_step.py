@@ -4,7 +4,7 @@ default (windows per scale and a subsampled reconstruction term), interleaved st
 same batches in one process, so the machine's load falls on all alike.
 
 Run `.venv/bin/python bench/train_step.py [--steps 60] [--threads 1]`; writes
-bench/results/train-step.json.
+bench/results/step-time.json.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=60, help="Timed steps per contender.")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS / "train-step.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "step-time.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = DSprites.load()
