@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: causal_sprites/openmp.py
+os.environ.setdefault("GOMP_SPINCOUNT", "3000")  # before torch loads: causal_sprites/openmp.py
 
 import http.server
 import threading

@@ -142,15 +142,21 @@ def test_cosine_schedule_anneals_over_the_budget_and_constant_does_not() -> None
     assert learning_rate(TINY, 99, 100, 1e9) == TINY.train.lr
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_openmp_threads_sleep_unless_the_user_chose(given: str | None, expected: str) -> None:
-    """The package sets OpenMP's wait policy before torch loads (a user's choice is kept)."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if given is not None:
-        env["OMP_WAIT_POLICY"] = given
-    code = "import os, causal_sprites; print(os.environ['OMP_WAIT_POLICY'])"
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [({}, "3000"), ({"GOMP_SPINCOUNT": "7"}, "7"), ({"OMP_WAIT_POLICY": "PASSIVE"}, "unset")],
+)
+def test_openmp_threads_spin_briefly_unless_the_user_chose(
+    given: dict[str, str], expected: str
+) -> None:
+    """The package sets libgomp's spin count before torch loads (a user's choice is kept)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = "import os, causal_sprites; print(os.environ.get('GOMP_SPINCOUNT', 'unset'))"
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code], env=env, capture_output=True, text=True
+        [sys.executable, "-X", "importtime", "-c", code],
+        env={**env, **given},
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     loaded = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()]
