@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -19,7 +20,7 @@ from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.runs import load_tensors, read_metrics
-from causal_sprites.runtime import threads_for_load
+from causal_sprites.runtime import running_elsewhere, threads_for_load
 from causal_sprites.train import fit, learning_rate
 
 TINY = RunConfig(
@@ -165,8 +166,18 @@ def test_openmp_threads_spin_briefly_unless_the_user_chose(
 
 
 def test_a_job_takes_the_cores_that_other_jobs_leave_free() -> None:
-    assert threads_for_load(cores=2, load=0.1) == 2
-    assert threads_for_load(cores=2, load=1.2) == 1
-    assert threads_for_load(cores=2, load=6.0) == 1
-    assert threads_for_load(cores=16, load=3.4) == 13
+    assert threads_for_load(cores=2, busy=0) == 2
+    assert threads_for_load(cores=2, busy=1) == 1
+    assert threads_for_load(cores=2, busy=6) == 1
+    assert threads_for_load(cores=16, busy=3) == 13
     assert 1 <= threads_for_load() <= os.cpu_count()  # type: ignore[operator]
+
+
+def test_a_spinning_process_counts_as_busy() -> None:
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert running_elsewhere() >= 1
+    finally:
+        spinner.kill()
+        spinner.wait()
