@@ -1,6 +1,7 @@
 """Training: exact resume, the NaN guard, metrics and a short end-to-end fit."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -181,3 +182,12 @@ def test_a_spinning_process_counts_as_busy() -> None:
     finally:
         spinner.kill()
         spinner.wait()
+
+
+def test_a_full_canvas_window_trains_with_the_subsampled_term(
+    tiny_data: DSprites, tmp_path: Path
+) -> None:
+    """The uniform draws cover the largest window, whatever its size (here the whole image)."""
+    wide = replace(TINY, model=replace(TINY.model, window=64, scale_windows=False))
+    final = fit(tmp_path, with_steps(wide, 2), tiny_data, CPU, progress=False)
+    assert final["step"] == 2 and math.isfinite(final["test_nelbo"])

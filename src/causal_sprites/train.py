@@ -77,6 +77,7 @@ class Batches:
         self.batch_size = min(config.train.batch_size, len(rows))
         self.z_dim = config.model.z_dim
         self.pixel_sample = config.train.pixel_sample
+        self.window = config.model.window  # the largest decoder window: one draw per pixel
         self.seed = config.train.seed
         self.per_epoch = len(rows) // self.batch_size
         distributed = distributed or Distributed()
@@ -93,7 +94,7 @@ class Batches:
         self, step: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """This rank's images (b, 1, 64, 64) float, labels (b, 5), z noise (b, z_dim) and the
-        uniform draws (b, 32, 32) that pick a subsampled loss's pixels (None: all pixels)."""
+        uniform draws (b, window, window) that pick a subsampled loss's pixels (None: all)."""
         epoch, position = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -106,7 +107,8 @@ class Batches:
         images = unpack_torch(self.packed[chosen]).unsqueeze(1).float()
         uniform = None
         if self.pixel_sample:
-            uniform = torch.rand(self.batch_size, 32, 32, generator=noise_generator)[self.share]
+            shape = (self.batch_size, self.window, self.window)
+            uniform = torch.rand(shape, generator=noise_generator)[self.share]
             uniform = uniform.to(images.device)
         return images, self.labels[chosen], noise.to(images.device), uniform
 

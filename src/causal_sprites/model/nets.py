@@ -249,11 +249,12 @@ class PoseDecoder(nn.Module):
         """Weights (B, 64, 64) of an unbiased subsampled reconstruction term, or None to use all.
 
         In each window: every pixel at the sprite's edge (its 3 x 3 neighbourhood is not all one
-        colour), weight 1, and a uniform sample of the others (drawn with `uniform` (B, 32, 32)),
-        weighted by the inverse of their inclusion probability, 10 pixels per window row in all
-        (Horvitz-Thompson: the weighted sum's expectation is the full log-likelihood). Pixels
-        outside the windows are the cheap background: all kept. A batch with an image whose edge
-        alone fills its sample (not seen in dSprites) is not subsampled."""
+        colour), weight 1, and a uniform sample of the others (drawn with `uniform` (B, W, W), W
+        the largest window), weighted by the inverse of their inclusion probability, 10 pixels
+        per window row in all (Horvitz-Thompson: the weighted sum's expectation is the full
+        log-likelihood). Pixels outside the windows are the cheap background: all kept. A batch
+        with an image whose edge alone fills its sample (not seen in dSprites) is not
+        subsampled."""
         edge = edge_pixels(x.reshape(-1, IMAGE_SIZE, IMAGE_SIZE) > 0.5).reshape(-1)
         weights = torch.ones(len(y) * IMAGE_SIZE**2, device=x.device)
         sizes = self.windows[y[:, 1]]

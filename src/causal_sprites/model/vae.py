@@ -201,8 +201,9 @@ class ConditionalVAE(nn.Module):
 
         Returns the scalar `loss` and its batch-mean parts `recon`, `kl`, `classifier`.
         `noise` (B, z_dim), when given, is the standard normal draw behind z's reparameterised
-        sample, so training randomness can be a pure function of the step; `uniform`
-        (B, 32, 32), when given, draws the pixels of an unbiased subsampled reconstruction term.
+        sample, so training randomness can be a pure function of the step; `uniform` (B, W, W)
+        (W the largest window), when given, draws the pixels of an unbiased subsampled
+        reconstruction term.
         """
         features = self.encoder.features(x)
         weights = self.training_pixels(x, y, uniform)
