@@ -8,6 +8,7 @@ expressed in the sprite's own frame (translation, rotation and zoom read off the
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -190,6 +191,21 @@ class PoseDecoder(nn.Module):
         cols = (origin[:, 0, None, None] + offsets[None, None, :]).expand(shape)
         return rows.reshape(len(y), -1), cols.reshape(len(y), -1)
 
+    def window_groups(self, y: Tensor) -> Iterator[tuple[int, Tensor, Tensor, Tensor, Tensor]]:
+        """Images grouped by window size: (window, the images (b,), their window's canvas rows
+        and columns (b, window**2), and those pixels' places in the flat batch canvas)."""
+        sizes = self.windows[y[:, 1]]
+        for window in sizes.unique().tolist():
+            chosen = (sizes == window).nonzero().squeeze(1)
+            rows, cols = self.window_pixels(y[chosen], window)
+            yield (
+                window,
+                chosen,
+                rows,
+                cols,
+                chosen[:, None] * IMAGE_SIZE**2 + rows * IMAGE_SIZE + cols,
+            )
+
     def sprite_coordinates(self, y: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         """(B, P, 2) coordinates (u, v) in the sprite frame of pixel centres (B, P)."""
         scale = self.scales[y[:, 1]][:, None]
@@ -229,12 +245,8 @@ class PoseDecoder(nn.Module):
         of a size); the others get the background logit."""
         batch = len(y)
         bias = self.image_bias(torch.cat([F.one_hot(y[:, 0], SIZES[0]).float(), z], dim=-1))
-        sizes = self.windows[y[:, 1]]
         places, logits = [], []
-        for window in sizes.unique().tolist():
-            chosen = (sizes == window).nonzero().squeeze(1)
-            rows, cols = self.window_pixels(y[chosen], window)
-            place = chosen[:, None] * IMAGE_SIZE**2 + rows * IMAGE_SIZE + cols
+        for _, chosen, rows, cols, place in self.window_groups(y):
             uv = self.sprite_coordinates(y[chosen], rows.float(), cols.float())
             if keep is not None:
                 kept = keep.reshape(-1)[place]
@@ -257,11 +269,7 @@ class PoseDecoder(nn.Module):
         subsampled."""
         edge = edge_pixels(x.reshape(-1, IMAGE_SIZE, IMAGE_SIZE) > 0.5).reshape(-1)
         weights = torch.ones(len(y) * IMAGE_SIZE**2, device=x.device)
-        sizes = self.windows[y[:, 1]]
-        for window in sizes.unique().tolist():
-            chosen = (sizes == window).nonzero().squeeze(1)
-            rows, cols = self.window_pixels(y[chosen], window)
-            place = chosen[:, None] * IMAGE_SIZE**2 + rows * IMAGE_SIZE + cols
+        for window, chosen, _, _, place in self.window_groups(y):
             on_edge = edge[place]
             count, num_edge = PIXELS_PER_ROW * window, on_edge.sum(1, keepdim=True)
             if count >= window**2:
