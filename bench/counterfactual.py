@@ -64,7 +64,7 @@ from torch import Tensor
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import FACTORS, SIZES
 from causal_sprites.metrics import iou
-from causal_sprites.model.vae import ConditionalVAE, parents_of
+from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.runtime import choose_device
 from causal_sprites.scm.queries import CausalModel, load_run
 from causal_sprites.scm.structural import StructuralModel
@@ -127,7 +127,7 @@ def relaxed_model(scm: RecordingModel, x: Tensor, y: Tensor, temperature: float)
     # The SCM's plates, by other names: a plate's name is a site of its own, taken by the SCM.
     with pyro.plate("obs_samples", 1, dim=-2), pyro.plate("obs_data", 1, dim=-1):
         for i, name in enumerate(FACTORS):
-            parents = {p: trace.nodes[p]["value"] for p in parents_of(vae.graph, name)}
+            parents = {p: trace.nodes[p]["value"] for p in vae.parents[name]}
             logits = vae.factor_dist(name, parents).logits
             noise = trace.nodes[f"u_{name}"]["value"]
             pyro.sample(

@@ -25,7 +25,8 @@ from causal_sprites.metrics import (
     sampling_floor,
     total_variation,
 )
-from causal_sprites.model.vae import ConditionalVAE, parents_of
+from causal_sprites.model.vae import ConditionalVAE
+from causal_sprites.scm.graph import parents_from_edges
 from causal_sprites.scm.queries import CausalModel
 from causal_sprites.scm.results import SampleResult
 
@@ -110,7 +111,9 @@ def _model(graph: tuple[tuple[str, str], ...], tables: dict[str, np.ndarray]) ->
 def _true_model(spec: VariantSpec) -> CausalModel:
     """The spec's own tables in a model over its graph."""
     for name in FACTORS:
-        assert list(spec.parents[name]) == parents_of(spec.edges, name)  # same table layout
+        assert list(spec.parents[name]) == list(
+            parents_from_edges(spec.edges)[name]
+        )  # same table layout
     return _model(spec.edges, spec.tables)
 
 

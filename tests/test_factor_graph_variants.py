@@ -21,7 +21,7 @@ from causal_sprites.data.variants import (
     true_counterfactual,
 )
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.scm.graph import FactorGraph
+from causal_sprites.scm.graph import FactorGraph, parents_from_edges
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "variants"
 #: Two parents, a table with zero weights and two `shift` mechanisms: every path of the SCM.
@@ -157,3 +157,31 @@ def test_topological_order_refuses_a_cycle() -> None:
     chain = {n: () for n in FACTORS} | {"shape": ("posY",), "scale": ("posX",)}
     assert FactorGraph(chain, logs).order == ["orientation", "posX", "scale", "posY", "shape"]
     assert FactorGraph({n: () for n in FACTORS}, logs).order == list(FACTORS)
+
+
+def test_log_prob_is_the_enumerated_joint_at_each_tuple() -> None:
+    graph = PINNED.graph
+    classes, _ = sample_classes(PINNED)
+    tuples = torch.from_numpy(classes[:500])
+    expected = graph.log_joint()[tuple(tuples.T)]
+    assert torch.allclose(graph.log_prob(tuples), expected, rtol=0, atol=1e-12)
+
+
+def test_fit_counts_classes_per_parent_row() -> None:
+    classes = torch.zeros(10, 5, dtype=torch.long)
+    classes[:4, 0], classes[:3, 1] = 2, 5  # three of four hearts are big; six squares small
+    fitted = FactorGraph.fit({"scale": ("shape",)}, classes, smoothing=0.5)
+    probs = fitted.log_tables["scale"].exp()
+    assert probs[2, 5].item() == pytest.approx(3.5 / 7) and probs[2, 0].item() == pytest.approx(
+        1.5 / 7
+    )
+    assert probs[0, 0].item() == pytest.approx(6.5 / 9) and probs[1].tolist() == pytest.approx(
+        [1 / 6] * 6
+    )
+    assert fitted.log_tables["posX"].shape == (32,) and fitted.parents["posX"] == ()
+
+
+def test_edges_with_an_unknown_factor_are_refused() -> None:
+    with pytest.raises(CausalSpritesError, match="unknown factor 'size'"):
+        parents_from_edges([("shape", "size")])
+    assert parents_from_edges([("posY", "shape"), ("scale", "shape")])["shape"] == ("scale", "posY")

@@ -12,11 +12,14 @@ from pyro.infer import TraceMeanField_ELBO
 from torch.nn import functional as F
 
 from causal_sprites.config import ModelConfig, RunConfig
+from causal_sprites.data.factors import FACTORS
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.nets import PoseDecoder, edge_pixels
+from causal_sprites.model.readout import log_prior
 from causal_sprites.model.vae import ConditionalVAE, topological_order
 from causal_sprites.runs import load_model, save_model
+from causal_sprites.scm.graph import FactorGraph
 
 SMALL = ModelConfig(decoder_hidden=16, num_frequencies=2, encoder_channels=4, encoder_hidden=16)
 
@@ -84,6 +87,22 @@ def test_factor_tables_follow_the_graph_and_the_labels() -> None:
     heart = model.factor_dist("scale", {"shape": torch.tensor([2])})
     assert torch.isfinite(model.cpt("posX")).all()
     assert heart.probs[0, 5].item() == pytest.approx(501 / 506)
+
+
+def test_the_model_holds_one_factor_graph_of_its_own_tables() -> None:
+    model = ConditionalVAE(SMALL, graph=[("shape", "scale"), ("scale", "posX")])
+    y = random_batch(400, seed=3)[1]
+    model.fit_tables(y)
+    graph = model.factors
+    assert graph.parents["posX"] == ("scale",) and graph.parents["shape"] == ()
+    assert graph.log_tables["scale"] is model.cpt("scale")  # live: training and .to() move it
+    fitted = FactorGraph.fit(graph.parents, y)
+    assert torch.allclose(graph.exact().log_tables["posX"], fitted.log_tables["posX"], atol=1e-6)
+    by_hand = sum(
+        model.factor_dist(name, {n: y[:, j] for j, n in enumerate(FACTORS)}).log_prob(y[:, i])
+        for i, name in enumerate(FACTORS)
+    )
+    assert torch.allclose(log_prior(model, y), by_hand, atol=1e-5)
 
 
 def test_topological_order_and_bad_graphs() -> None:

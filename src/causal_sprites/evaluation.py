@@ -181,7 +181,7 @@ def score_counterfactuals(
     edges = list(variant[0].edges if variant is not None else model.config.graph)
     model_graph = model.factor_graph
     true_graph = (
-        FactorGraph.from_tables(variant[0].parents, variant[0].tables)
+        variant[0].graph
         if variant is not None
         else FactorGraph.from_tables(
             {}, {n: np.ones(k) / k for n, k in zip(FACTORS, SIZES, strict=True)}

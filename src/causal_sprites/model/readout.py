@@ -23,7 +23,7 @@ from torch.distributions import kl_divergence
 from torch.nn import functional as F
 
 from causal_sprites.data.factors import EQUIVALENT_ORIENTATIONS, FACTORS, SIZES
-from causal_sprites.model.vae import ConditionalVAE, parents_of
+from causal_sprites.model.vae import ConditionalVAE
 
 #: A class the classifier gives at least this probability is scored, up to MAX_LIKELY classes
 #: per factor (the most probable): a flat classifier would otherwise propose every class.
@@ -85,12 +85,7 @@ class FactorPosterior:
 
 def log_prior(vae: ConditionalVAE, tuples: Tensor) -> Tensor:
     """log p(y) (N,) of factor tuples (N, 5) under the model's factor tables."""
-    values = {name: tuples[:, i] for i, name in enumerate(FACTORS)}
-    total = torch.zeros(len(tuples), device=tuples.device)
-    for i, name in enumerate(FACTORS):
-        parents = {p: values[p] for p in parents_of(vae.graph, name)}
-        total = total + vae.factor_dist(name, parents).log_prob(tuples[:, i])
-    return total
+    return vae.factors.log_prob(tuples)
 
 
 def elbo(vae: ConditionalVAE, images: Tensor, features: Tensor, tuples: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ from causal_sprites.model.nets import (
     PoseDecoder,
     split_factor_logits,
 )
+from causal_sprites.scm.graph import FactorGraph, parents_from_edges
 from causal_sprites.scm.graph import topological_order as factor_order
 
 Graph = Sequence[tuple[str, str]]
@@ -37,19 +38,7 @@ Graph = Sequence[tuple[str, str]]
 
 def topological_order(graph: Graph) -> list[str]:
     """Factors ordered parents first (ties in the fixed factor order); a cycle is refused."""
-    for parent, child in graph:
-        for name in (parent, child):
-            if name not in FACTORS:
-                raise CausalSpritesError(
-                    f"unknown factor {name!r} in graph; factors are {', '.join(FACTORS)}"
-                )
-    parents = {name: parents_of(graph, name) for name in FACTORS}
-    return list(factor_order(parents, cycle="graph has a cycle among"))
-
-
-def parents_of(graph: Graph, name: str) -> list[str]:
-    """Parents of a factor, in the fixed factor order."""
-    return [p for p in FACTORS if (p, name) in set(graph)]
+    return list(factor_order(parents_from_edges(graph), cycle="graph has a cycle among"))
 
 
 class ConditionalVAE(nn.Module):
@@ -59,6 +48,7 @@ class ConditionalVAE(nn.Module):
         super().__init__()
         self.config = config
         self.graph = tuple((str(a), str(b)) for a, b in graph)
+        self.parents = parents_from_edges(self.graph)
         self.order = topological_order(self.graph)
         self.encoder: ConvEncoder | MLPEncoder
         self.decoder: PoseDecoder | MLPDecoder
@@ -78,7 +68,7 @@ class ConditionalVAE(nn.Module):
         else:
             raise CausalSpritesError(f"unknown decoder {config.decoder!r}; use 'pose' or 'mlp'")
         for name in FACTORS:
-            sizes = [SIZES[FACTORS.index(p)] for p in parents_of(self.graph, name)]
+            sizes = [SIZES[FACTORS.index(p)] for p in self.parents[name]]
             size = SIZES[FACTORS.index(name)]
             self.register_buffer(f"cpt_{name}", torch.full((*sizes, size), -math.log(size)))
 
@@ -89,29 +79,25 @@ class ConditionalVAE(nn.Module):
         (a user's image may show a combination training never saw) while adding at most 4 pseudo
         observations to a row of 40 classes; add-one smoothing added 40 and visibly flattened rare
         rows (TV 0.041 against 0.026 for P(shape | posY = 31) on the collider variant)."""
+        fitted = FactorGraph.fit(self.parents, y, smoothing)
         for name in FACTORS:
-            parents = parents_of(self.graph, name)
-            columns = [FACTORS.index(p) for p in [*parents, name]]
-            shape = [SIZES[c] for c in columns]
-            flat = torch.zeros(math.prod(shape), dtype=torch.float64)
-            index = torch.zeros(len(y), dtype=torch.long)
-            for column, size in zip(columns, shape, strict=True):
-                index = index * size + y[:, column].long().cpu()
-            counts = flat.index_add_(0, index, torch.ones(len(y), dtype=torch.float64))
-            counts = counts.view(shape) + smoothing
-            log_probs = (counts / counts.sum(-1, keepdim=True)).log().float()
-            self.cpt(name).copy_(log_probs)
+            self.cpt(name).copy_(fitted.log_tables[name].float())
 
     # -- one conditional per variable -------------------------------------------------------
     def cpt(self, name: str) -> Tensor:
-        """Log-probability table of a factor, (*parent sizes, K)."""
+        """Log-probability table of a factor, (*parent sizes, K): the storage of `factors`."""
         table: Tensor = getattr(self, f"cpt_{name}")
         return table
 
-    def factor_dist(self, name: str, parents: dict[str, Tensor]) -> dist.Categorical:
-        """p(factor | its parents): a row of its conditional probability table per image."""
-        index = tuple(parents[parent] for parent in parents_of(self.graph, name))
-        return dist.Categorical(logits=self.cpt(name)[index] if index else self.cpt(name))
+    @property
+    def factors(self) -> FactorGraph:
+        """The factor-level SCM: the graph with the learned tables (live, on the model's device;
+        `.exact()` for a float64 copy)."""
+        return FactorGraph(self.parents, {name: self.cpt(name) for name in FACTORS})
+
+    def factor_dist(self, name: str, values: dict[str, Tensor]) -> dist.Categorical:
+        """p(factor | its parents) for parent classes in `values`: a table row per image."""
+        return dist.Categorical(logits=self.factors.logits(name, values))
 
     def z_dist(self, batch_size: int) -> dist.TorchDistribution:
         """p(z) = Normal(0, I)."""

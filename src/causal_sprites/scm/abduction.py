@@ -15,7 +15,7 @@ from torch.distributions import kl_divergence
 
 from causal_sprites.data.factors import FACTORS
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.model.vae import ConditionalVAE, parents_of
+from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.scm.mechanisms import gumbel_posterior, pixel_noise_posterior
 from causal_sprites.scm.structural import StructuralModel
 
@@ -35,9 +35,9 @@ def exact_noise(
     """The exact noise posterior of images (B, 64, 64) with labels (B, 5) and decoder means
     probs: truncated Gumbels per factor, Uniform(0, p) / Uniform(p, 1) per pixel; S samples."""
     noise = {}
+    values = {name: labels[:, i] for i, name in enumerate(FACTORS)}
     for i, name in enumerate(FACTORS):
-        parents = {p: labels[:, FACTORS.index(p)] for p in parents_of(vae.graph, name)}
-        logits = vae.factor_dist(name, parents).logits
+        logits = vae.factor_dist(name, values).logits
         noise[f"u_{name}"] = gumbel_posterior(logits, labels[:, i], num_samples=num_samples)
     shape = (num_samples, *x.shape)
     noise["u_x"] = pixel_noise_posterior(x, probs, torch.rand(shape, device=x.device))

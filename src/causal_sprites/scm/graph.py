@@ -47,6 +47,32 @@ class FactorGraph:
             logs[name] = table.clamp_min(0).log()
         return cls({n: tuple(parents.get(n, ())) for n in FACTORS}, logs)
 
+    @classmethod
+    def fit(
+        cls, parents: Mapping[str, tuple[str, ...]], classes: Tensor, smoothing: float = 0.1
+    ) -> FactorGraph:
+        """Tables of smoothed frequencies of classes (N, 5): `smoothing` pseudo-counts per cell,
+        so every log-probability stays finite (float64, on the CPU)."""
+        logs = {}
+        for name in FACTORS:
+            columns = [FACTORS.index(p) for p in [*parents.get(name, ()), name]]
+            shape = [SIZES[c] for c in columns]
+            index = torch.zeros(len(classes), dtype=torch.long)
+            for column, size in zip(columns, shape, strict=True):
+                index = index * size + classes[:, column].long().cpu()
+            counts = torch.zeros(math.prod(shape), dtype=torch.float64)
+            counts = counts.index_add_(0, index, torch.ones(len(classes), dtype=torch.float64))
+            counts = counts.view(shape) + smoothing
+            logs[name] = (counts / counts.sum(-1, keepdim=True)).log()
+        return cls({n: tuple(parents.get(n, ())) for n in FACTORS}, logs)
+
+    def exact(self) -> FactorGraph:
+        """A float64 CPU copy, each table row renormalised: for enumeration and comparisons."""
+        logs = {
+            n: torch.log_softmax(t.detach().cpu().double(), -1) for n, t in self.log_tables.items()
+        }
+        return FactorGraph(self.parents, logs)
+
     @property
     def order(self) -> list[str]:
         """Factors parents first (ties in factor order)."""
@@ -64,6 +90,21 @@ class FactorGraph:
         """log p(name | parents) (..., K) for parent classes given in `values`."""
         index = tuple(values[p] for p in self.parents[name])
         return self.log_tables[name][index] if index else self.log_tables[name]
+
+    def log_prob(self, classes: Tensor) -> Tensor:
+        """log p(y) (N,) of class tuples (N, 5) under the tables."""
+        values = {n: classes[:, i] for i, n in enumerate(FACTORS)}
+        return sum(
+            (
+                self.logits(name, values)
+                .expand(len(classes), -1)
+                .gather(-1, values[name][:, None])[:, 0]
+                for name in FACTORS
+            ),
+            torch.zeros(
+                len(classes), dtype=self.log_tables[FACTORS[0]].dtype, device=classes.device
+            ),
+        )
 
     def mechanism(self, name: str, values: Mapping[str, Tensor], noise: Tensor) -> Tensor:
         """Y_name = argmax_k(log p(k | parents) + G_k) for parent classes in `values` and Gumbel
@@ -149,6 +190,18 @@ class FactorGraph:
             )
             values[name] = self.mechanism(name, values, noise)
         return torch.stack([values[n] for n in FACTORS], -1)
+
+
+def parents_from_edges(edges: Collection[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+    """{factor: its parents in factor order} of (parent, child) edges; an unknown name is
+    refused."""
+    for edge in edges:
+        for name in edge:
+            if name not in FACTORS:
+                raise CausalSpritesError(
+                    f"unknown factor {name!r} in graph; factors are {', '.join(FACTORS)}"
+                )
+    return {child: tuple(p for p in FACTORS if (p, child) in set(edges)) for child in FACTORS}
 
 
 def topological_order(

@@ -19,7 +19,7 @@ from causal_sprites.config import RunConfig
 from causal_sprites.data.factors import FACTORS, normalize_assignments
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import DRAW_TOP, FactorPosterior, infer_posterior
-from causal_sprites.model.vae import ConditionalVAE, parents_of
+from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.runs import load_model, read_likelihood_range, resolve_run
 from causal_sprites.runtime import choose_device
 from causal_sprites.scm import distribution
@@ -165,11 +165,7 @@ class CausalModel:
     @property
     def factor_graph(self) -> FactorGraph:
         """The model's factor SCM: its graph and learned tables."""
-        parents = {n: tuple(parents_of(self.model.graph, n)) for n in FACTORS}
-        logs = {
-            n: torch.log_softmax(self.model.cpt(n).detach().cpu().double(), -1) for n in FACTORS
-        }
-        return FactorGraph(parents, logs)
+        return self.model.factors.exact()
 
     def posterior(self, evidence: Mapping[str, Value] | None = None) -> dict[str, np.ndarray]:
         """Exact marginals p(factor | evidence) {factor: (K,)}: the factor network enumerated."""
