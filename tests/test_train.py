@@ -64,7 +64,7 @@ def test_stopped_and_resumed_run_is_bit_identical(tiny_data: DSprites, tmp_path:
     assert steps == sorted(set(steps))  # no duplicated log lines after the resume
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "decay"])
 def test_crash_between_checkpoints_resumes_bit_identically(
     tiny_data: DSprites, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schedule: str
 ) -> None:
@@ -142,6 +142,16 @@ def test_cosine_schedule_anneals_over_the_budget_and_constant_does_not() -> None
     assert learning_rate(timed, 0, None, 60.0) == pytest.approx(0.51e-3)
     assert learning_rate(timed, 50, 100, 120.0) == pytest.approx(0.02e-3)
     assert learning_rate(TINY, 99, 100, 1e9) == TINY.train.lr
+
+
+def test_decay_schedule_is_constant_then_anneals_over_the_last_fifth() -> None:
+    decay = replace(TINY, train=replace(TINY.train, lr=1e-3, lr_schedule="decay"))
+    rates = [learning_rate(decay, step, 100, 0.0) for step in range(0, 101, 10)]
+    assert rates[:9] == [pytest.approx(1e-3)] * 9  # steps 0 to 80
+    assert rates[9] == pytest.approx(0.51e-3)  # half-way through the last fifth
+    assert rates[10] == pytest.approx(0.02e-3)
+    timed = replace(decay, train=replace(decay.train, max_minutes=10.0))
+    assert learning_rate(timed, 10, None, 540.0) == pytest.approx(0.51e-3)
 
 
 @pytest.mark.parametrize(

@@ -41,8 +41,9 @@ class TrainConfig:
 
     batch_size: int = 256
     lr: float = 2e-3
-    #: "cosine" anneals the learning rate to 2 % over the budget (steps, epochs or minutes).
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    #: "cosine" anneals the learning rate to 2 % over the budget (steps, epochs or minutes);
+    #: "decay" keeps it constant, then anneals it so over the budget's last fifth.
+    lr_schedule: Literal["constant", "cosine", "decay"] = "constant"
     #: An unbiased subsampled reconstruction term: the sprite's edge and a sample of the rest.
     pixel_sample: bool = True
     classifier_weight: float = 1.0

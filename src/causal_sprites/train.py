@@ -124,9 +124,14 @@ def split_rows(data: DSprites, config: RunConfig) -> tuple[np.ndarray, np.ndarra
     return train_rows, test_rows
 
 
+#: The share of the budget over which the "decay" schedule anneals, after a constant rate.
+DECAY_SHARE = 0.2
+
+
 def learning_rate(config: RunConfig, step: int, steps: int | None, elapsed: float) -> float:
-    """The learning rate of the next step: constant, or cosine-annealed to 2 % of `lr` over the
-    budget (the larger of the step and the time fraction used, so a resume continues it)."""
+    """The learning rate of the next step: constant; cosine-annealed to 2 % of `lr` over the
+    budget; or ("decay") constant, then so annealed over the budget's last DECAY_SHARE. The
+    budget used is the larger of the step and the time fraction, so a resume continues it."""
     train = config.train
     if train.lr_schedule == "constant":
         return train.lr
@@ -134,6 +139,8 @@ def learning_rate(config: RunConfig, step: int, steps: int | None, elapsed: floa
     if train.max_minutes:
         used.append(elapsed / (60 * train.max_minutes))
     fraction = min(max(used, default=0.0), 1.0)
+    if train.lr_schedule == "decay":
+        fraction = max(fraction - (1 - DECAY_SHARE), 0.0) / DECAY_SHARE
     return train.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * fraction)))
 
 

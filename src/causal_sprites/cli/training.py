@@ -48,7 +48,11 @@ def train(
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     lr: Annotated[float | None, typer.Option(min=0)] = None,
     lr_schedule: Annotated[
-        str | None, typer.Option(help="constant, or cosine (anneal to 2 % over the budget).")
+        str | None,
+        typer.Option(
+            help="constant; cosine (anneal to 2 % over the budget); decay (constant, then "
+            "anneal over the budget's last fifth)."
+        ),
     ] = None,
     split: Annotated[str | None, typer.Option(help="random or heldout.")] = None,
     subset: Annotated[int | None, typer.Option(min=1, help="Train on N images only.")] = None,
@@ -72,8 +76,10 @@ def train(
 
     if preset not in PRESETS:
         raise CausalSpritesError(f"unknown preset {preset!r}; choose {', '.join(PRESETS)}")
-    if lr_schedule not in (None, "constant", "cosine"):
-        raise CausalSpritesError(f"unknown --lr-schedule {lr_schedule!r}; use constant or cosine")
+    if lr_schedule not in (None, "constant", "cosine", "decay"):
+        raise CausalSpritesError(
+            f"unknown --lr-schedule {lr_schedule!r}; use constant, cosine or decay"
+        )
     if split not in (None, "random", "heldout"):
         raise CausalSpritesError(f"unknown split {split!r}; use random or heldout")
     if minutes is None and epochs is None and steps is None:
