@@ -20,9 +20,9 @@ from causal_sprites.data.factors import NUM_IMAGES, index_to_classes
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
-from causal_sprites.runs import load_tensors, read_metrics
+from causal_sprites.runs import build_model, load_tensors, read_metrics
 from causal_sprites.runtime import running_elsewhere, threads_for_load
-from causal_sprites.train import fit, learning_rate
+from causal_sprites.train import fit, learning_rate, parameter_groups
 
 TINY = RunConfig(
     model=ModelConfig(decoder_hidden=16, num_frequencies=2, encoder_channels=4, encoder_hidden=16),
@@ -64,11 +64,18 @@ def test_stopped_and_resumed_run_is_bit_identical(tiny_data: DSprites, tmp_path:
     assert steps == sorted(set(steps))  # no duplicated log lines after the resume
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine", "decay"])
+@pytest.mark.parametrize(
+    ("schedule", "decoder_lr"), [("constant", None), ("cosine", None), ("decay", 0.01)]
+)
 def test_crash_between_checkpoints_resumes_bit_identically(
-    tiny_data: DSprites, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schedule: str
+    tiny_data: DSprites,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    schedule: str,
+    decoder_lr: float | None,
 ) -> None:
-    config = with_steps(replace(TINY, train=replace(TINY.train, lr_schedule=schedule)), 12)
+    train = replace(TINY.train, lr_schedule=schedule, decoder_lr=decoder_lr)
+    config = with_steps(replace(TINY, train=train), 12)
     fit(tmp_path / "whole", config, tiny_data, CPU, progress=False)
     calls = {"n": 0}
     original_step = torch.optim.Adam.step
@@ -142,6 +149,28 @@ def test_cosine_schedule_anneals_over_the_budget_and_constant_does_not() -> None
     assert learning_rate(timed, 0, None, 60.0) == pytest.approx(0.51e-3)
     assert learning_rate(timed, 50, 100, 120.0) == pytest.approx(0.02e-3)
     assert learning_rate(TINY, 99, 100, 1e9) == TINY.train.lr
+
+
+def test_the_decoder_learns_at_its_own_rate_and_the_schedule_scales_both() -> None:
+    model = build_model(TINY)
+    one = parameter_groups(model, TINY)
+    assert len(one) == 1 and len(one[0]["params"]) == len(list(model.parameters()))
+    split = replace(TINY, train=replace(TINY.train, lr=1e-3, decoder_lr=8e-3))
+    rest, decoder = parameter_groups(model, split)
+    assert {id(p) for p in decoder["params"]} == {id(p) for p in model.decoder.parameters()}
+    assert len(rest["params"]) + len(decoder["params"]) == len(list(model.parameters()))
+    assert (rest["lr"], decoder["lr"]) == (1e-3, 8e-3)
+    encoder_before = [p.detach().clone() for p in model.encoder.parameters()]
+    decoder_before = [p.detach().clone() for p in model.decoder.parameters()]
+    optimizer = torch.optim.Adam(parameter_groups(model, split))
+    x, y = (torch.rand(8, 1, 64, 64) < 0.2).float(), torch.zeros(8, 5, dtype=torch.long)
+    model.loss(x, y, 1.0)["loss"].backward()
+    optimizer.step()  # Adam's first step moves every weight by about its rate
+    moved = [
+        max((p - q).abs().max().item() for p, q in zip(module.parameters(), before, strict=True))
+        for module, before in ((model.encoder, encoder_before), (model.decoder, decoder_before))
+    ]
+    assert moved[0] == pytest.approx(1e-3, rel=0.01) and moved[1] == pytest.approx(8e-3, rel=0.01)
 
 
 def test_decay_schedule_is_constant_then_anneals_over_the_last_fifth() -> None:

@@ -41,6 +41,8 @@ class TrainConfig:
 
     batch_size: int = 256
     lr: float = 2e-3
+    #: The decoder's learning rate (None: `lr`); the schedule scales both alike.
+    decoder_lr: float | None = None
     #: "cosine" anneals the learning rate to 2 % over the budget (steps, epochs or minutes);
     #: "decay" keeps it constant, then anneals it so over the budget's last fifth.
     lr_schedule: Literal["constant", "cosine", "decay"] = "constant"

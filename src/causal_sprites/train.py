@@ -129,19 +129,38 @@ DECAY_SHARE = 0.2
 
 
 def learning_rate(config: RunConfig, step: int, steps: int | None, elapsed: float) -> float:
-    """The learning rate of the next step: constant; cosine-annealed to 2 % of `lr` over the
-    budget; or ("decay") constant, then so annealed over the budget's last DECAY_SHARE. The
-    budget used is the larger of the step and the time fraction, so a resume continues it."""
+    """The learning rate of the next step: `lr` times `lr_factor`."""
+    return config.train.lr * lr_factor(config, step, steps, elapsed)
+
+
+def lr_factor(config: RunConfig, step: int, steps: int | None, elapsed: float) -> float:
+    """The schedule's factor of the next step: 1 (constant); cosine-annealed to 0.02 over the
+    budget; or ("decay") 1, then so annealed over the budget's last DECAY_SHARE. The budget
+    used is the larger of the step and the time fraction, so a resume continues it."""
     train = config.train
     if train.lr_schedule == "constant":
-        return train.lr
+        return 1.0
     used = [step / steps] if steps else []
     if train.max_minutes:
         used.append(elapsed / (60 * train.max_minutes))
     fraction = min(max(used, default=0.0), 1.0)
     if train.lr_schedule == "decay":
         fraction = max(fraction - (1 - DECAY_SHARE), 0.0) / DECAY_SHARE
-    return train.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * fraction)))
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * fraction))
+
+
+def parameter_groups(model: ConditionalVAE, config: RunConfig) -> list[dict[str, Any]]:
+    """Adam's parameter groups: everything at `lr`, or with `decoder_lr` the decoder apart (it
+    learns the images and takes a far higher rate than the classifier sharing the encoder)."""
+    train = config.train
+    if train.decoder_lr is None:
+        return [{"params": list(model.parameters()), "lr": train.lr}]
+    decoder = {id(p) for p in model.decoder.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in decoder]
+    return [
+        {"params": rest, "lr": train.lr},
+        {"params": list(model.decoder.parameters()), "lr": train.decoder_lr},
+    ]
 
 
 def total_steps(config: RunConfig, per_epoch: int) -> int | None:
@@ -307,7 +326,9 @@ def _fit(
     model = build_model(config)
     model.fit_tables(labels[torch.from_numpy(train_rows).to(device)].cpu())
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
+    groups = parameter_groups(model, config)
+    base_rates = [group["lr"] for group in groups]
+    optimizer = torch.optim.Adam(groups)
     batches = Batches(packed, labels, train_rows, config, distributed)
     steps = total_steps(config, batches.per_epoch)
     step, elapsed = 0, 0.0
@@ -350,8 +371,9 @@ def _fit(
         finished = done(used)
         while not finished:
             started = time.monotonic()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step, steps, used)
+            factor = lr_factor(config, step, steps, used)
+            for group, rate in zip(optimizer.param_groups, base_rates, strict=True):
+                group["lr"] = rate * factor
             x, y, noise, uniform = batches(step)
             with autocast(device, train_cfg.bf16):
                 parts = trainer(x, y, train_cfg.classifier_weight, noise, uniform)

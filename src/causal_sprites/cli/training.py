@@ -47,6 +47,9 @@ def train(
     graph: Annotated[str | None, typer.Option(help='Factor DAG, e.g. "shape->scale".')] = None,
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     lr: Annotated[float | None, typer.Option(min=0)] = None,
+    decoder_lr: Annotated[
+        float | None, typer.Option(min=0, help="The decoder's learning rate (default: --lr's).")
+    ] = None,
     lr_schedule: Annotated[
         str | None,
         typer.Option(
@@ -90,6 +93,7 @@ def train(
         "checkpoint_every": checkpoint_every,
         "batch_size": batch_size,
         "lr": lr,
+        "decoder_lr": decoder_lr,
         "lr_schedule": lr_schedule,
         "split": split,
         "subset": subset,
