@@ -1,5 +1,6 @@
 """Training benchmark: the issue's MLP baseline, our previous default (one 32-pixel decoder
-window for every scale, every pixel in the loss) and today's default, side by side, same data,
+window for every scale, every pixel in the loss, one learning rate of 2e-3 for all, constant)
+and today's default, side by side, same data,
 split and wall-clock budget; test NELBO, images/s, FLOPs per image, fraction of the matmul peak,
 and the NELBO at the steps both defaults reached (same or better per step?).
 
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from causal_sprites.config import PRESETS, RunConfig
+from causal_sprites.config import PRESETS, RunConfig, TrainConfig
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.runs import read_metrics
 from causal_sprites.runtime import choose_device
@@ -106,10 +107,10 @@ def main() -> None:
     device = choose_device(args.device)
     data = None if args.side_by_side else DSprites.load()
     default = PRESETS["default"]
-    previous = replace(
+    previous = replace(  # one rate of 2e-3 for all, constant (TrainConfig's own defaults)
         default,
         model=replace(default.model, scale_windows=False),
-        train=replace(default.train, pixel_sample=False),
+        train=replace(TrainConfig(), pixel_sample=False),
     )
     contenders = [("baseline", PRESETS["baseline"]), ("default", default), ("previous", previous)]
     if args.fp32_too:
