@@ -223,6 +223,7 @@ CASES: list[Case] = [
     Case("variant spec", "a row summing to zero", VARIANT, _spec(BAD_TABLE + "[[0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]\n")),
     Case("variant spec", "no samples", VARIANT, _write("spec.yaml", b"num_samples: 0\n")),
     Case("variant spec", "truth spec for discovery missing", ("discover", "--data", "{data}", "--truth", "{tmp}/none.yaml")),
+    Case("CLI arguments", "negative decoder learning rate", (*TRAIN, "--steps", "1", "--decoder-lr", "-1")),
 ]  # fmt: skip
 
 runner = CliRunner()

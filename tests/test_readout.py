@@ -21,7 +21,7 @@ from causal_sprites.data.factors import (
 from causal_sprites.data.render import render
 from causal_sprites.discovery import discover, discover_from_images
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.model.readout import FactorPosterior, likelihood_range
+from causal_sprites.model.readout import HIGHEST_THRESHOLD, FactorPosterior, likelihood_range
 from causal_sprites.runs import LIKELIHOOD_FILE, read_likelihood_range
 from causal_sprites.scm.queries import CausalModel
 from tests.cli_run import run
@@ -158,10 +158,15 @@ def test_posterior_draws_of_independent_factors_find_no_edge() -> None:
 
 
 def test_likelihood_range_threshold_and_malformed_file(tmp_path: Path) -> None:
-    usual = likelihood_range(np.linspace(-10, 0, 101))
-    assert usual["low"] == pytest.approx(-9.9) and usual["median"] == pytest.approx(-5.0)
-    assert usual["threshold"] == pytest.approx(-9.0 - 20 * 4.0)
+    usual = likelihood_range(np.linspace(-20, 0, 101))
+    assert usual["low"] == pytest.approx(-19.8) and usual["median"] == pytest.approx(-10.0)
+    assert usual["threshold"] == pytest.approx(-18.0 - 20 * 8.0)
+    # A near-perfect model: the quantile rule would refuse real images 11 nats down; capped.
+    assert likelihood_range(np.linspace(-1, 0, 101))["threshold"] == HIGHEST_THRESHOLD
     assert read_likelihood_range(tmp_path) is None
+    recorded = {"low": -1.5, "median": -0.01, "high": 0.0, "threshold": -10.5}
+    (tmp_path / LIKELIHOOD_FILE).write_text(json.dumps(recorded))  # before the cap existed
+    assert read_likelihood_range(tmp_path) == {**recorded, "threshold": HIGHEST_THRESHOLD}
     (tmp_path / LIKELIHOOD_FILE).write_text("{not json")
     with pytest.raises(CausalSpritesError, match=r"likelihood\.json is malformed"):
         read_likelihood_range(tmp_path)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from causal_sprites.config import RunConfig
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.readout import HIGHEST_THRESHOLD
 from causal_sprites.model.vae import ConditionalVAE
 
 CONFIG_FILE = "config.json"
@@ -182,9 +183,11 @@ def read_likelihood_range(run_dir: Path) -> dict[str, float] | None:
         return None
     try:
         usual = json.loads(path.read_text())
-        return {key: float(usual[key]) for key in ("low", "median", "high", "threshold")}
+        found = {key: float(usual[key]) for key in ("low", "median", "high", "threshold")}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise CausalSpritesError(f"{path} is malformed; delete it or retrain") from None
+    # A range recorded before the cap existed gets it too.
+    return {**found, "threshold": min(found["threshold"], HIGHEST_THRESHOLD)}
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
