@@ -8,8 +8,10 @@ import json
 import math
 from dataclasses import fields, replace
 
-from causal_sprites.data.factors import FACTORS
-from causal_sprites.evaluation import as_json
+import numpy as np
+
+from causal_sprites.data.factors import FACTORS, NUM_IMAGES, index_to_classes
+from causal_sprites.evaluation import as_json, held_out_sample
 from causal_sprites.scores import (
     CounterfactualScores,
     DistributionEntry,
@@ -122,3 +124,12 @@ def test_evaluate_gives_the_scores_as_json() -> None:
     out = evaluate(0.25, extra=0.5)
     assert out == {**COUNTERFACTUALS.to_json(), "effectiveness": 0.75}
     assert math.isnan(out["reversibility_iou_identified"])
+
+
+def test_the_readout_images_are_a_random_subset_not_the_first_sorted_rows() -> None:
+    rows, chosen = held_out_sample(np.arange(0, NUM_IMAGES, 20), 4096, 512, seed=0)
+    assert len(rows) == 4096 and chosen.sum() == 512 and bool(np.all(np.diff(rows) > 0))
+    picked = index_to_classes(rows[chosen], with_color=False)
+    assert set(picked[:, 0].tolist()) == {0, 1, 2} and set(picked[:, 1].tolist()) == set(range(6))
+    first = index_to_classes(rows[:512], with_color=False)  # what the readout used to read
+    assert set(first[:, 0].tolist()) == {0} and first[:, 1].max() <= 2

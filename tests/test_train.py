@@ -20,9 +20,10 @@ from causal_sprites.data.factors import NUM_IMAGES, index_to_classes
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
+from causal_sprites.optim import lr_factor, parameter_groups
 from causal_sprites.runs import build_model, load_tensors, read_metrics
 from causal_sprites.runtime import running_elsewhere, threads_for_load
-from causal_sprites.train import fit, learning_rate, parameter_groups
+from causal_sprites.train import fit
 
 TINY = RunConfig(
     model=ModelConfig(decoder_hidden=16, num_frequencies=2, encoder_channels=4, encoder_hidden=16),
@@ -139,16 +140,16 @@ def test_short_fit_lowers_the_test_nelbo(tiny_data: DSprites, tmp_path: Path) ->
 
 def test_cosine_schedule_anneals_over_the_budget_and_constant_does_not() -> None:
     cosine = replace(TINY, train=replace(TINY.train, lr=1e-3, lr_schedule="cosine"))
-    rates = [learning_rate(cosine, step, 100, 0.0) for step in range(0, 101, 10)]
+    rates = [1e-3 * lr_factor(cosine, step, 100, 0.0) for step in range(0, 101, 10)]
     assert rates[0] == pytest.approx(1e-3)
     assert rates[5] == pytest.approx(0.51e-3)
     assert rates[-1] == pytest.approx(0.02e-3)
     assert rates == sorted(rates, reverse=True)
     timed = replace(cosine, train=replace(cosine.train, max_minutes=2.0))
     # A time budget: the larger of the step and the time fraction decides.
-    assert learning_rate(timed, 0, None, 60.0) == pytest.approx(0.51e-3)
-    assert learning_rate(timed, 50, 100, 120.0) == pytest.approx(0.02e-3)
-    assert learning_rate(TINY, 99, 100, 1e9) == TINY.train.lr
+    assert 1e-3 * lr_factor(timed, 0, None, 60.0) == pytest.approx(0.51e-3)
+    assert 1e-3 * lr_factor(timed, 50, 100, 120.0) == pytest.approx(0.02e-3)
+    assert lr_factor(TINY, 99, 100, 1e9) == 1.0
 
 
 def test_the_decoder_learns_at_its_own_rate_and_the_schedule_scales_both() -> None:
@@ -175,12 +176,12 @@ def test_the_decoder_learns_at_its_own_rate_and_the_schedule_scales_both() -> No
 
 def test_decay_schedule_is_constant_then_anneals_over_the_last_fifth() -> None:
     decay = replace(TINY, train=replace(TINY.train, lr=1e-3, lr_schedule="decay"))
-    rates = [learning_rate(decay, step, 100, 0.0) for step in range(0, 101, 10)]
+    rates = [1e-3 * lr_factor(decay, step, 100, 0.0) for step in range(0, 101, 10)]
     assert rates[:9] == [pytest.approx(1e-3)] * 9  # steps 0 to 80
     assert rates[9] == pytest.approx(0.51e-3)  # half-way through the last fifth
     assert rates[10] == pytest.approx(0.02e-3)
     timed = replace(decay, train=replace(decay.train, max_minutes=10.0))
-    assert learning_rate(timed, 10, None, 540.0) == pytest.approx(0.51e-3)
+    assert 1e-3 * lr_factor(timed, 10, None, 540.0) == pytest.approx(0.51e-3)
 
 
 @pytest.mark.parametrize(

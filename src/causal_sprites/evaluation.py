@@ -50,16 +50,27 @@ from causal_sprites.train import evaluate_nelbo, split_rows
 Params = ParamSpec("Params")
 
 
+def held_out_sample(
+    test_rows: np.ndarray, num_images: int, num_subset: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random `num_images` of the test rows, sorted (for reading), and a mask (bool) of a
+    random `num_subset` of those: not the first ones, since sorted rows run shape by shape and
+    the first eighth of them are all small squares."""
+    drawn = np.random.default_rng(seed).permutation(test_rows)[:num_images]
+    rows = np.sort(drawn)
+    return rows, np.isin(rows, drawn[:num_subset])
+
+
 def score_run(
     run: Any, data: Any, num_images: int = 4096, seed: int = 0, num_posterior_images: int = 512
 ) -> RunScores:
     """Test-set metrics of a run: NELBO (recon, KL), reconstruction IoU and pixel error,
-    classifier accuracy per factor and z-leakage, on up to `num_images` held-out images; on the
-    first `num_posterior_images` of them, factors read off the pixels by the classifier's argmax
+    classifier accuracy per factor and z-leakage, on up to `num_images` held-out images; on a
+    random `num_posterior_images` of them, factors read off the pixels by the classifier's argmax
     and by the posterior's mode (`readout`, see `readout_accuracy`)."""
     model, config = run.model, run.config
     _, test_rows = split_rows(data, config)
-    rows = np.sort(np.random.default_rng(seed).permutation(test_rows)[:num_images])
+    rows, chosen = held_out_sample(test_rows, num_images, num_posterior_images, seed)
     device = next(model.parameters()).device
     packed = torch.from_numpy(data.packed).to(device)
     labels = torch.from_numpy(data.classes(slice(None))[:, 1:]).to(device)
@@ -69,7 +80,6 @@ def score_run(
         images, classes = data.images(rows), data.classes(rows)[:, 1:]
         recon, codes = run.reconstruct_with_codes(images, classes)
         leakage = probe_leakage(codes, classes, seed=seed)
-        chosen = slice(0, num_posterior_images)
         with torch.no_grad():
             logits = model.classify(torch.as_tensor(images[chosen]).float()[:, None].to(device))
         argmax = torch.stack([lg.argmax(-1) for lg in logits], -1).cpu().numpy()

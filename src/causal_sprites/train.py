@@ -28,6 +28,7 @@ from causal_sprites.data.factors import FACTORS
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import infer_posterior, likelihood_range
 from causal_sprites.model.vae import ConditionalVAE, topological_order
+from causal_sprites.optim import lr_factor, parameter_groups
 from causal_sprites.runs import (
     CHECKPOINT_FILE,
     append_metrics,
@@ -122,45 +123,6 @@ def split_rows(data: DSprites, config: RunConfig) -> tuple[np.ndarray, np.ndarra
         keep = np.random.default_rng(config.train.seed).permutation(len(train_rows))
         train_rows = np.sort(train_rows[keep[: config.train.subset]])
     return train_rows, test_rows
-
-
-#: The share of the budget over which the "decay" schedule anneals, after a constant rate.
-DECAY_SHARE = 0.2
-
-
-def learning_rate(config: RunConfig, step: int, steps: int | None, elapsed: float) -> float:
-    """The learning rate of the next step: `lr` times `lr_factor`."""
-    return config.train.lr * lr_factor(config, step, steps, elapsed)
-
-
-def lr_factor(config: RunConfig, step: int, steps: int | None, elapsed: float) -> float:
-    """The schedule's factor of the next step: 1 (constant); cosine-annealed to 0.02 over the
-    budget; or ("decay") 1, then so annealed over the budget's last DECAY_SHARE. The budget
-    used is the larger of the step and the time fraction, so a resume continues it."""
-    train = config.train
-    if train.lr_schedule == "constant":
-        return 1.0
-    used = [step / steps] if steps else []
-    if train.max_minutes:
-        used.append(elapsed / (60 * train.max_minutes))
-    fraction = min(max(used, default=0.0), 1.0)
-    if train.lr_schedule == "decay":
-        fraction = max(fraction - (1 - DECAY_SHARE), 0.0) / DECAY_SHARE
-    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * fraction))
-
-
-def parameter_groups(model: ConditionalVAE, config: RunConfig) -> list[dict[str, Any]]:
-    """Adam's parameter groups: everything at `lr`, or with `decoder_lr` the decoder apart (it
-    learns the images and takes a far higher rate than the classifier sharing the encoder)."""
-    train = config.train
-    if train.decoder_lr is None:
-        return [{"params": list(model.parameters()), "lr": train.lr}]
-    decoder = {id(p) for p in model.decoder.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in decoder]
-    return [
-        {"params": rest, "lr": train.lr},
-        {"params": list(model.decoder.parameters()), "lr": train.decoder_lr},
-    ]
 
 
 def total_steps(config: RunConfig, per_epoch: int) -> int | None:
