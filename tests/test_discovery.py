@@ -99,7 +99,13 @@ def test_discovery_from_a_file_and_from_inferred_labels(tmp_path: Path) -> None:
 
         def infer(self, x: np.ndarray, top: int = 5) -> FactorPosterior:
             certain = labels[: len(x), None]
-            return FactorPosterior(certain, np.ones((len(x), 1)), np.zeros(len(x)), np.ones(len(x)))
+            return FactorPosterior(
+                certain,
+                np.ones((len(x), 1)),
+                np.zeros(len(x)),
+                np.ones(len(x)),
+                np.ones(len(x), bool),
+            )
 
     labels, _ = sample_classes(small)
     images = np.zeros((len(labels), 64, 64), np.uint8)

@@ -147,7 +147,9 @@ def test_posterior_draws_of_independent_factors_find_no_edge() -> None:
                 turns = [(row[2] + 10 * q) % 40 for q in range(4 if row[0] == SQUARE else 1)]
                 classes[b, : len(turns), 2] = turns
                 probs[b, : len(turns)] = 1 / len(turns)
-            return FactorPosterior(classes, probs, np.zeros(len(x)), np.ones(len(x)))
+            return FactorPosterior(
+                classes, probs, np.zeros(len(x)), np.ones(len(x)), np.ones(len(x), bool)
+            )
 
     drawn = discover_from_images(Reader(), np.zeros((len(truth), 64, 64), np.uint8))
     assert drawn["edges"] == [] and drawn["factors"] == list(FACTORS)

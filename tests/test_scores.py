@@ -33,7 +33,13 @@ RUN = RunScores(
     recon_iou=0.875,
     recon_pixel_error=12.25,
     z_leakage=PER_FACTOR,
-    readout=Readout(num_images=8, classifier={"exact": PER_FACTOR}, posterior={"exact": {}}),
+    readout=Readout(
+        num_images=8,
+        classifier={"exact": PER_FACTOR},
+        posterior={"exact": {}},
+        num_stopped_on_budget=0,
+        weak_readout=None,
+    ),
 )
 FACTOR = FactorCounterfactualScores(
     **{f.name: 0.5 for f in fields(FactorCounterfactualScores)} | {"identified": True}
@@ -81,13 +87,24 @@ def test_the_json_has_the_contract_keys_in_order() -> None:
                                "ground_truth_iou_identified"]  # fmt: skip
     assert list(out)[-3:] == ["per_factor", "num_images_per_factor", "distributions"]
     assert out["readout"] == {"num_images": 8, "classifier": {"exact": PER_FACTOR},
-                              "posterior": {"exact": {}}}  # fmt: skip
+                              "posterior": {"exact": {}}, "num_stopped_on_budget": 0,
+                              "weak_readout": None}  # fmt: skip
     assert out["per_factor"]["shape"]["identified"] is True
     assert list(out["per_factor"]["shape"])[-1] == "reversibility_iou_ceiling"
     assert out["distributions"]["entries"][0]["intervention"]["seconds"] == 1.5
     assert "distributions" not in out["distributions"]["entries"][0]
     assert json.loads(json.dumps(out))["identified_factors"] == ["shape", "scale"]
     assert set(Evaluation(RUN).to_json()) == set(RUN.to_json())
+
+
+def test_a_readout_cut_short_prints_a_warning() -> None:
+    assert not any("readout warning" in text for text in Evaluation(RUN).lines())
+    stopped = replace(RUN.readout, num_stopped_on_budget=3, weak_readout="too weak: train longer")
+    lines = Evaluation(replace(RUN, readout=stopped)).lines()
+    assert lines[-1] == (
+        "             readout warning: 3 of 8 images' factor searches stopped on the budget; "
+        "too weak: train longer"
+    )
 
 
 def test_an_entry_carries_its_distributions_only_when_asked() -> None:

@@ -53,6 +53,8 @@ SEED = 0
 TOP_CANDIDATES = 3
 #: Concurrent counterfactual requests answered by one batched query.
 MAX_BATCH = 64
+#: Seconds an upload's factors are searched before no wider search starts (the user waits).
+UPLOAD_SEARCH_SECONDS = 20.0
 IMAGE_PX = 192
 ORIGINALS = (("original", "original"), ("reconstruction", "reconstruction"))
 COUNTERFACTUALS = (
@@ -149,7 +151,9 @@ class Explorer:
         unread = [k for k, q in queries.items() if q.labels is None]
         if not unread:
             return
-        posterior = self.model.infer(np.stack([queries[k].image for k in unread]), top=DRAW_TOP)
+        budget = replace(self.model.search_budget, max_seconds=UPLOAD_SEARCH_SECONDS)
+        images = np.stack([queries[k].image for k in unread])
+        posterior = self.model.infer(images, top=DRAW_TOP, budget=budget)
         for row, k in enumerate(unread):
             refusal = self.model.unexplained(posterior, row)
             if refusal is None:

@@ -39,6 +39,11 @@ def candidates_text(posterior: FactorPosterior, top: int, usual: dict[str, float
                 f"{n}={value_text(n, int(c))}" for n, c in zip(FACTORS, classes, strict=True)
             )
             lines.append(f"- {p:.3f}: {values}")
+    if not posterior.complete[0]:
+        lines.append(
+            "- *The search stopped on its budget: no tuple it scored explains this image well, "
+            "and better ones may exist.*"
+        )
     return "\n".join(lines)
 
 

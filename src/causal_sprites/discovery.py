@@ -43,6 +43,9 @@ Cpdag = dict[tuple[str, str], str]
 class Posterior(Protocol):
     """A posterior over factor tuples that can be drawn from (`model.readout.FactorPosterior`)."""
 
+    @property
+    def complete(self) -> np.ndarray: ...
+
     def sample(self, num_samples: int, generator: np.random.Generator) -> np.ndarray: ...
 
 
@@ -258,4 +261,5 @@ def discover_from_images(
     posterior = model.infer(images, top=DRAW_TOP)
     labels = posterior.sample(1, np.random.default_rng(seed))[0]
     result = discover(labels, truth, factors=factors, seed=seed, **options)
-    return {**result, "labels": "posterior"}
+    stopped = int((~posterior.complete).sum())
+    return {**result, "labels": "posterior", "num_stopped_on_budget": stopped}

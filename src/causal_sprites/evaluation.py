@@ -83,12 +83,13 @@ def score_run(
         with torch.no_grad():
             logits = model.classify(torch.as_tensor(images[chosen]).float()[:, None].to(device))
         argmax = torch.stack([lg.argmax(-1) for lg in logits], -1).cpu().numpy()
+        posterior = run.infer(images[chosen], top=1)
         readout = Readout(
             num_images=len(argmax),
             classifier=readout_accuracy(argmax, classes[chosen], images[chosen]),
-            posterior=readout_accuracy(
-                run.infer_labels(images[chosen]), classes[chosen], images[chosen]
-            ),
+            posterior=readout_accuracy(posterior.mode, classes[chosen], images[chosen]),
+            num_stopped_on_budget=int((~posterior.complete).sum()),
+            weak_readout=run.weak_readout,
         )
         return RunScores(
             **nelbo,

@@ -32,6 +32,7 @@ from causal_sprites.figures import write_run_figures
 from causal_sprites.oracle import load_oracle
 from causal_sprites.runs import PRETRAINED_DIR, read_metrics, write_text_atomic
 from causal_sprites.scm.queries import CausalModel, load_run
+from causal_sprites.scores import readout_warning
 
 REPORT_FILE = "report.html"
 #: Section ids and titles, in page order (the browser test checks each is there).
@@ -314,6 +315,11 @@ def _discoveries(model: CausalModel, data: DSprites, seed: int) -> list[dict[str
             f"{fmt(result['num_samples'])} rows: "
             f"{found or 'no edges: the factors are independent'}."
         )
+        if result.get("num_stopped_on_budget"):
+            summary += (
+                f" The factors of {result['num_stopped_on_budget']} of {len(rows)} images were "
+                "read by a search that stopped on its budget: this graph is not to be trusted."
+            )
         out.append(
             {"title": title, "graph": graph_svg(edges, uid), "tests": tests, "summary": summary}
         )
@@ -348,6 +354,9 @@ def write_report(
         scores = evaluate(model, data, seed=seed)
     measured = soundness if soundness is not None else soundness_metrics(model, data, seed)
     scalars, factors = metric_tables(scores)
+    warning = readout_warning(scores["readout"]) if "readout" in scores else None
+    if warning is not None:
+        notes["readout"] = f"Reading factors off the pixels: {warning}."
     sound = None
     if isinstance(measured, str):
         notes["soundness"] = measured

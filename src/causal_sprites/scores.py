@@ -47,11 +47,27 @@ class Scores:
 @dataclass(frozen=True)
 class Readout(Scores):
     """Factors read off `num_images` images by the classifier's argmax and by the posterior's
-    mode, each scored by `metrics.readout_accuracy`."""
+    mode, each scored by `metrics.readout_accuracy`; `num_stopped_on_budget` images whose search
+    the budget ended (`model.readout.SearchBudget`) and, for a run too weak for a pixel readout,
+    why (`weak_readout`, else null)."""
 
     num_images: int
     classifier: dict[str, Any]
     posterior: dict[str, Any]
+    num_stopped_on_budget: int
+    weak_readout: str | None
+
+
+def readout_warning(readout: dict[str, Any]) -> str | None:
+    """What a user must know of a readout (`Readout.to_json()`) before trusting it: how many
+    images' searches stopped on the budget, and why a weak run's readout is cut short."""
+    stopped, total, weak = (
+        readout[k] for k in ("num_stopped_on_budget", "num_images", "weak_readout")
+    )
+    if not stopped and weak is None:
+        return None
+    text = f"{stopped} of {total} images' factor searches stopped on the budget"
+    return f"{text}; {weak}" if weak else text
 
 
 @dataclass(frozen=True)
@@ -193,6 +209,9 @@ class Evaluation:
     def lines(self) -> list[str]:
         """The text output, in the order of `to_json`."""
         out = self.run.lines()
+        warning = readout_warning(self.run.readout.to_json())
+        if warning is not None:
+            out.append(line("readout warning", warning))
         if self.counterfactuals is not None:
             out += self.counterfactuals.lines()
         if self.distributions is not None:

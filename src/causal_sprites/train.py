@@ -26,7 +26,7 @@ from causal_sprites.config import RunConfig
 from causal_sprites.data.dsprites import DSprites, unpack_torch
 from causal_sprites.data.factors import FACTORS
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.model.readout import infer_posterior, likelihood_range
+from causal_sprites.model.readout import SearchBudget, infer_posterior, likelihood_range
 from causal_sprites.model.vae import ConditionalVAE, topological_order
 from causal_sprites.optim import lr_factor, parameter_groups
 from causal_sprites.runs import (
@@ -187,7 +187,7 @@ def held_out_likelihood_range(
     chosen = torch.from_numpy(rows[:LIKELIHOOD_IMAGES]).to(packed.device)
     images = unpack_torch(packed[chosen]).unsqueeze(1).float()
     with preserved_rng():
-        posterior = infer_posterior(model, images, top=1, escalate=False)
+        posterior = infer_posterior(model, images, top=1, budget=SearchBudget(escalate=False))
     model.train(was_training)
     return likelihood_range(posterior.log_likelihood)
 

@@ -141,6 +141,13 @@ def discover(
         typer.echo(f"  SHD to {truth}: {result['shd']}")
     if any(not e["directed"] for e in result["edges"]):
         typer.echo("  undirected edges: the data cannot orient them; choose a direction yourself")
+    if result.get("num_stopped_on_budget"):
+        typer.echo(
+            f"  warning: the factors of {result['num_stopped_on_budget']} of {count} images were "
+            "read by a search that stopped on its budget; this graph is not to be trusted"
+        )
+        if model.weak_readout is not None:
+            typer.echo(f"  {model.weak_readout}")
 
 
 @app.command("report")

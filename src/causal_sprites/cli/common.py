@@ -72,8 +72,9 @@ def write_png(fig: Figure, out: Path) -> Path:
 
 
 def load_run_and_data(run: str, data: Path | None = None) -> tuple[Any, dsprites.DSprites]:
-    """The run's model and the data it was trained on (or --data)."""
-    model = load_run(run)
+    """The run's model and the data it was trained on (or --data); reading factors off many
+    images shows a bar on a terminal."""
+    model = load_run(run, progress=True)
     path = data or (Path(model.config.data) if model.config.data else None)
     return model, dsprites.DSprites.load(path)
 

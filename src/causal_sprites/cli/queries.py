@@ -343,7 +343,7 @@ def infer(
     """The factors of images read off the pixels: the posterior p(y | x), best first."""
     if (index is not None) + (image is not None) + (data is not None and index is None) != 1:
         raise typer.BadParameter("give exactly one", param_hint="--index, --image or --data")
-    model = load_run(run)
+    model = load_run(run, progress=True)
     sources: list[dict[str, Any]]
     if image is not None:
         pixels = np.stack([read_binary_png(path) for path in image])
@@ -369,12 +369,13 @@ def infer(
             "log_likelihood": float(posterior.log_likelihood[b]),
             "out_of_distribution": bool(flagged[b]),
             "num_scored": int(posterior.num_scored[b]),
+            "search": "complete" if posterior.complete[b] else "budget",
         }
         for b, source in enumerate(sources)
     ]
     if json_out:
         summary = {"images": records, "likelihood_range": model.likelihood_range}
-        typer.echo(json.dumps({**summary, "seconds": seconds}))
+        typer.echo(json.dumps({**summary, "weak_readout": model.weak_readout, "seconds": seconds}))
         return
     usual = model.likelihood_range
     for record in records[:20]:
@@ -385,6 +386,8 @@ def infer(
                 f"  warning: unlike any dSprites image (threshold {usual['threshold']:.0f}, "
                 f"held-out median {usual['median']:.1f}); these factors explain it badly"
             )
+        if record["search"] == "budget":
+            typer.echo("  note: the search stopped on its budget; better factors may exist")
         for candidate in record["candidates"]:
             text = assignment_text(candidate["factors"])
             typer.echo(f"  {candidate['probability']:7.4f}  {text}")
@@ -392,3 +395,5 @@ def infer(
         typer.echo(f"... and {len(records) - 20} more")
     if usual is None:
         typer.echo("note: this run records no likelihood range; out-of-distribution is unchecked")
+    if model.weak_readout is not None:
+        typer.echo(f"note: {model.weak_readout}")

@@ -3,58 +3,28 @@ official file is downloaded and moved into place only once it is whole and verif
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TimeRemainingColumn,
-)
 
 from causal_sprites.data import render
 from causal_sprites.data.factors import NUM_IMAGES
 from causal_sprites.data.official import KNOWN_FILES, OFFICIAL_URL, data_dir, default_path, verify
 from causal_sprites.errors import CausalSpritesError
-
-
-@contextlib.contextmanager
-def _progress_bar(
-    description: str, enabled: bool, *, download: bool = False
-) -> Iterator[Callable[[int, int | None], None]]:
-    """A rich progress bar on a terminal's stderr; yields `update(done, total)`."""
-    console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
-        yield lambda done, total: None
-        return
-    columns = [BarColumn(), DownloadColumn() if download else TaskProgressColumn()]
-    with Progress(
-        "[progress.description]{task.description}",
-        *columns,
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+from causal_sprites.progress import progress_bar
 
 
 def generate(out: Path | str, progress: bool = True) -> Path:
     """Write the default data (the procedural generator's official-format .npz) to `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _progress_bar("generating dSprites", progress) as update:
+    with progress_bar("generating dSprites", progress) as update:
         render.write_npz(out, update)
     return out
 
@@ -89,7 +59,7 @@ def download(
     try:
         with (
             os.fdopen(fd, "wb") as f,
-            _progress_bar(f"downloading {name}", progress, download=True) as update,
+            progress_bar(f"downloading {name}", progress, download=True) as update,
         ):
             _fetch(url, f, update)
         try:

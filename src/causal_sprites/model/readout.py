@@ -8,12 +8,16 @@ log p(x | y) with q(z | x, y), moves to the best and repeats until nothing impro
 still explains its image badly is searched again, wider each time (the classifier's top classes
 combined, two factors changed at once, every shape, scale and orientation around the position).
 Every scored tuple enters the normalised posterior; tuples never proposed are taken as negligible.
+The search is bounded (`SearchBudget`): tuples scored per image, the wider searches at all, and
+seconds per call; an image whose search the budget ended while its mode still explains it badly
+is marked incomplete, never passed off as a finished search.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +27,7 @@ from torch.distributions import kl_divergence
 from torch.nn import functional as F
 
 from causal_sprites.data.factors import EQUIVALENT_ORIENTATIONS, FACTORS, SIZES
+from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
 
 #: A class the classifier gives at least this probability is scored, up to MAX_LIKELY classes
@@ -41,22 +46,42 @@ JOINT_CLASSES = 3
 DRAW_TOP = 8
 #: Candidate tuples scored per decoder call.
 SCORE_CHUNK = 1024
+#: Tuples scored per image at most: a full escalation scores about 2,000 (the wide search alone
+#: about 1,450); the pretrained model scores at most 23 on 2,048 random images.
+MAX_SCORED = 2048
 ORIENTATION, NUM_ORIENTATIONS = FACTORS.index("orientation"), SIZES[FACTORS.index("orientation")]
 #: Factors with an ordered grid, whose neighbours are always proposed (orientation wraps).
 ORDERED = tuple(FACTORS.index(n) for n in ("scale", "orientation", "posX", "posY"))
 
 
 @dataclass(frozen=True)
+class SearchBudget:
+    """How far the posterior search may go: `max_scored` tuples per image, the wider searches
+    for badly explained modes at all (`escalate`; a run too weak to explain its images skips
+    them), and `max_seconds` per call, after which no wider search starts."""
+
+    max_scored: int = MAX_SCORED
+    escalate: bool = True
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_scored < 1:
+            raise CausalSpritesError(f"max_scored must be >= 1, got {self.max_scored}")
+
+
+@dataclass(frozen=True)
 class FactorPosterior:
     """The posterior over factor tuples of B images, best first: `classes` (B, K, 5),
     `probabilities` (B, K) (the K most probable of all scored tuples; rows may sum below 1 when
-    more were scored), `log_likelihood` (B,) the ELBO of log p(x | y) at the mode, and
-    `num_scored` (B,) tuples the decoder scored."""
+    more were scored), `log_likelihood` (B,) the ELBO of log p(x | y) at the mode,
+    `num_scored` (B,) tuples the decoder scored and `complete` (B,) bool: False where the
+    budget ended the search while the mode still explained its image badly."""
 
     classes: np.ndarray
     probabilities: np.ndarray
     log_likelihood: np.ndarray
     num_scored: np.ndarray
+    complete: np.ndarray
 
     @classmethod
     def concatenate(cls, parts: list[FactorPosterior]) -> FactorPosterior:
@@ -179,28 +204,32 @@ def _wide_proposals(center: tuple[int, ...], likely: list[list[int]]) -> set[tup
 
 @torch.no_grad()
 def infer_posterior(
-    vae: ConditionalVAE, images: Tensor, top: int = 5, escalate: bool = True
+    vae: ConditionalVAE,
+    images: Tensor,
+    top: int = 5,
+    budget: SearchBudget = SearchBudget(),
+    deadline: float | None = None,
 ) -> FactorPosterior:
-    """The posterior over factor tuples of images (B, 1, 64, 64) float 0/1 (see the module);
-    `escalate=False` skips the wider searches of modes that explain their image badly."""
+    """The posterior over factor tuples of images (B, 1, 64, 64) float 0/1 (see the module),
+    searched within `budget`; no wider search starts after `deadline` (time.monotonic())."""
     features = vae.encoder.features(images)
     probs = [logits.softmax(-1).cpu() for logits in vae.classify(images, features)]
     likely = [[_likely_classes(p[b]) for p in probs] for b in range(len(images))]
     starts = [tuple(int(p[b].argmax()) for p in probs) for b in range(len(images))]
     scored: list[dict[tuple[int, ...], tuple[float, float]]] = [{} for _ in images]
-    search = _Search(vae, images, features, likely, scored)
+    search = _Search(vae, images, features, likely, scored, budget.max_scored)
     modes = search.climb(
         {b: ({start} | _proposals(start, likely[b])) for b, start in enumerate(starts)}
     )
-    for widen in (_joint_proposals, _pair_proposals, _wide_proposals) if escalate else ():
-        stuck = {
-            b: widen(mode, likely[b])
-            for b, mode in modes.items()
-            if scored[b][mode][1] < ESCALATE_NATS
-        }
+    for widen in (_joint_proposals, _pair_proposals, _wide_proposals):
+        stuck = [b for b, mode in modes.items() if scored[b][mode][1] < ESCALATE_NATS]
+        if not budget.escalate or (deadline is not None and time.monotonic() > deadline):
+            search.cut.update(stuck)
+            break
         if stuck:
-            modes.update(search.climb(stuck))
-    return _normalise(scored, top)
+            modes.update(search.climb({b: widen(modes[b], likely[b]) for b in stuck}))
+    stopped = [b in search.cut and scored[b][modes[b]][1] < ESCALATE_NATS for b in modes]
+    return _normalise(scored, top, ~np.array(stopped, dtype=bool))
 
 
 @dataclass
@@ -212,14 +241,21 @@ class _Search:
     features: Tensor
     likely: list[list[list[int]]]
     scored: list[dict[tuple[int, ...], tuple[float, float]]]
+    max_scored: int
+    #: Images whose search stopped on `max_scored` (or, set by the caller, on the budget).
+    cut: set[int] = dataclasses.field(default_factory=set)
 
     def climb(self, pending: dict[int, set[tuple[int, ...]]]) -> dict[int, tuple[int, ...]]:
         """Score the pending tuples, move each image to its best, propose its single-factor
-        changes, repeat until nothing improves (or MAX_ROUNDS); returns each image's best."""
-        best: dict[int, tuple[int, ...]] = {}
+        changes, repeat until nothing improves (or MAX_ROUNDS); returns each image's best.
+        An image whose next tuples would pass `max_scored` stops where it is."""
+        best = {b: _best(self.scored[b]) for b in pending if self.scored[b]}
         for _ in range(MAX_ROUNDS):
-            pending = {b: todo - self.scored[b].keys() for b, todo in pending.items()}
-            pending = {b: todo for b, todo in pending.items() if todo}
+            fresh = {
+                b: self._within_budget(b, todo - self.scored[b].keys())
+                for b, todo in pending.items()
+            }
+            pending = {b: todo for b, todo in fresh.items() if todo}
             if not pending:
                 break
             self._score(pending)
@@ -229,6 +265,15 @@ class _Search:
                 moved[b] = _proposals(best[b], self.likely[b])
             pending = moved
         return {b: _best(self.scored[b]) for b in best}
+
+    def _within_budget(self, b: int, todo: set[tuple[int, ...]]) -> set[tuple[int, ...]]:
+        """The tuples of `todo` that image b may still score: all, or the first in sorted order
+        (the same on every call) when they do not fit, and b is then marked cut."""
+        room = self.max_scored - len(self.scored[b])
+        if len(todo) <= room:
+            return todo
+        self.cut.add(b)
+        return set(sorted(todo)[: max(room, 0)])
 
     def _score(self, pending: dict[int, set[tuple[int, ...]]]) -> None:
         rows = [b for b, todo in pending.items() for _ in todo]
@@ -251,7 +296,7 @@ def _best(table: dict[tuple[int, ...], tuple[float, float]]) -> tuple[int, ...]:
 
 
 def _normalise(
-    scored: list[dict[tuple[int, ...], tuple[float, float]]], top: int
+    scored: list[dict[tuple[int, ...], tuple[float, float]]], top: int, complete: np.ndarray
 ) -> FactorPosterior:
     """The top-K tuples of each image's scored set with their normalised probabilities."""
     batch = len(scored)
@@ -269,7 +314,22 @@ def _normalise(
         probabilities[b, : len(order)] = weights[order]
         log_likelihood[b] = table[tuples[order[0]]][1]
     counts = np.array([len(table) for table in scored])
-    return FactorPosterior(classes, probabilities, log_likelihood, counts)
+    return FactorPosterior(classes, probabilities, log_likelihood, counts, complete)
+
+
+def weak_readout(usual: dict[str, float] | None) -> str | None:
+    """Why a run with this held-out likelihood range (`likelihood_range`) is too weak for a
+    pixel readout: its median image is explained worse than ESCALATE_NATS at the factors the
+    search reads, so widening the search would cost thousands of decoder passes an image and
+    read nothing right. None for a run that explains its images (or records no range)."""
+    if usual is None or usual["median"] >= ESCALATE_NATS:
+        return None
+    return (
+        f"the model is too weak for a pixel readout: its held-out images' median log-likelihood "
+        f"is {usual['median']:.0f} nats at the factors it reads (a model that explains its "
+        f"images scores above {ESCALATE_NATS:.0f}), so the wider searches are skipped; train "
+        "longer"
+    )
 
 
 #: The out-of-distribution threshold is never above this (nats): a near-perfect model's spread

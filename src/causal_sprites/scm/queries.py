@@ -18,8 +18,15 @@ from torch import Tensor
 from causal_sprites.config import RunConfig
 from causal_sprites.data.factors import FACTORS, normalize_assignments
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.model.readout import DRAW_TOP, FactorPosterior, infer_posterior
+from causal_sprites.model.readout import (
+    DRAW_TOP,
+    FactorPosterior,
+    SearchBudget,
+    infer_posterior,
+    weak_readout,
+)
 from causal_sprites.model.vae import ConditionalVAE
+from causal_sprites.progress import progress_bar
 from causal_sprites.runs import load_model, read_likelihood_range, resolve_run
 from causal_sprites.runtime import choose_device
 from causal_sprites.scm import distribution
@@ -47,28 +54,47 @@ from causal_sprites.scm.structural import CHUNK, StructuralModel, world_slice
 class CausalModel:
     """A trained run: the conditional VAE and the SCM over its exogenous noise."""
 
-    def __init__(self, model: ConditionalVAE, config: RunConfig, run_dir: Path | None = None):
+    def __init__(
+        self,
+        model: ConditionalVAE,
+        config: RunConfig,
+        run_dir: Path | None = None,
+        progress: bool = False,
+    ):
         self.model = model
         self.config = config
         self.run_dir = run_dir
         self.scm = StructuralModel(model)
         self.likelihood_range = None if run_dir is None else read_likelihood_range(run_dir)
+        #: How far reading factors off pixels searches (`model/readout.py`); a weak run's
+        #: search skips the wider searches, which would read nothing right at great cost.
+        self.weak_readout = weak_readout(self.likelihood_range)
+        self.search_budget = SearchBudget(escalate=self.weak_readout is None)
+        #: Show a bar on a terminal's stderr while reading many images.
+        self.progress = progress
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def infer(self, x: np.ndarray | Tensor, top: int = 5) -> FactorPosterior:
+    def infer(
+        self, x: np.ndarray | Tensor, top: int = 5, budget: SearchBudget | None = None
+    ) -> FactorPosterior:
         """The posterior p(y | x) over factor tuples of images (B, 64, 64), its `top` most
-        probable first: the classifier proposes, the decoder decides (`model/readout.py`)."""
+        probable first: the classifier proposes, the decoder decides (`model/readout.py`),
+        within `budget` (default: the run's `search_budget`)."""
         if top < 1:
             raise CausalSpritesError(f"top must be >= 1, got {top}")
         images = as_images(x)
-        parts = [
-            infer_posterior(self.model, images[start : start + CHUNK].to(self.device), top)
-            for start in range(0, len(images), CHUNK)
-        ]
+        budget = budget or self.search_budget
+        deadline = None if budget.max_seconds is None else time.monotonic() + budget.max_seconds
+        parts: list[FactorPosterior] = []
+        with progress_bar("reading factors", self.progress and len(images) > CHUNK) as update:
+            for start in range(0, len(images), CHUNK):
+                chunk = images[start : start + CHUNK].to(self.device)
+                parts.append(infer_posterior(self.model, chunk, top, budget, deadline))
+                update(start + len(chunk), len(images))
         return FactorPosterior.concatenate(parts)
 
     def infer_labels(self, x: np.ndarray | Tensor) -> np.ndarray:
@@ -414,8 +440,11 @@ class CausalModel:
     counterfactual_distribution = distribution.counterfactual_distribution
 
 
-def load_run(run: str | Path, device: str | torch.device = "cpu") -> CausalModel:
-    """The trained VAE + SCM of a run directory (`pretrained`: the one shipped with the package)."""
+def load_run(
+    run: str | Path, device: str | torch.device = "cpu", progress: bool = False
+) -> CausalModel:
+    """The trained VAE + SCM of a run directory (`pretrained`: the one shipped with the package);
+    `progress` shows a bar on a terminal while factors are read off many images."""
     chosen = device if isinstance(device, torch.device) else choose_device(device)
     model, config = load_model(run, chosen)
-    return CausalModel(model, config, resolve_run(run))
+    return CausalModel(model, config, resolve_run(run), progress)
