@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from causal_sprites.data.factors import NUM_IMAGES, SIZES, index_to_classes
+from causal_sprites.data.factors import NUM_IMAGES, SCHEMA, SIZES, index_to_classes
 from causal_sprites.model.nets import PoseDecoder
 from causal_sprites.scm.queries import load_run
 
@@ -60,6 +60,7 @@ def main() -> None:
     z = torch.randn(len(y), decoder.image_bias.in_features - SIZES[0])
     batches = list(zip(y.split(args.batch), z.split(args.batch), strict=True))
     one_window = PoseDecoder(
+        SCHEMA,
         decoder.image_bias.in_features - SIZES[0],
         decoder.coordinate_layer.out_features,
         sum(isinstance(layer, torch.nn.Linear) for layer in decoder.mlp),

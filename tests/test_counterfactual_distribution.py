@@ -14,7 +14,7 @@ import torch
 
 from causal_sprites.config import RunConfig
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.data.factors import FACTORS, SIZES
+from causal_sprites.data.factors import FACTORS, SCHEMA, SIZES
 from causal_sprites.data.render import render
 from causal_sprites.data.variants import read_variant, sample_variant, variant_of
 from causal_sprites.errors import CausalSpritesError
@@ -128,7 +128,7 @@ def test_preservation_is_judged_against_the_true_graph(chain_variant: Any) -> No
 def test_the_model_answers_with_its_own_tables(model: CausalModel) -> None:
     """The pretrained networks with the chain's graph and tables: the API's distribution over
     counterfactual tuples is the factor graph's, its pixel map the mixture of its images."""
-    vae = ConditionalVAE(model.model.config, CHAIN.edges)
+    vae = ConditionalVAE(model.model.config, CHAIN.edges, SCHEMA)
     networks = {k: v for k, v in model.model.state_dict().items() if not k.startswith("cpt_")}
     vae.load_state_dict(networks, strict=False)
     for name in FACTORS:

@@ -14,7 +14,7 @@ import torch
 
 from causal_sprites.config import ModelConfig, RunConfig
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.data.factors import FACTORS, SIZES
+from causal_sprites.data.factors import FACTORS, SCHEMA, SIZES
 from causal_sprites.data.render import render
 from causal_sprites.data.variants import VariantSpec, distribution, parse_spec
 from causal_sprites.errors import CausalSpritesError
@@ -102,7 +102,7 @@ def _model(graph: tuple[tuple[str, str], ...], tables: dict[str, np.ndarray]) ->
     """An untrained small VAE over `graph` with the given tables (*parent sizes, K), uniform for
     factors not given."""
     torch.manual_seed(0)
-    vae = ConditionalVAE(SMALL, graph).eval()
+    vae = ConditionalVAE(SMALL, graph, SCHEMA).eval()
     for name, table in tables.items():
         vae.cpt(name).copy_(torch.as_tensor(np.log(table), dtype=torch.float32))
     return CausalModel(vae, RunConfig(model=SMALL, graph=graph))
@@ -112,7 +112,7 @@ def _true_model(spec: VariantSpec) -> CausalModel:
     """The spec's own tables in a model over its graph."""
     for name in FACTORS:
         assert list(spec.parents[name]) == list(
-            parents_from_edges(spec.edges)[name]
+            parents_from_edges(spec.edges, SCHEMA.names)[name]
         )  # same table layout
     return _model(spec.edges, spec.tables)
 

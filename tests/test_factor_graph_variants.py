@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from causal_sprites.data.factors import FACTORS, SIZES
+from causal_sprites.data.factors import FACTORS, SCHEMA, SIZES
 from causal_sprites.data.variants import (
     VariantSpec,
     abduct_noise,
@@ -170,7 +170,7 @@ def test_log_prob_is_the_enumerated_joint_at_each_tuple() -> None:
 def test_fit_counts_classes_per_parent_row() -> None:
     classes = torch.zeros(10, 5, dtype=torch.long)
     classes[:4, 0], classes[:3, 1] = 2, 5  # three of four hearts are big; six squares small
-    fitted = FactorGraph.fit({"scale": ("shape",)}, classes, smoothing=0.5)
+    fitted = FactorGraph.fit(SCHEMA.size_of, {"scale": ("shape",)}, classes, smoothing=0.5)
     probs = fitted.log_tables["scale"].exp()
     assert probs[2, 5].item() == pytest.approx(3.5 / 7) and probs[2, 0].item() == pytest.approx(
         1.5 / 7
@@ -183,5 +183,8 @@ def test_fit_counts_classes_per_parent_row() -> None:
 
 def test_edges_with_an_unknown_factor_are_refused() -> None:
     with pytest.raises(CausalSpritesError, match="unknown factor 'size'"):
-        parents_from_edges([("shape", "size")])
-    assert parents_from_edges([("posY", "shape"), ("scale", "shape")])["shape"] == ("scale", "posY")
+        parents_from_edges([("shape", "size")], SCHEMA.names)
+    assert parents_from_edges([("posY", "shape"), ("scale", "shape")], SCHEMA.names)["shape"] == (
+        "scale",
+        "posY",
+    )

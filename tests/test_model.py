@@ -12,7 +12,7 @@ from pyro.infer import TraceMeanField_ELBO
 from torch.nn import functional as F
 
 from causal_sprites.config import ModelConfig, RunConfig
-from causal_sprites.data.factors import FACTORS
+from causal_sprites.data.factors import FACTORS, SCHEMA
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.nets import PoseDecoder, edge_pixels
@@ -36,7 +36,7 @@ def random_batch(batch: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
 @pytest.mark.parametrize("decoder", ["pose", "mlp"])
 def test_shapes_and_gradients_reach_every_parameter(decoder: str) -> None:
     config = ModelConfig(decoder=decoder, mlp_hidden=32) if decoder == "mlp" else SMALL  # type: ignore[arg-type]
-    model = ConditionalVAE(config)
+    model = ConditionalVAE(config, (), SCHEMA)
     x, y = random_batch()
     assert model.x_logits(y, torch.zeros(4, config.z_dim)).shape == (4, 64, 64)
     assert [t.shape[-1] for t in model.classify(x)] == [3, 6, 40, 32, 32]
@@ -49,7 +49,7 @@ def test_shapes_and_gradients_reach_every_parameter(decoder: str) -> None:
 
 
 def test_elbo_matches_pyro_and_a_hand_computation() -> None:
-    model = ConditionalVAE(SMALL)
+    model = ConditionalVAE(SMALL, (), SCHEMA)
     x, y = random_batch()
     torch.manual_seed(1)
     recon, kl = model.elbo_terms(x, y)
@@ -73,7 +73,7 @@ def test_elbo_matches_pyro_and_a_hand_computation() -> None:
 
 
 def test_factor_tables_follow_the_graph_and_the_labels() -> None:
-    model = ConditionalVAE(SMALL, graph=[("shape", "scale")])
+    model = ConditionalVAE(SMALL, [("shape", "scale")], SCHEMA)
     assert model.cpt("scale").shape == (3, 6)
     assert model.cpt("posX").shape == (32,)
     y = torch.zeros(1000, 5, dtype=torch.long)
@@ -90,13 +90,13 @@ def test_factor_tables_follow_the_graph_and_the_labels() -> None:
 
 
 def test_the_model_holds_one_factor_graph_of_its_own_tables() -> None:
-    model = ConditionalVAE(SMALL, graph=[("shape", "scale"), ("scale", "posX")])
+    model = ConditionalVAE(SMALL, [("shape", "scale"), ("scale", "posX")], SCHEMA)
     y = random_batch(400, seed=3)[1]
     model.fit_tables(y)
     graph = model.factors
     assert graph.parents["posX"] == ("scale",) and graph.parents["shape"] == ()
     assert graph.log_tables["scale"] is model.cpt("scale")  # live: training and .to() move it
-    fitted = FactorGraph.fit(graph.parents, y)
+    fitted = FactorGraph.fit(SCHEMA.size_of, graph.parents, y)
     assert torch.allclose(graph.exact().log_tables["posX"], fitted.log_tables["posX"], atol=1e-6)
     by_hand = sum(
         model.factor_dist(name, {n: y[:, j] for j, n in enumerate(FACTORS)}).log_prob(y[:, i])
@@ -106,17 +106,16 @@ def test_the_model_holds_one_factor_graph_of_its_own_tables() -> None:
 
 
 def test_topological_order_and_bad_graphs() -> None:
-    assert topological_order([("posX", "shape")]).index("posX") < topological_order(
-        [("posX", "shape")]
-    ).index("shape")
+    order = topological_order([("posX", "shape")], SCHEMA.names)
+    assert order.index("posX") < order.index("shape")
     with pytest.raises(CausalSpritesError, match="cycle"):
-        topological_order([("shape", "scale"), ("scale", "shape")])
+        topological_order([("shape", "scale"), ("scale", "shape")], SCHEMA.names)
     with pytest.raises(CausalSpritesError, match="unknown factor 'size'"):
-        topological_order([("shape", "size")])
+        topological_order([("shape", "size")], SCHEMA.names)
 
 
 def test_generative_model_samples_images_and_labels() -> None:
-    model = ConditionalVAE(SMALL)
+    model = ConditionalVAE(SMALL, (), SCHEMA)
     trace = pyro.poutine.trace(model.model).get_trace(batch_size=3)
     assert trace.nodes["x"]["value"].shape == (3, 64, 64)
     assert set(trace.nodes["x"]["value"].unique().tolist()) <= {0.0, 1.0}
@@ -125,7 +124,7 @@ def test_generative_model_samples_images_and_labels() -> None:
 
 def test_safetensors_round_trip_rebuilds_an_identical_model(tmp_path) -> None:
     config = RunConfig(model=SMALL, graph=(("shape", "posX"),))
-    model = ConditionalVAE(config.model, config.graph)
+    model = ConditionalVAE(config.model, config.graph, SCHEMA)
     model.fit_tables(random_batch(50)[1])
     save_model(tmp_path, model, config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
@@ -141,7 +140,7 @@ def test_safetensors_round_trip_rebuilds_an_identical_model(tmp_path) -> None:
 
 
 def test_given_noise_reparameterises_z_exactly() -> None:
-    model = ConditionalVAE(SMALL)
+    model = ConditionalVAE(SMALL, (), SCHEMA)
     x, y = random_batch()
     noise = torch.randn(4, SMALL.z_dim)
     recon, _ = model.elbo_terms(x, y, noise=noise)
@@ -157,7 +156,7 @@ def test_given_noise_reparameterises_z_exactly() -> None:
 
 
 def test_default_smoothing_keeps_a_rare_row_close_to_its_frequencies() -> None:
-    model = ConditionalVAE(SMALL, graph=[("shape", "posX")])
+    model = ConditionalVAE(SMALL, [("shape", "posX")], SCHEMA)
     y = torch.zeros(1000, 5, dtype=torch.long)
     y[:10, 0], y[:10, 3] = 2, 31  # only ten hearts, all on the right edge
     model.fit_tables(y)
@@ -175,7 +174,7 @@ def test_every_sprite_lies_inside_the_window_of_its_scale() -> None:
     grids = np.meshgrid([0], range(3), range(6), range(40), [0, 1, 15, 16, 30, 31], [0, 16, 31])
     classes = np.stack([g.reshape(-1) for g in grids], axis=1).astype(np.int64)
     images = torch.from_numpy(render(classes)).bool()
-    decoder = PoseDecoder(4, 8, 2, 1, window=32, scale_windows=True)
+    decoder = PoseDecoder(SCHEMA, 4, 8, 2, 1, window=32, scale_windows=True)
     y = torch.from_numpy(classes[:, 1:])
     inside = torch.zeros(len(y), 64 * 64, dtype=torch.bool)
     for window in decoder.windows.unique().tolist():
@@ -190,8 +189,8 @@ def test_every_sprite_lies_inside_the_window_of_its_scale() -> None:
 def test_scale_windows_change_nothing_inside_the_sprite_windows() -> None:
     """Same weights, one 32-pixel window or a window per scale: the logits agree wherever the
     smaller window reaches, and are the background logit elsewhere."""
-    wide = ConditionalVAE(replace(SMALL, scale_windows=False)).decoder
-    tight = ConditionalVAE(replace(SMALL, scale_windows=True)).decoder
+    wide = ConditionalVAE(replace(SMALL, scale_windows=False), (), SCHEMA).decoder
+    tight = ConditionalVAE(replace(SMALL, scale_windows=True), (), SCHEMA).decoder
     tight.load_state_dict(wide.state_dict())
     _, y = random_batch(32)
     z = torch.randn(32, SMALL.z_dim)
@@ -219,7 +218,7 @@ def test_subsampled_pixels_weigh_every_pixel_one_on_average() -> None:
     classes = np.stack([g.reshape(-1) for g in grids], axis=1).astype(np.int64)
     x = torch.from_numpy(render(classes)).float().unsqueeze(1)
     y = torch.from_numpy(classes[:, 1:])
-    decoder = PoseDecoder(4, 8, 2, 1, window=32, scale_windows=True)
+    decoder = PoseDecoder(SCHEMA, 4, 8, 2, 1, window=32, scale_windows=True)
     generator = torch.Generator().manual_seed(0)
     draws = [
         decoder.training_pixels(x, y, torch.rand(len(y), 32, 32, generator=generator))
@@ -244,7 +243,7 @@ def test_subsampled_pixels_weigh_every_pixel_one_on_average() -> None:
 
 
 def test_a_subsampled_loss_estimates_the_full_reconstruction_without_bias() -> None:
-    model = ConditionalVAE(SMALL)
+    model = ConditionalVAE(SMALL, (), SCHEMA)
     grids = np.meshgrid([0], range(3), [1, 5], [3], [4, 20], [9])
     classes = np.stack([g.reshape(-1) for g in grids], axis=1).astype(np.int64)
     x = torch.from_numpy(render(classes)).float().unsqueeze(1)

@@ -17,7 +17,7 @@ from chirho.interventional.handlers import do as chirho_do
 from pyro import poutine
 
 from causal_sprites.config import ModelConfig, RunConfig
-from causal_sprites.data.factors import FACTORS
+from causal_sprites.data.factors import FACTORS, SCHEMA
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
@@ -44,7 +44,7 @@ CLASSES = np.array([[0, 1, 5, 10, 20], [2, 4, 17, 3, 28], [1, 2, 33, 25, 6]])
 def model() -> CausalModel:
     """An untrained small VAE over the graph shape -> scale with hand-set tables."""
     torch.manual_seed(0)
-    vae = ConditionalVAE(SMALL, GRAPH).eval()
+    vae = ConditionalVAE(SMALL, GRAPH, SCHEMA).eval()
     vae.cpt("shape").copy_(SHAPE_PRIOR.log())
     vae.cpt("scale").copy_(SCALE_GIVEN_SHAPE.log())
     return CausalModel(vae, RunConfig(model=SMALL, graph=GRAPH))
@@ -82,7 +82,7 @@ def test_enumeration_matches_bayes_and_the_mutilated_network(model: CausalModel)
     np.testing.assert_allclose(moved.marginals["scale"], table[2], rtol=1e-5)
     np.testing.assert_allclose(model.posterior()["scale"], prior @ table, rtol=1e-5)
     with pytest.raises(CausalSpritesError, match="probability zero"):
-        restrict(model.factor_graph.log_joint({"scale": 3}), {"scale": 5})
+        restrict(model.factor_graph.log_joint({"scale": 3}), {"scale": 5}, SCHEMA.names)
 
 
 def _frequencies(values: np.ndarray, size: int) -> np.ndarray:
@@ -212,16 +212,16 @@ def test_chirho_and_pyro_do_agree_with_the_engine(model: CausalModel, images: np
 
 
 def test_interventions_accept_names_indices_and_per_image_values() -> None:
-    actions = as_interventions({"shape": "heart", "posX": [1, "2", 3]}, 3)
+    actions = as_interventions({"shape": "heart", "posX": [1, "2", 3]}, 3, SCHEMA)
     assert actions["shape"].tolist() == [2, 2, 2] and actions["posX"].tolist() == [1, 2, 3]
     with pytest.raises(CausalSpritesError, match="unknown factor"):
-        as_interventions({"colour": 1}, 1)
+        as_interventions({"colour": 1}, 1, SCHEMA)
     with pytest.raises(CausalSpritesError, match="out of range"):
-        as_interventions({"scale": 6}, 1)
+        as_interventions({"scale": 6}, 1, SCHEMA)
     with pytest.raises(CausalSpritesError, match="bad value 'star'"):
-        as_interventions({"shape": "star"}, 1)
+        as_interventions({"shape": "star"}, 1, SCHEMA)
     with pytest.raises(CausalSpritesError, match="2 values of posX for 3 images"):
-        as_interventions({"posX": [1, 2]}, 3)
+        as_interventions({"posX": [1, 2]}, 3, SCHEMA)
 
 
 def test_bad_queries_are_refused(model: CausalModel, images: np.ndarray) -> None:

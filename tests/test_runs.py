@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from causal_sprites.config import ModelConfig, RunConfig
+from causal_sprites.data.factors import SCHEMA
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.runs import (
@@ -34,7 +35,7 @@ class Payload:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     config = RunConfig(model=SMALL)
-    save_model(tmp_path, ConditionalVAE(SMALL), config)
+    save_model(tmp_path, ConditionalVAE(SMALL, (), SCHEMA), config)
     return tmp_path
 
 

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from causal_sprites.data.factors import SCHEMA as DSPRITES_SCHEMA
+from causal_sprites.data.schema import Schema
 from causal_sprites.errors import CausalSpritesError
 
 #: Bumped when config.json changes incompatibly; a run from a newer format is refused.
@@ -65,7 +67,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything needed to rebuild a run: model, training, data and the factor graph."""
+    """Everything needed to rebuild a run: model, training, data, its factor schema (the JSON
+    form of `data.schema.Schema`; None, as in runs before schemas existed, means dSprites') and
+    the factor graph."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -73,6 +77,12 @@ class RunConfig:
     graph: tuple[tuple[str, str], ...] = ()
     version: int = CONFIG_VERSION
     libraries: dict[str, str] = field(default_factory=dict)
+    schema: dict[str, Any] | None = None
+
+    @property
+    def factor_schema(self) -> Schema:
+        """The schema of the data the run was trained on."""
+        return DSPRITES_SCHEMA if self.schema is None else Schema.from_json(self.schema)
 
     def to_json(self) -> str:
         """The config as indented JSON text."""
@@ -114,9 +124,15 @@ class RunConfig:
                 graph=tuple((str(a), str(b)) for a, b in raw.get("graph", ())),
                 version=CONFIG_VERSION,
                 libraries=dict(raw.get("libraries", {})),
+                schema=_schema(raw.get("schema")),
             )
         except (TypeError, ValueError) as error:
             raise CausalSpritesError(f"config.json is malformed: {error}") from None
+
+
+def _schema(raw: Any) -> dict[str, Any] | None:
+    """A recorded schema, checked (it must parse) and kept in its JSON form; None stays None."""
+    return None if raw is None else Schema.from_json(raw).to_json()
 
 
 def _build(kind: type[Any], values: Any) -> Any:

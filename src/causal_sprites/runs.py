@@ -141,7 +141,7 @@ def read_config(run_dir: Path) -> RunConfig:
 
 def build_model(config: RunConfig) -> ConditionalVAE:
     """A fresh model from the config alone."""
-    return ConditionalVAE(config.model, config.graph)
+    return ConditionalVAE(config.model, config.graph, config.factor_schema)
 
 
 def load_model(

@@ -248,7 +248,7 @@ def fit(
     `on_step(step, model)` runs after every optimiser step (tests check ranks agree with it).
     """
     # Refuse bad input before touching the run directory.
-    topological_order(config.graph)
+    topological_order(config.graph, config.factor_schema.names)
     if total_steps(config, 1) is None and config.train.max_minutes is None:
         raise CausalSpritesError("give a budget: --steps, --epochs or --minutes")
     config, resuming = prepare_run(run_dir, config, resume)

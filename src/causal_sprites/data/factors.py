@@ -10,7 +10,7 @@ from typing import Final
 
 import numpy as np
 
-from causal_sprites.errors import CausalSpritesError
+from causal_sprites.data.schema import Schema, categorical
 
 #: Every latent column of the official file, in its order (posY varies fastest).
 ALL_FACTORS: Final = ("color", "shape", "scale", "orientation", "posX", "posY")
@@ -29,6 +29,17 @@ VALUES: Final[dict[str, np.ndarray]] = {
     "posX": np.linspace(0.0, 1.0, 32),
     "posY": np.linspace(0.0, 1.0, 32),
 }
+
+#: The dSprites schema: what every consumer asks instead of the constants above.
+SCHEMA: Final = Schema(
+    name="dsprites",
+    factors=tuple(
+        categorical(n, SHAPE_NAMES if n == "shape" else range(len(VALUES[n])), VALUES[n].tolist())
+        for n in FACTORS
+    ),
+    image_shape=(64, 64, 1),
+    binary=True,
+)
 
 #: Rotational symmetry order of each shape (square, ellipse, heart).
 SYMMETRY: Final = (4, 2, 1)
@@ -88,38 +99,12 @@ def classes_to_values(classes: np.ndarray) -> np.ndarray:
 
 def parse_factor_value(name: str, value: str | int) -> int:
     """Class index of a factor value by index (`5`, `"5"`) or, for shape, by name (`heart`)."""
-    if name not in FACTORS:
-        raise CausalSpritesError(f"unknown factor {name!r}; factors are {', '.join(FACTORS)}")
-    size = SIZES[FACTORS.index(name)]
-    text = str(value).strip()
-    if name == "shape" and text.lower() in SHAPE_NAMES:
-        return SHAPE_NAMES.index(text.lower())
-    try:
-        index = int(text)
-    except ValueError:
-        hint = f" or one of {', '.join(SHAPE_NAMES)}" if name == "shape" else ""
-        raise CausalSpritesError(
-            f"bad value {text!r} for {name}: expected an integer in 0..{size - 1}{hint}"
-        ) from None
-    if not 0 <= index < size:
-        raise CausalSpritesError(f"value {index} for {name} is out of range 0..{size - 1}")
-    return index
+    return int(SCHEMA.parse_value(name, value))
 
 
 def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, int]:
     """Parse `name=value` strings (the CLI's `--set`, `--do`, `--given`) into class indices."""
-    assignments: dict[str, int] = {}
-    for item in items:
-        name, sep, value = str(item).partition("=")
-        name = name.strip()
-        if not sep or not name or not value.strip():
-            raise CausalSpritesError(
-                f"bad assignment {item!r}: expected factor=value, e.g. shape=heart"
-            )
-        if name in assignments:
-            raise CausalSpritesError(f"factor {name!r} is given twice")
-        assignments[name] = parse_factor_value(name, value)
-    return assignments
+    return {name: int(value) for name, value in SCHEMA.parse_assignments(items).items()}
 
 
 def normalize_assignments(assignments: Mapping[str, str | int]) -> dict[str, int]:

@@ -14,20 +14,23 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from causal_sprites.data.factors import SIZES, VALUES
+from causal_sprites.data.schema import Schema
+from causal_sprites.errors import CausalSpritesError
 
 IMAGE_SIZE = 64
-NUM_CLASSES = sum(SIZES)
+#: The factors the pose decoder reads, in the column order it reads them.
+POSE_FACTORS = ("shape", "scale", "orientation", "posX", "posY")
 
 
-def one_hot_factors(y: Tensor) -> Tensor:
-    """(B, 5) class indices -> (B, 113) concatenated one-hot codes."""
-    return torch.cat([F.one_hot(y[:, i], size) for i, size in enumerate(SIZES)], dim=-1).float()
+def one_hot_factors(y: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    """(B, K) class indices of factors with `sizes` classes -> (B, sum(sizes)) concatenated
+    one-hot codes."""
+    return torch.cat([F.one_hot(y[:, i], size) for i, size in enumerate(sizes)], dim=-1).float()
 
 
-def split_factor_logits(logits: Tensor) -> list[Tensor]:
-    """(B, 113) concatenated logits -> one (B, K_i) tensor per factor."""
-    return list(torch.split(logits, list(SIZES), dim=-1))
+def split_factor_logits(logits: Tensor, sizes: tuple[int, ...]) -> list[Tensor]:
+    """(B, sum(sizes)) concatenated logits -> one (B, K_i) tensor per factor."""
+    return list(torch.split(logits, list(sizes), dim=-1))
 
 
 class ConvTrunk(nn.Module):
@@ -60,14 +63,16 @@ class ConvTrunk(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """Shared conv features feed q(y | x) (one categorical head per factor) and q(z | x, y)."""
+    """Shared conv features feed q(y | x) (one categorical head per factor of `sizes` classes)
+    and q(z | x, y)."""
 
-    def __init__(self, z_dim: int, channels: int, hidden: int) -> None:
+    def __init__(self, z_dim: int, channels: int, hidden: int, sizes: tuple[int, ...]) -> None:
         super().__init__()
+        self.sizes = sizes
         self.trunk = ConvTrunk(channels, hidden)
-        self.classifier_head = nn.Linear(hidden, NUM_CLASSES)
+        self.classifier_head = nn.Linear(hidden, sum(sizes))
         self.z_head = nn.Sequential(
-            nn.Linear(hidden + NUM_CLASSES, hidden), nn.SiLU(), nn.Linear(hidden, 2 * z_dim)
+            nn.Linear(hidden + sum(sizes), hidden), nn.SiLU(), nn.Linear(hidden, 2 * z_dim)
         )
 
     def features(self, x: Tensor) -> Tensor:
@@ -75,12 +80,12 @@ class ConvEncoder(nn.Module):
         return self.trunk(x)
 
     def classify(self, features: Tensor) -> Tensor:
-        """Image features -> (B, 113) concatenated factor logits."""
+        """Image features -> (B, sum(sizes)) concatenated factor logits."""
         return self.classifier_head(features)
 
     def z_params(self, features: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Loc and scale (B, z_dim) of q(z | x, y) from image features and labels (B, 5)."""
-        h = torch.cat([features, one_hot_factors(y)], dim=-1)
+        """Loc and scale (B, z_dim) of q(z | x, y) from image features and labels (B, K)."""
+        h = torch.cat([features, one_hot_factors(y, self.sizes)], dim=-1)
         loc, raw_scale = self.z_head(h).chunk(2, dim=-1)
         return loc, F.softplus(raw_scale) + 1e-4
 
@@ -88,36 +93,39 @@ class ConvEncoder(nn.Module):
 class MLPEncoder(nn.Module):
     """The baseline's q(z | x, y): 4096 pixels + one-hot labels -> hidden -> hidden -> z."""
 
-    def __init__(self, z_dim: int, hidden: int) -> None:
+    def __init__(self, z_dim: int, hidden: int, sizes: tuple[int, ...]) -> None:
         super().__init__()
+        self.sizes = sizes
         self.net = nn.Sequential(
-            nn.Linear(IMAGE_SIZE**2 + NUM_CLASSES, hidden), nn.Softplus(),
+            nn.Linear(IMAGE_SIZE**2 + sum(sizes), hidden), nn.Softplus(),
             nn.Linear(hidden, hidden), nn.Softplus(),
             nn.Linear(hidden, 2 * z_dim),
         )  # fmt: skip
-        self.classifier_head = nn.Sequential(nn.Linear(IMAGE_SIZE**2, NUM_CLASSES))
+        self.classifier_head = nn.Sequential(nn.Linear(IMAGE_SIZE**2, sum(sizes)))
 
     def features(self, x: Tensor) -> Tensor:
         """(B, 1, 64, 64) -> (B, 4096): the baseline reads raw pixels."""
         return x.flatten(1)
 
     def classify(self, features: Tensor) -> Tensor:
-        """Pixels -> (B, 113) concatenated factor logits (a linear probe)."""
+        """Pixels -> (B, sum(sizes)) concatenated factor logits (a linear probe)."""
         return self.classifier_head(features)
 
     def z_params(self, features: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Loc and scale (B, z_dim) of q(z | x, y) from pixels and labels (B, 5)."""
-        loc, log_scale = self.net(torch.cat([features, one_hot_factors(y)], -1)).chunk(2, -1)
+        """Loc and scale (B, z_dim) of q(z | x, y) from pixels and labels (B, K)."""
+        codes = one_hot_factors(y, self.sizes)
+        loc, log_scale = self.net(torch.cat([features, codes], -1)).chunk(2, -1)
         return loc, log_scale.clamp(-10, 10).exp()
 
 
 class MLPDecoder(nn.Module):
     """The baseline's p(x | y, z): z + one-hot labels -> 3 hidden layers -> 4096 logits."""
 
-    def __init__(self, z_dim: int, hidden: int) -> None:
+    def __init__(self, z_dim: int, hidden: int, sizes: tuple[int, ...]) -> None:
         super().__init__()
+        self.sizes = sizes
         self.net = nn.Sequential(
-            nn.Linear(z_dim + NUM_CLASSES, hidden), nn.Softplus(),
+            nn.Linear(z_dim + sum(sizes), hidden), nn.Softplus(),
             nn.Linear(hidden, hidden), nn.Softplus(),
             nn.Linear(hidden, hidden), nn.Softplus(),
             nn.Linear(hidden, IMAGE_SIZE**2),
@@ -125,7 +133,7 @@ class MLPDecoder(nn.Module):
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
         """Pixel logits (B, 64, 64)."""
-        logits = self.net(torch.cat([z, one_hot_factors(y)], dim=-1))
+        logits = self.net(torch.cat([z, one_hot_factors(y, self.sizes)], dim=-1))
         return logits.view(-1, IMAGE_SIZE, IMAGE_SIZE)
 
 
@@ -158,7 +166,8 @@ class PoseDecoder(nn.Module):
     those coordinates (plus Fourier features), biased per image by the shape and z, gives the
     logit. The MLP runs on a window around the centre (sprites never reach further): `window`
     pixels square, or with `scale_windows` the window of the sprite's scale (SCALE_WINDOWS, at
-    most `window`); the rest of the canvas gets one learned background logit.
+    most `window`); the rest of the canvas gets one learned background logit. The factors'
+    grids (scale, orientation, position values) come from the dSprites schema given.
     """
 
     scales: Tensor
@@ -169,6 +178,7 @@ class PoseDecoder(nn.Module):
 
     def __init__(
         self,
+        schema: Schema,
         z_dim: int,
         hidden: int,
         num_layers: int,
@@ -177,15 +187,22 @@ class PoseDecoder(nn.Module):
         scale_windows: bool = False,
     ) -> None:
         super().__init__()
-        sizes = [min(w, window) for w in SCALE_WINDOWS] if scale_windows else [window] * SIZES[1]
+        if schema.names != POSE_FACTORS or schema.image_shape != (64, 64, 1):
+            raise CausalSpritesError(
+                f"the pose decoder draws dSprites (64x64 images of {', '.join(POSE_FACTORS)}); "
+                f"dataset {schema.name!r} needs another decoder"
+            )
+        grid = {f.name: f.values or tuple(range(f.size)) for f in schema.factors}
+        num_scales, self.num_shapes = len(grid["scale"]), len(grid["shape"])
+        sizes = [min(w, window) for w in SCALE_WINDOWS] if scale_windows else [window] * num_scales
         self.register_buffer("windows", torch.tensor(sizes), persistent=False)
-        self.register_buffer("scales", torch.tensor(VALUES["scale"], dtype=torch.float32))
-        self.register_buffer("angles", torch.tensor(VALUES["orientation"], dtype=torch.float32))
-        self.register_buffer("positions", torch.tensor(VALUES["posX"], dtype=torch.float32))
+        self.register_buffer("scales", torch.tensor(grid["scale"], dtype=torch.float32))
+        self.register_buffer("angles", torch.tensor(grid["orientation"], dtype=torch.float32))
+        self.register_buffer("positions", torch.tensor(grid["posX"], dtype=torch.float32))
         self.register_buffer("frequencies", (2.0 ** torch.arange(num_frequencies)) * math.pi / 16)
         num_features = 2 + 4 * num_frequencies
         self.coordinate_layer = nn.Linear(num_features, hidden)
-        self.image_bias = nn.Linear(SIZES[0] + z_dim, hidden)
+        self.image_bias = nn.Linear(self.num_shapes + z_dim, hidden)
         layers: list[nn.Module] = []
         for _ in range(num_layers - 1):
             layers += [nn.SiLU(), nn.Linear(hidden, hidden)]
@@ -258,7 +275,8 @@ class PoseDecoder(nn.Module):
         `training_pixels`, the MLP runs only on the kept pixels (the same number in every window
         of a size); the others get the background logit."""
         batch = len(y)
-        bias = self.image_bias(torch.cat([F.one_hot(y[:, 0], SIZES[0]).float(), z], dim=-1))
+        shapes = F.one_hot(y[:, 0], self.num_shapes).float()
+        bias = self.image_bias(torch.cat([shapes, z], dim=-1))
         places, hidden = [], []
         for _, chosen, rows, cols, place in self.window_groups(y):
             uv = self.sprite_coordinates(y[chosen], rows.float(), cols.float())

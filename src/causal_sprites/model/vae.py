@@ -1,9 +1,10 @@
 """The supervised conditional VAE as a Pyro model, one site per variable (Kingma et al. 2014, M2).
 
-Generative story: each factor (shape, scale, orientation, posX, posY) is drawn from its
-conditional probability table given its parents in the factor graph (uniform and parentless on
-dSprites); a style z ~ Normal(0, I); the image x ~ Bernoulli(decoder(y, z)) pixelwise. The guide is
-q(z | x, y); a classifier q(y | x) trained beside it labels images that come without factors.
+Generative story: each factor of the dataset's schema (on dSprites shape, scale, orientation,
+posX, posY) is drawn from its conditional probability table given its parents in the factor graph
+(uniform and parentless on dSprites); a style z ~ Normal(0, I); the image x ~ Bernoulli(decoder(y,
+z)) pixelwise. The guide is q(z | x, y); a classifier q(y | x) trained beside it labels images that
+come without factors.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch.distributions import kl_divergence
 from torch.nn import functional as F
 
 from causal_sprites.config import ModelConfig
-from causal_sprites.data.factors import FACTORS, SIZES
+from causal_sprites.data.schema import Schema
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.nets import (
     ConvEncoder,
@@ -36,25 +37,32 @@ from causal_sprites.scm.graph import topological_order as factor_order
 Graph = Sequence[tuple[str, str]]
 
 
-def topological_order(graph: Graph) -> list[str]:
-    """Factors ordered parents first (ties in the fixed factor order); a cycle is refused."""
-    return list(factor_order(parents_from_edges(graph), cycle="graph has a cycle among"))
+def topological_order(graph: Graph, names: Sequence[str]) -> list[str]:
+    """The factors `names` ordered parents first (ties in factor order); a cycle is refused."""
+    parents = parents_from_edges(graph, names)
+    return list(factor_order(parents, cycle="graph has a cycle among"))
 
 
 class ConditionalVAE(nn.Module):
-    """Factors y -> image x <- style z, with q(z | x, y) and q(y | x); see the module docstring."""
+    """Factors y -> image x <- style z, with q(z | x, y) and q(y | x); see the module docstring.
+    The factors' names and sizes are the `schema`'s."""
 
-    def __init__(self, config: ModelConfig, graph: Graph = ()) -> None:
+    def __init__(self, config: ModelConfig, graph: Graph, schema: Schema) -> None:
         super().__init__()
         self.config = config
+        self.schema = schema
+        self.names, self.sizes = schema.names, schema.sizes
         self.graph = tuple((str(a), str(b)) for a, b in graph)
-        self.parents = parents_from_edges(self.graph)
-        self.order = topological_order(self.graph)
+        self.parents = parents_from_edges(self.graph, self.names)
+        self.order = topological_order(self.graph, self.names)
         self.encoder: ConvEncoder | MLPEncoder
         self.decoder: PoseDecoder | MLPDecoder
         if config.decoder == "pose":
-            self.encoder = ConvEncoder(config.z_dim, config.encoder_channels, config.encoder_hidden)
+            self.encoder = ConvEncoder(
+                config.z_dim, config.encoder_channels, config.encoder_hidden, self.sizes
+            )
             self.decoder = PoseDecoder(
+                schema,
                 config.z_dim,
                 config.decoder_hidden,
                 config.decoder_layers,
@@ -63,24 +71,26 @@ class ConditionalVAE(nn.Module):
                 config.scale_windows,
             )
         elif config.decoder == "mlp":
-            self.encoder = MLPEncoder(config.z_dim, config.mlp_hidden)
-            self.decoder = MLPDecoder(config.z_dim, config.mlp_hidden)
+            self.encoder = MLPEncoder(config.z_dim, config.mlp_hidden, self.sizes)
+            self.decoder = MLPDecoder(config.z_dim, config.mlp_hidden, self.sizes)
         else:
             raise CausalSpritesError(f"unknown decoder {config.decoder!r}; use 'pose' or 'mlp'")
-        for name in FACTORS:
-            sizes = [SIZES[FACTORS.index(p)] for p in self.parents[name]]
-            size = SIZES[FACTORS.index(name)]
+        size_of = schema.size_of
+        for name, size in size_of.items():
+            sizes = [size_of[p] for p in self.parents[name]]
             self.register_buffer(f"cpt_{name}", torch.full((*sizes, size), -math.log(size)))
 
     def fit_tables(self, y: Tensor, smoothing: float = 0.1) -> None:
-        """Set every factor's table to smoothed frequencies of training labels y (N, 5).
+        """Set every factor's table to smoothed frequencies of training labels y (N, K).
 
         `smoothing` is the Dirichlet pseudo-count per cell: it keeps every log-probability finite
         (a user's image may show a combination training never saw) while adding at most 4 pseudo
         observations to a row of 40 classes; add-one smoothing added 40 and visibly flattened rare
         rows (TV 0.041 against 0.026 for P(shape | posY = 31) on the collider variant)."""
-        fitted = FactorGraph.fit(self.parents, y, smoothing)
-        for name in FACTORS:
+        fitted = FactorGraph.fit(
+            dict(zip(self.names, self.sizes, strict=True)), self.parents, y, smoothing
+        )
+        for name in self.names:
             self.cpt(name).copy_(fitted.log_tables[name].float())
 
     # -- one conditional per variable -------------------------------------------------------
@@ -93,7 +103,7 @@ class ConditionalVAE(nn.Module):
     def factors(self) -> FactorGraph:
         """The factor-level SCM: the graph with the learned tables (live, on the model's device;
         `.exact()` for a float64 copy)."""
-        return FactorGraph(self.parents, {name: self.cpt(name) for name in FACTORS})
+        return FactorGraph(self.parents, {name: self.cpt(name) for name in self.names})
 
     def factor_dist(self, name: str, values: dict[str, Tensor]) -> dist.Categorical:
         """p(factor | its parents) for parent classes in `values`: a table row per image."""
@@ -133,7 +143,7 @@ class ConditionalVAE(nn.Module):
     def classify(self, x: Tensor, features: Tensor | None = None) -> list[Tensor]:
         """q(y | x): one (B, K_i) logit tensor per factor for images (B, 1, 64, 64)."""
         features = self.encoder.features(x) if features is None else features
-        return split_factor_logits(self.encoder.classify(features).float())
+        return split_factor_logits(self.encoder.classify(features).float(), self.sizes)
 
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -159,9 +169,9 @@ class ConditionalVAE(nn.Module):
         with pyro.plate("data", batch_size):
             factors: dict[str, Tensor] = {}
             for name in self.order:
-                obs = None if y is None else y[:, FACTORS.index(name)]
+                obs = None if y is None else y[:, self.names.index(name)]
                 factors[name] = pyro.sample(name, self.factor_dist(name, factors), obs=obs)
-            labels = torch.stack([factors[n] for n in FACTORS], dim=-1)
+            labels = torch.stack([factors[n] for n in self.names], dim=-1)
             z = pyro.sample("z", self.z_dist(batch_size))
             obs_x = None if x is None else x.reshape(batch_size, 64, 64)
             image: Tensor = pyro.sample("x", self.x_dist(labels, z, keep), obs=obs_x)

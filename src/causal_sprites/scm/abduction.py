@@ -13,7 +13,6 @@ from pyro import poutine
 from torch import Tensor
 from torch.distributions import kl_divergence
 
-from causal_sprites.data.factors import FACTORS
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.scm.mechanisms import gumbel_posterior, pixel_noise_posterior
@@ -35,8 +34,8 @@ def exact_noise(
     """The exact noise posterior of images (B, 64, 64) with labels (B, 5) and decoder means
     probs: truncated Gumbels per factor, Uniform(0, p) / Uniform(p, 1) per pixel; S samples."""
     noise = {}
-    values = {name: labels[:, i] for i, name in enumerate(FACTORS)}
-    for i, name in enumerate(FACTORS):
+    values = {name: labels[:, i] for i, name in enumerate(vae.names)}
+    for i, name in enumerate(vae.names):
         logits = vae.factor_dist(name, values).logits
         noise[f"u_{name}"] = gumbel_posterior(logits, labels[:, i], num_samples=num_samples)
     shape = (num_samples, *x.shape)
@@ -57,7 +56,7 @@ def generic_noise(
     observation, and a site whose coordinates are all settled is conditioned on them."""
     batch = len(labels)
     per_call = max(1, PROPOSAL_PIXELS // (num_samples * batch * 64 * 64))
-    targets = {name: labels[:, i] for i, name in enumerate(FACTORS)}
+    targets = {name: labels[:, i] for i, name in enumerate(scm.vae.names)}
     model = poutine.do(scm, data={**targets, "z": z})
     targets["x"] = x
     chosen: dict[str, Tensor] = {}
@@ -68,7 +67,7 @@ def generic_noise(
             with pyro.plate("proposals", per_call, dim=-3):
                 conditioned = poutine.condition(model, data=settled)
                 trace = poutine.trace(conditioned).get_trace(batch, num_samples)
-            for name in [*FACTORS, "x"]:
+            for name in [*scm.vae.names, "x"]:
                 if f"u_{name}" in settled:
                     continue
                 proposal = cast(Tensor, trace.nodes[f"u_{name}"]["value"])

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from causal_sprites.data.factors import FACTORS
 from causal_sprites.model.readout import DRAW_TOP, FactorPosterior
 from causal_sprites.scm.results import CounterfactualDistribution
 
@@ -60,8 +59,8 @@ def answer(
     count = len(questions)
     out = Answers(
         np.zeros((count, 64, 64), np.uint8),
-        np.zeros((count, len(FACTORS)), np.int64),
-        np.zeros((count, len(FACTORS)), np.int64),
+        np.zeros((count, len(model.schema.names)), np.int64),
+        np.zeros((count, len(model.schema.names)), np.int64),
         np.array([q.labels is not None for q in questions], dtype=bool),
         np.zeros(count, np.int64),
     )

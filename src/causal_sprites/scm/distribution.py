@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from causal_sprites.data.factors import FACTORS
 from causal_sprites.model.readout import DRAW_TOP, FactorPosterior
 from causal_sprites.scm.inputs import (
     Interventions,
@@ -47,7 +46,7 @@ def counterfactual_distribution(
     start = time.perf_counter()
     check_count(num_samples)
     images = as_images(x)
-    actions = as_interventions(do, len(images))
+    actions = as_interventions(do, len(images), model.schema)
     if y is None:
         if posterior is None:
             posterior = model.infer(images[:, 0], top=DRAW_TOP)
@@ -55,7 +54,7 @@ def counterfactual_distribution(
         weights = posterior.probabilities / posterior.probabilities.sum(1, keepdims=True)
         factuals = [(posterior.classes[:, k], weights[:, k]) for k in range(weights.shape[1])]
     else:
-        factuals = [(as_labels(y, len(images)).numpy(), np.ones(len(images)))]
+        factuals = [(as_labels(y, len(images), model.schema).numpy(), np.ones(len(images)))]
     graph = model.factor_graph
     identified = not graph.descendants(list(actions))
     generator = torch.Generator().manual_seed(0 if seed is None else seed)
@@ -87,7 +86,7 @@ def counterfactual_distribution(
     classes, probabilities, pictures_out, method = [], [], [], []
     for table, shown in zip(tables, pictures, strict=True):
         order = [t for t, _ in sorted(table.items(), key=lambda item: -item[1])]
-        classes.append(np.array(order, dtype=np.int64).reshape(-1, len(FACTORS)))
+        classes.append(np.array(order, dtype=np.int64).reshape(-1, len(model.schema.names)))
         probabilities.append(np.array([table[t] for t in order]))
         pictures_out.append(np.stack([shown[t] for t in order]))
         method.append("exact" if identified else "monte_carlo")

@@ -1,4 +1,4 @@
-"""The factor-level SCM as one object: a DAG over the five factors with a Gumbel-max mechanism
+"""The factor-level SCM as one object: a DAG over a dataset's factors with a Gumbel-max mechanism
 per factor (Oberst & Sontag 2019): sampling from given noise, the noise posterior given observed
 classes, prediction under do() with that noise, and Monte Carlo counterfactuals over it.
 
@@ -10,14 +10,13 @@ can be compared distribution to distribution.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from causal_sprites.data.factors import FACTORS, SIZES
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.scm.mechanisms import gumbel_max, gumbel_posterior
 
@@ -25,38 +24,52 @@ from causal_sprites.scm.mechanisms import gumbel_max, gumbel_posterior
 @dataclass(frozen=True)
 class FactorGraph:
     """`parents[f]` (in factor order) and `log_tables[f]` (*parent sizes, K_f) float64 of each
-    factor f; the order is topological."""
+    factor f, both keyed in factor order: the factors' names and sizes are the tables' own."""
 
     parents: Mapping[str, tuple[str, ...]]
     log_tables: Mapping[str, Tensor]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The factors, in factor order."""
+        return tuple(self.log_tables)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Classes per factor, in factor order."""
+        return tuple(int(t.shape[-1]) for t in self.log_tables.values())
 
     @classmethod
     def from_tables(
         cls, parents: Mapping[str, tuple[str, ...]], tables: Mapping[str, np.ndarray | Tensor]
     ) -> FactorGraph:
-        """From probability tables per factor (*parent sizes, K); a factor without an entry in
-        `parents` has none."""
+        """From probability tables per factor (*parent sizes, K), in factor order; a factor
+        without an entry in `parents` has none."""
         logs = {}
-        for name in FACTORS:
-            raw = tables[name]
+        for name, raw in tables.items():
             table = (
                 raw.detach().cpu().double()
                 if isinstance(raw, Tensor)
                 else torch.tensor(np.array(raw, dtype=np.float64))
             )
             logs[name] = table.clamp_min(0).log()
-        return cls({n: tuple(parents.get(n, ())) for n in FACTORS}, logs)
+        return cls({n: tuple(parents.get(n, ())) for n in logs}, logs)
 
     @classmethod
     def fit(
-        cls, parents: Mapping[str, tuple[str, ...]], classes: Tensor, smoothing: float = 0.1
+        cls,
+        sizes: Mapping[str, int],
+        parents: Mapping[str, tuple[str, ...]],
+        classes: Tensor,
+        smoothing: float = 0.1,
     ) -> FactorGraph:
-        """Tables of smoothed frequencies of classes (N, 5): `smoothing` pseudo-counts per cell,
-        so every log-probability stays finite (float64, on the CPU)."""
-        logs = {}
-        for name in FACTORS:
-            columns = [FACTORS.index(p) for p in [*parents.get(name, ()), name]]
-            shape = [SIZES[c] for c in columns]
+        """Tables of smoothed frequencies of classes (N, K) of factors with `sizes` {factor:
+        classes} (factor order): `smoothing` pseudo-counts per cell, so every log-probability
+        stays finite (float64, on the CPU)."""
+        names, logs = list(sizes), {}
+        for name in names:
+            columns = [names.index(p) for p in [*parents.get(name, ()), name]]
+            shape = [sizes[names[c]] for c in columns]
             index = torch.zeros(len(classes), dtype=torch.long)
             for column, size in zip(columns, shape, strict=True):
                 index = index * size + classes[:, column].long().cpu()
@@ -64,7 +77,7 @@ class FactorGraph:
             counts = counts.index_add_(0, index, torch.ones(len(classes), dtype=torch.float64))
             counts = counts.view(shape) + smoothing
             logs[name] = (counts / counts.sum(-1, keepdim=True)).log()
-        return cls({n: tuple(parents.get(n, ())) for n in FACTORS}, logs)
+        return cls({n: tuple(parents.get(n, ())) for n in names}, logs)
 
     def exact(self) -> FactorGraph:
         """A float64 CPU copy, each table row renormalised: for enumeration and comparisons."""
@@ -92,19 +105,26 @@ class FactorGraph:
         return self.log_tables[name][index] if index else self.log_tables[name]
 
     def log_prob(self, classes: Tensor) -> Tensor:
-        """log p(y) (N,) of class tuples (N, 5) under the tables."""
-        values = {n: classes[:, i] for i, n in enumerate(FACTORS)}
+        """log p(y) (N,) of class tuples (N, K) under the tables."""
+        values = self.columns(classes)
+        first = next(iter(self.log_tables.values()))
         return sum(
             (
                 self.logits(name, values)
                 .expand(len(classes), -1)
                 .gather(-1, values[name][:, None])[:, 0]
-                for name in FACTORS
+                for name in self.names
             ),
-            torch.zeros(
-                len(classes), dtype=self.log_tables[FACTORS[0]].dtype, device=classes.device
-            ),
+            torch.zeros(len(classes), dtype=first.dtype, device=classes.device),
         )
+
+    def columns(self, classes: Tensor) -> dict[str, Tensor]:
+        """{factor: its column (...,)} of class tuples (..., K)."""
+        return {n: classes[..., i] for i, n in enumerate(self.names)}
+
+    def stack(self, values: Mapping[str, Tensor]) -> Tensor:
+        """Class tuples (..., K) of {factor: (...,)}: the inverse of `columns`."""
+        return torch.stack([values[n] for n in self.names], -1)
 
     def mechanism(self, name: str, values: Mapping[str, Tensor], noise: Tensor) -> Tensor:
         """Y_name = argmax_k(log p(k | parents) + G_k) for parent classes in `values` and Gumbel
@@ -112,52 +132,55 @@ class FactorGraph:
         return gumbel_max(self.logits(name, values), noise)
 
     def sample(self, noise: Mapping[str, Tensor]) -> Tensor:
-        """Classes (N, 5) that noise {factor: (N, K)} gives, each factor from its parents."""
+        """Classes (N, K) that noise {factor: (N, K_f)} gives, each factor from its parents."""
         values: dict[str, Tensor] = {}
         for name in self.order:
             values[name] = self.mechanism(name, values, noise[name])
-        return torch.stack([values[n] for n in FACTORS], -1)
+        return self.stack(values)
 
     def abduct(
         self, classes: Tensor, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
-        """Noise {factor: (B, K)} drawn from its exact posterior given classes (B, 5): the Gumbel
-        posterior of each factor given its observed class and its parents' (factor order)."""
-        values = {n: classes[:, i] for i, n in enumerate(FACTORS)}
+        """Noise {factor: (B, K_f)} drawn from its exact posterior given classes (B, K): the
+        Gumbel posterior of each factor given its observed class and its parents' (factor order)."""
+        values = self.columns(classes)
         return {
             name: gumbel_posterior(
                 self.logits(name, values).expand(len(classes), size), values[name], generator
             )
-            for name, size in zip(FACTORS, SIZES, strict=True)
+            for name, size in zip(self.names, self.sizes, strict=True)
         }
 
     def predict(
         self, classes: Tensor, noise: Mapping[str, Tensor], do: Mapping[str, int]
     ) -> Tensor:
-        """Classes (B, 5) under do {factor: class} with the noise {factor: (B, K)} of the factual
-        classes (B, 5): intervened factors fixed, their descendants recomputed, the rest kept."""
-        values = {n: classes[:, i] for i, n in enumerate(FACTORS)}
+        """Classes (B, K) under do {factor: class} with the noise {factor: (B, K_f)} of the
+        factual classes (B, K): intervened factors fixed, their descendants recomputed, the rest
+        kept."""
+        values = self.columns(classes)
         values.update({n: torch.full_like(values[n], v) for n, v in do.items()})
         changed = self.descendants(list(do))
         for name in self.order:
             if name in changed:
                 values[name] = self.mechanism(name, values, noise[name])
-        return torch.stack([values[n] for n in FACTORS], -1)
+        return self.stack(values)
 
     def log_joint(self, do: Mapping[str, int] | None = None) -> Tensor:
-        """log p(y) over the whole factor grid (3, 6, 40, 32, 32) by enumeration; with `do`, of
-        the mutilated network: intervened factors cut from their parents and fixed."""
-        joint = torch.zeros(SIZES, dtype=torch.float64)
-        for axis, name in enumerate(FACTORS):
+        """log p(y) over the whole factor grid (`sizes`, e.g. (3, 6, 40, 32, 32)) by enumeration;
+        with `do`, of the mutilated network: intervened factors cut from their parents and
+        fixed."""
+        names, sizes = self.names, self.sizes
+        joint = torch.zeros(sizes, dtype=torch.float64)
+        for axis, name in enumerate(names):
             if do is not None and name in do:
-                table = torch.full((SIZES[axis],), -math.inf, dtype=torch.float64)
+                table = torch.full((sizes[axis],), -math.inf, dtype=torch.float64)
                 table[do[name]] = 0.0
                 axes = [axis]
             else:
                 table = self.log_tables[name]
-                axes = [FACTORS.index(p) for p in self.parents[name]] + [axis]
+                axes = [names.index(p) for p in self.parents[name]] + [axis]
             table = table.permute(sorted(range(len(axes)), key=axes.__getitem__))
-            shape = [SIZES[a] if a in axes else 1 for a in range(len(FACTORS))]
+            shape = [sizes[a] if a in axes else 1 for a in range(len(names))]
             joint = joint + table.reshape(shape)
         return joint
 
@@ -168,49 +191,51 @@ class FactorGraph:
         num_samples: int,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Counterfactual classes (S, B, 5) of factual classes (B, 5) under do {factor: (B,)}:
+        """Counterfactual classes (S, B, K) of factual classes (B, K) under do {factor: (B,)}:
         each descendant of an intervened factor keeps a draw of its Gumbel noise from the posterior
         given its factual class (abduction), is recomputed from its new parents with that noise
         (prediction); every other factor keeps its factual class."""
         batch = len(factual)
-        values = {n: factual[:, i].expand(num_samples, batch) for i, n in enumerate(FACTORS)}
+        values = {n: v.expand(num_samples, batch) for n, v in self.columns(factual).items()}
         for name, value in do.items():
             values[name] = value.to(factual.device).expand(num_samples, batch)
         changed = self.descendants(list(do))
-        factual_values = {n: factual[:, i] for i, n in enumerate(FACTORS)}
+        factual_values = self.columns(factual)
         for name in self.order:
             if name not in changed:
                 continue
-            observed = factual[:, FACTORS.index(name)]
+            logits = self.logits(name, factual_values)
             noise = gumbel_posterior(
-                self.logits(name, factual_values).expand(batch, SIZES[FACTORS.index(name)]),
-                observed,
+                logits.expand(batch, logits.shape[-1]),
+                factual_values[name],
                 generator,
                 num_samples=num_samples,
             )
             values[name] = self.mechanism(name, values, noise)
-        return torch.stack([values[n] for n in FACTORS], -1)
+        return self.stack(values)
 
 
-def parents_from_edges(edges: Collection[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
-    """{factor: its parents in factor order} of (parent, child) edges; an unknown name is
-    refused."""
+def parents_from_edges(
+    edges: Collection[tuple[str, str]], names: Sequence[str]
+) -> dict[str, tuple[str, ...]]:
+    """{factor: its parents in factor order} of (parent, child) edges over the factors `names`;
+    an unknown name is refused."""
     for edge in edges:
         for name in edge:
-            if name not in FACTORS:
+            if name not in names:
                 raise CausalSpritesError(
-                    f"unknown factor {name!r} in graph; factors are {', '.join(FACTORS)}"
+                    f"unknown factor {name!r} in graph; factors are {', '.join(names)}"
                 )
-    return {child: tuple(p for p in FACTORS if (p, child) in set(edges)) for child in FACTORS}
+    return {child: tuple(p for p in names if (p, child) in set(edges)) for child in names}
 
 
 def topological_order(
     parents: Mapping[str, Collection[str]], cycle: str = "the edges have a cycle through"
 ) -> tuple[str, ...]:
-    """The factors in a topological order of {factor: parents} (ties in factor order); a cycle
-    raises `cycle` followed by the factors on or behind it."""
+    """The factors (the keys of {factor: parents}, every factor one) in a topological order (ties
+    in factor order); a cycle raises `cycle` followed by the factors on or behind it."""
     order: list[str] = []
-    remaining = list(FACTORS)
+    remaining = list(parents)
     while remaining:
         ready = [n for n in remaining if all(p in order for p in parents.get(n, ()))]
         if not ready:
@@ -220,10 +245,11 @@ def topological_order(
     return tuple(order)
 
 
-def restrict(log_joint: Tensor, evidence: Mapping[str, int]) -> Tensor:
-    """The normalised log joint given evidence {factor: class}; zero probability is refused."""
-    mask = torch.zeros(SIZES, dtype=torch.bool)
-    index = tuple(evidence.get(name, slice(None)) for name in FACTORS)
+def restrict(log_joint: Tensor, evidence: Mapping[str, int], names: Sequence[str]) -> Tensor:
+    """The normalised log joint over the grid of factors `names` given evidence {factor:
+    class}; zero probability is refused."""
+    mask = torch.zeros(log_joint.shape, dtype=torch.bool)
+    index = tuple(evidence.get(name, slice(None)) for name in names)
     mask[index] = True
     restricted = log_joint.masked_fill(~mask, -math.inf)
     total = torch.logsumexp(restricted.reshape(-1), 0)
@@ -233,16 +259,17 @@ def restrict(log_joint: Tensor, evidence: Mapping[str, int]) -> Tensor:
     return restricted - total
 
 
-def marginals(log_joint: Tensor) -> dict[str, np.ndarray]:
-    """Per-factor marginal probabilities (K,) of a normalised log joint over the factor grid."""
+def marginals(log_joint: Tensor, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-factor marginal probabilities (K_f,) of a normalised log joint over the grid of the
+    factors `names`."""
     out = {}
-    for axis, name in enumerate(FACTORS):
-        others = [a for a in range(len(FACTORS)) if a != axis]
+    for axis, name in enumerate(names):
+        others = [a for a in range(len(names)) if a != axis]
         out[name] = torch.logsumexp(log_joint, dim=others).exp().numpy()
     return out
 
 
 def sample_grid(log_joint: Tensor, num_samples: int) -> Tensor:
-    """Class tuples (N, 5) drawn from a normalised log joint over the factor grid."""
+    """Class tuples (N, K) drawn from a normalised log joint over the factor grid."""
     flat = torch.multinomial(log_joint.reshape(-1).exp(), num_samples, replacement=True)
-    return torch.as_tensor(np.stack(np.unravel_index(flat.numpy(), SIZES), -1))
+    return torch.as_tensor(np.stack(np.unravel_index(flat.numpy(), log_joint.shape), -1))

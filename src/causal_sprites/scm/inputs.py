@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from causal_sprites.data.factors import FACTORS, SIZES, parse_factor_value
+from causal_sprites.data.schema import Schema
 from causal_sprites.errors import CausalSpritesError
 
 Value = str | int
@@ -34,23 +34,25 @@ def as_images(x: np.ndarray | Tensor) -> Tensor:
     return images.float()[:, None]
 
 
-def as_labels(y: np.ndarray | Tensor, batch: int) -> Tensor:
-    """Factor classes (B, 5) or (B, 6) with color -> (B, 5) int64, range-checked."""
+def as_labels(y: np.ndarray | Tensor, batch: int, schema: Schema) -> Tensor:
+    """Factor classes (B, K) of the schema's K factors, or (B, K + 1) with a leading constant
+    column (dSprites' color) -> (B, K) int64, range-checked."""
     labels = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    count = len(schema.factors)
     if labels.dim() == 1:
         labels = labels[None]
-    if labels.dim() != 2 or labels.shape[1] not in (5, 6):
-        raise CausalSpritesError(f"labels must have shape (B, 5), got {tuple(labels.shape)}")
-    labels = labels[:, -5:]
+    if labels.dim() != 2 or labels.shape[1] not in (count, count + 1):
+        raise CausalSpritesError(f"labels must have shape (B, {count}), got {tuple(labels.shape)}")
+    labels = labels[:, -count:]
     if labels.shape[0] != batch:
         raise CausalSpritesError(f"{labels.shape[0]} labels for {batch} images")
-    for i, (name, size) in enumerate(zip(FACTORS, SIZES, strict=True)):
+    for i, (name, size) in enumerate(zip(schema.names, schema.sizes, strict=True)):
         if bool(((labels[:, i] < 0) | (labels[:, i] >= size)).any()):
             raise CausalSpritesError(f"label for {name} out of range 0..{size - 1}")
     return labels
 
 
-def as_interventions(do: Interventions | None, batch: int) -> dict[str, Tensor]:
+def as_interventions(do: Interventions | None, batch: int, schema: Schema) -> dict[str, Tensor]:
     """do() values by name or index, one for all images or one per image -> {factor: (B,) int64}."""
     actions: dict[str, Tensor] = {}
     for name, value in (do or {}).items():
@@ -60,7 +62,9 @@ def as_interventions(do: Interventions | None, batch: int) -> dict[str, Tensor]:
         if given.size != batch:
             raise CausalSpritesError(f"{given.size} values of {name} for {batch} images")
         unique, inverse = np.unique(given, return_inverse=True)
-        classes = np.array([parse_factor_value(name, v) for v in unique.tolist()], dtype=np.int64)
+        classes = np.array(
+            [int(schema.parse_value(name, v)) for v in unique.tolist()], dtype=np.int64
+        )
         actions[name] = torch.from_numpy(classes[inverse].reshape(-1))
     return actions
 

@@ -16,7 +16,6 @@ from pyro import poutine
 from torch import Tensor
 
 from causal_sprites.config import RunConfig
-from causal_sprites.data.factors import FACTORS, normalize_assignments
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import (
     DRAW_TOP,
@@ -65,6 +64,8 @@ class CausalModel:
         self.config = config
         self.run_dir = run_dir
         self.scm = StructuralModel(model)
+        #: The factors of the data the run was trained on.
+        self.schema = model.schema
         self.likelihood_range = None if run_dir is None else read_likelihood_range(run_dir)
         #: How far reading factors off pixels searches (`model/readout.py`); a weak run's
         #: search skips the wider searches, which would read nothing right at great cost.
@@ -131,7 +132,9 @@ class CausalModel:
     def encode(self, x: np.ndarray | Tensor, y: np.ndarray | Tensor | None = None) -> Tensor:
         """Posterior means (B, z_dim) of q(z | x, y); labels from the classifier when y is None."""
         images = as_images(x)
-        labels = as_labels(self.infer_labels(images[:, 0]) if y is None else y, len(images))
+        labels = as_labels(
+            self.infer_labels(images[:, 0]) if y is None else y, len(images), self.schema
+        )
         codes = []
         for start in range(0, len(images), CHUNK):
             chunk = slice(start, start + CHUNK)
@@ -144,7 +147,7 @@ class CausalModel:
     @torch.no_grad()
     def decode_probs(self, y: np.ndarray | Tensor, z: Tensor) -> Tensor:
         """Pixel probabilities (B, 64, 64) of p(x | y, z)."""
-        labels = as_labels(y, len(z))
+        labels = as_labels(y, len(z), self.schema)
         out = []
         for start in range(0, len(z), CHUNK):
             chunk = slice(start, start + CHUNK)
@@ -161,7 +164,9 @@ class CausalModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Reconstructions (B, 64, 64) uint8 and the posterior means (B, z_dim) behind them."""
         images = as_images(x)
-        labels = self.infer_labels(images[:, 0]) if y is None else as_labels(y, len(images))
+        labels = (
+            self.infer_labels(images[:, 0]) if y is None else as_labels(y, len(images), self.schema)
+        )
         z = self.encode(images[:, 0], labels)
         return self.decode(labels, z), z.numpy()
 
@@ -180,11 +185,11 @@ class CausalModel:
         """Decode the same z with some labels changed by hand ("same sprite, but a heart")."""
         images = as_images(x)
         labels = torch.as_tensor(
-            self.infer_labels(images[:, 0]) if y is None else as_labels(y, len(images))
+            self.infer_labels(images[:, 0]) if y is None else as_labels(y, len(images), self.schema)
         ).clone()
         z = self.encode(images[:, 0], labels)
-        for name, value in normalize_assignments(set_factors or {}).items():
-            labels[:, FACTORS.index(name)] = value
+        for name, value in self.schema.classes(set_factors or {}).items():
+            labels[:, self.schema.index(name)] = value
         return self.decode(labels, z)
 
     # -- the structural causal model -----------------------------------------------------------
@@ -195,8 +200,9 @@ class CausalModel:
 
     def posterior(self, evidence: Mapping[str, Value] | None = None) -> dict[str, np.ndarray]:
         """Exact marginals p(factor | evidence) {factor: (K,)}: the factor network enumerated."""
-        given = normalize_assignments(evidence or {})
-        return marginals(restrict(self.factor_graph.log_joint(), given))
+        given = self.schema.classes(evidence or {})
+        names = self.schema.names
+        return marginals(restrict(self.factor_graph.log_joint(), given, names), names)
 
     @torch.no_grad()
     def condition_query(
@@ -209,15 +215,15 @@ class CausalModel:
         mechanism with fresh style and pixel noise (pyro.condition on the factor sites)."""
         start = time.perf_counter()
         check_count(num_samples)
-        given = normalize_assignments(evidence or {})
-        log_joint = restrict(self.factor_graph.log_joint(), given)
+        given, names = self.schema.classes(evidence or {}), self.schema.names
+        log_joint = restrict(self.factor_graph.log_joint(), given, names)
         with seeded(seed):
             classes = sample_grid(log_joint, num_samples).to(self.device)
-            data = {name: classes[:, i] for i, name in enumerate(FACTORS)}
+            data = {name: classes[:, i] for i, name in enumerate(names)}
             values = poutine.condition(self.scm, data=data)(num_samples)
         images = values["x"][0].to(torch.uint8).cpu().numpy()
         elapsed = time.perf_counter() - start
-        return SampleResult(images, classes.cpu().numpy(), marginals(log_joint), elapsed)
+        return SampleResult(images, classes.cpu().numpy(), marginals(log_joint, names), elapsed)
 
     def condition(
         self,
@@ -236,17 +242,15 @@ class CausalModel:
         their parents, descendants resampled; marginals by enumerating the mutilated network."""
         start = time.perf_counter()
         check_count(num_samples)
-        actions = normalize_assignments(do)
-        log_joint = restrict(self.factor_graph.log_joint(actions), {})
+        actions, names = self.schema.classes(do), self.schema.names
+        log_joint = restrict(self.factor_graph.log_joint(actions), {}, names)
         tensors = {name: torch.tensor(v, device=self.device) for name, v in actions.items()}
         with seeded(seed):
             values = chirho_do(self.scm, actions=tensors)(num_samples)
-        classes = torch.stack(
-            [values[name].expand(1, num_samples)[0] for name in FACTORS], -1
-        ).cpu()
+        classes = torch.stack([values[name].expand(1, num_samples)[0] for name in names], -1).cpu()
         images = values["x"][0].to(torch.uint8).cpu().numpy()
         elapsed = time.perf_counter() - start
-        return SampleResult(images, classes.numpy(), marginals(log_joint), elapsed)
+        return SampleResult(images, classes.numpy(), marginals(log_joint, names), elapsed)
 
     def intervene(
         self, do: Mapping[str, Value], num_samples: int = 16, seed: int | None = None
@@ -287,7 +291,7 @@ class CausalModel:
                 self.refuse_out_of_distribution(posterior)
                 labels = torch.as_tensor(posterior.mode, device=self.device)
             else:
-                labels = as_labels(y, len(images)).to(self.device)
+                labels = as_labels(y, len(images), self.schema).to(self.device)
             posterior = self.model.z_posterior(images, labels, features)
             loc, scale = posterior.mean, posterior.stddev
             if refine_steps > 0:
@@ -314,7 +318,7 @@ class CausalModel:
         num_samples, batch = abduction.noise["u_x"].shape[:2]
         actions = {
             name: value.to(self.device).expand(num_samples, batch)
-            for name, value in as_interventions(do, batch).items()
+            for name, value in as_interventions(do, batch, self.schema).items()
         }
         with (
             self.scm.reusing(abduction.labels, abduction.z, abduction.probs),
@@ -351,7 +355,7 @@ class CausalModel:
         start = time.perf_counter()
         check_count(num_samples)
         images = as_images(x)
-        actions = as_interventions(do, len(images))
+        actions = as_interventions(do, len(images), self.schema)
         inferred = y is None
         if y is None:
             if posterior is None:
@@ -362,7 +366,7 @@ class CausalModel:
                     images[:, 0], posterior, actions, num_samples, method, style, seed, start
                 )
             y = posterior.mode
-        labels = as_labels(y, len(images))
+        labels = as_labels(y, len(images), self.schema)
         step = max(1, CHUNK // num_samples)
         outs, factual, counterfactual = [], [], []
         with seeded(seed):
@@ -379,7 +383,7 @@ class CausalModel:
                 _, world = self.predict(abduction, {k: v[rows] for k, v in actions.items()})
                 outs.append(world["x"].to(torch.uint8).cpu())
                 factual.append(abduction.labels.cpu())
-                counterfactual.append(torch.stack([world[n] for n in FACTORS], -1).cpu())
+                counterfactual.append(torch.stack([world[n] for n in self.schema.names], -1).cpu())
         cf_images, cf_classes = torch.cat(outs, 1), torch.cat(counterfactual, 1)
         if num_samples == 1:
             cf_images, cf_classes = cf_images[0], cf_classes[0]
@@ -408,7 +412,7 @@ class CausalModel:
         batch = len(images)
         result = self.counterfactual_query(
             images.repeat(num_samples, 1, 1),
-            draws.reshape(-1, len(FACTORS)),
+            draws.reshape(-1, len(self.schema.names)),
             {name: value.repeat(num_samples) for name, value in actions.items()},
             method=method,
             style=style,
@@ -417,7 +421,7 @@ class CausalModel:
         return CounterfactualResult(
             result.images.reshape(num_samples, batch, 64, 64),
             posterior.mode,
-            result.counterfactual.reshape(num_samples, batch, len(FACTORS)),
+            result.counterfactual.reshape(num_samples, batch, len(self.schema.names)),
             True,
             time.perf_counter() - start,
         )

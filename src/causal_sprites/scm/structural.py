@@ -14,7 +14,6 @@ import torch
 from chirho.indexed.ops import IndexSet, gather, indices_of
 from torch import Tensor
 
-from causal_sprites.data.factors import FACTORS, SIZES
 from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.scm.mechanisms import gumbel_max, pixel_mechanism
 
@@ -45,7 +44,7 @@ class StructuralModel:
             pyro.plate("data", batch_size, dim=-1),
         ):
             for name in vae.order:
-                zeros = torch.zeros(SIZES[FACTORS.index(name)], device=device)
+                zeros = torch.zeros(vae.sizes[vae.names.index(name)], device=device)
                 noise = pyro.sample(
                     f"u_{name}", dist.Gumbel(zeros, 1.0, validate_args=False).to_event(1)
                 )
@@ -56,7 +55,7 @@ class StructuralModel:
             values["z"] = pyro.deterministic("z", u_z, event_dim=1)
             low = torch.zeros(64, 64, device=device)
             u_x = pyro.sample("u_x", dist.Uniform(low, low + 1.0, validate_args=False).to_event(2))
-            labels = torch.stack(torch.broadcast_tensors(*(values[n] for n in FACTORS)), -1)
+            labels = torch.stack(torch.broadcast_tensors(*(values[n] for n in vae.names)), -1)
             probs = self.pixel_probs(labels, values["z"])
             x = pixel_mechanism(probs, u_x).float()
             values["x"] = pyro.deterministic("x", x, event_dim=2)
