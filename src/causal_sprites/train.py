@@ -207,10 +207,13 @@ def progress_bar(enabled: bool, total: int | None) -> Iterator[Progress]:
         yield progress
 
 
-def prepare_run(run_dir: Path, config: RunConfig, resume: bool) -> tuple[RunConfig, bool]:
-    """Check the run directory; return the config to train with and whether to resume. A resume
-    of a run killed before its first checkpoint starts afresh (what a relaunch with the same
-    command, as torchrun --max-restarts or a job scheduler makes, needs)."""
+def prepare_run(
+    run_dir: Path, config: RunConfig, resume: bool, schema: dict[str, Any]
+) -> tuple[RunConfig, bool]:
+    """Check the run directory; return the config to train with (recording the data's `schema`)
+    and whether to resume. A resume of a run killed before its first checkpoint starts afresh
+    (what a relaunch with the same command, as torchrun --max-restarts or a job scheduler makes,
+    needs)."""
     if resume and (run_dir / CHECKPOINT_FILE).is_file():
         stored = read_config(run_dir)
         return replace(stored, train=replace(stored.train, **_budget(config))), True
@@ -218,7 +221,7 @@ def prepare_run(run_dir: Path, config: RunConfig, resume: bool) -> tuple[RunConf
         raise CausalSpritesError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
-    return replace(config, libraries=library_versions()), False
+    return replace(config, libraries=library_versions(), schema=schema), False
 
 
 def _budget(config: RunConfig) -> dict[str, Any]:
@@ -248,10 +251,10 @@ def fit(
     `on_step(step, model)` runs after every optimiser step (tests check ranks agree with it).
     """
     # Refuse bad input before touching the run directory.
-    topological_order(config.graph, config.factor_schema.names)
+    topological_order(config.graph, data.schema.names)
     if total_steps(config, 1) is None and config.train.max_minutes is None:
         raise CausalSpritesError("give a budget: --steps, --epochs or --minutes")
-    config, resuming = prepare_run(run_dir, config, resume)
+    config, resuming = prepare_run(run_dir, config, resume, data.schema.to_json())
     distributed = current_distributed()
     if resume and not resuming and distributed.is_main:
         print(f"note: {run_dir} has no checkpoint yet: starting afresh", file=sys.stderr)

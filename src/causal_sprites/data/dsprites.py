@@ -22,6 +22,7 @@ from causal_sprites.data.factors import (
     ALL_FACTORS,
     FACTORS,
     NUM_IMAGES,
+    SCHEMA,
     classes_to_index,
     classes_to_values,
     parse_factor_value,
@@ -171,6 +172,9 @@ class DSprites:
         if classes.ndim == 2 and classes.shape[1] == 5:
             classes = np.concatenate([np.zeros((len(classes), 1), classes.dtype), classes], 1)
         return cls(pack(imgs.astype(np.uint8, copy=False)), classes)
+
+    #: The factor schema every consumer asks: five categorical factors, binary 64x64 images.
+    schema = SCHEMA
 
     def __len__(self) -> int:
         return len(self.packed)
