@@ -5,6 +5,7 @@ Follows the official file (Matthey et al. 2017) and disentanglement_lib's `dspri
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Final
 
@@ -33,9 +34,12 @@ VALUES: Final[dict[str, np.ndarray]] = {
 #: The dSprites schema: what every consumer asks instead of the constants above.
 SCHEMA: Final = Schema(
     name="dsprites",
-    factors=tuple(
-        categorical(n, SHAPE_NAMES if n == "shape" else range(len(VALUES[n])), VALUES[n].tolist())
-        for n in FACTORS
+    factors=(
+        categorical("shape", SHAPE_NAMES, VALUES["shape"].tolist()),
+        categorical("scale", range(6), VALUES["scale"].tolist(), ordered=True),
+        categorical("orientation", range(40), VALUES["orientation"].tolist(), cyclic=True),
+        categorical("posX", range(32), VALUES["posX"].tolist(), ordered=True),
+        categorical("posY", range(32), VALUES["posY"].tolist(), ordered=True),
     ),
     image_shape=(64, 64, 1),
     binary=True,
@@ -70,6 +74,30 @@ def _equivalent_orientations() -> list[list[list[int]]]:
 
 #: [shape][orientation]: the orientations that draw (nearly) the same sprite, itself included.
 EQUIVALENT_ORIENTATIONS: Final = _equivalent_orientations()
+
+
+def equivalent_poses(center: tuple[int, ...]) -> dict[int, list[int]]:
+    """The readout's dSprites hint: {orientation's column: the turns of the tuple's shape that
+    draw (nearly) its image}, proposed beside the grid neighbours."""
+    return {2: EQUIVALENT_ORIENTATIONS[center[0]][center[2]]}
+
+
+def nearby_poses(center: tuple[int, ...]) -> set[tuple[int, ...]]:
+    """The readout's dSprites last resort: every shape and scale, and every orientation, each
+    with the position moved up to 2 steps both ways (a sprite misread in several factors at
+    once; a turned heart's position is misread with its orientation)."""
+    shape, scale, turn, x, y = center
+    out: set[tuple[int, ...]] = set()
+    for dx, dy in itertools.product(range(-2, 3), repeat=2):
+        if not (0 <= x + dx < SIZES[3] and 0 <= y + dy < SIZES[4]):
+            continue
+        out |= {(shape, scale, k, x + dx, y + dy) for k in range(SIZES[2])}
+        out |= {
+            (s, c, turn, x + dx, y + dy)
+            for s, c in itertools.product(range(SIZES[0]), range(SIZES[1]))
+        }
+    return out
+
 
 #: Strides of the official order: index = classes (B, 6) @ BASES.
 BASES: Final = np.array(

@@ -30,7 +30,9 @@ MIN_SIDE, MAX_SIDE = 28, 128
 @dataclass(frozen=True)
 class Factor:
     """One factor: a categorical one's class names (and numeric `values`, one per class, when
-    the classes stand for numbers), or a continuous one's range [low, high] and unit."""
+    the classes stand for numbers), or a continuous one's range [low, high] and unit. `ordered`
+    classes lie on a line (neighbours look alike: the readout proposes them), `cyclic` ones on a
+    circle (an angle: the last class neighbours the first)."""
 
     name: str
     kind: Kind = "categorical"
@@ -39,6 +41,8 @@ class Factor:
     low: float | None = None
     high: float | None = None
     unit: str = ""
+    ordered: bool = False
+    cyclic: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -143,6 +147,7 @@ class Factor:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "classes": list(self.classes)}
         if self.values is not None:
             out["values"] = list(self.values)
+        out.update({key: True for key in ("ordered", "cyclic") if getattr(self, key)})
         return out
 
     @classmethod
@@ -150,7 +155,7 @@ class Factor:
         """A factor from its JSON form (one-line errors on anything malformed)."""
         if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
             raise CausalSpritesError(f"schema: a factor must be an object with a name, got {raw!r}")
-        known = {"name", "kind", "classes", "values", "low", "high", "unit"}
+        known = {"name", "kind", "classes", "values", "low", "high", "unit", "ordered", "cyclic"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise CausalSpritesError(f"schema: factor {raw['name']!r} has unknown keys {unknown}")
@@ -164,6 +169,8 @@ class Factor:
                 low=None if raw.get("low") is None else float(raw["low"]),
                 high=None if raw.get("high") is None else float(raw["high"]),
                 unit=str(raw.get("unit", "")),
+                ordered=bool(raw.get("ordered", False)),
+                cyclic=bool(raw.get("cyclic", False)),
             )
         except (TypeError, ValueError) as error:
             raise CausalSpritesError(
@@ -172,7 +179,11 @@ class Factor:
 
 
 def categorical(
-    name: str, classes: Sequence[str | int], values: Sequence[float] | None = None
+    name: str,
+    classes: Sequence[str | int],
+    values: Sequence[float] | None = None,
+    ordered: bool = False,
+    cyclic: bool = False,
 ) -> Factor:
     """A categorical factor; classes given as numbers are named by their text."""
     return Factor(
@@ -180,6 +191,8 @@ def categorical(
         "categorical",
         tuple(str(c) for c in classes),
         None if values is None else tuple(float(v) for v in values),
+        ordered=ordered or cyclic,
+        cyclic=cyclic,
     )
 
 
@@ -251,7 +264,8 @@ class Schema:
             name, sep, value = str(item).partition("=")
             name = name.strip()
             if not sep or not name or not value.strip():
-                example = f"{self.names[0]}={self.factors[0].text(0) if self.categorical else 0}"
+                first = self.factors[0]
+                example = f"{first.name}={first.text(0) if first.kind == 'categorical' else 0}"
                 raise CausalSpritesError(
                     f"bad assignment {item!r}: expected factor=value, e.g. {example}"
                 )

@@ -16,7 +16,6 @@ is marked incomplete, never passed off as a finished search.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from dataclasses import dataclass
 
@@ -26,8 +25,8 @@ from torch import Tensor
 from torch.distributions import kl_divergence
 from torch.nn import functional as F
 
-from causal_sprites.data.factors import EQUIVALENT_ORIENTATIONS, FACTORS, SIZES
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.search import SearchSpace
 from causal_sprites.model.vae import ConditionalVAE
 
 #: A class the classifier gives at least this probability is scored, up to MAX_LIKELY classes
@@ -39,8 +38,6 @@ MAX_ROUNDS = 4
 #: A mode whose ELBO of log p(x | y) is below this many nats is searched again, wider: a sprite
 #: the pretrained model draws right scores a few nats, a pose a step off in two factors hundreds.
 ESCALATE_NATS = -30.0
-#: Classes per factor combined by the first escalation (3 ** 5 = 243 tuples at most).
-JOINT_CLASSES = 3
 #: Factor tuples per image kept when a posterior is drawn from or folded in (the rest weigh
 #: nothing on a trained model).
 DRAW_TOP = 8
@@ -49,9 +46,6 @@ SCORE_CHUNK = 1024
 #: Tuples scored per image at most: a full escalation scores about 2,000 (the wide search alone
 #: about 1,450); the pretrained model scores at most 23 on 2,048 random images.
 MAX_SCORED = 2048
-ORIENTATION, NUM_ORIENTATIONS = FACTORS.index("orientation"), SIZES[FACTORS.index("orientation")]
-#: Factors with an ordered grid, whose neighbours are always proposed (orientation wraps).
-ORDERED = tuple(FACTORS.index(n) for n in ("scale", "orientation", "posX", "posY"))
 
 
 @dataclass(frozen=True)
@@ -136,70 +130,11 @@ def _score(
     return torch.cat(joint), torch.cat(likelihood)
 
 
-def _proposals(center: tuple[int, ...], likely: list[list[int]]) -> set[tuple[int, ...]]:
-    """Single-factor changes of a tuple: the classifier's likely classes, the grid neighbours
-    and, for orientation, the nearly equivalent turns of the current shape."""
-    out = set()
-    for i, size in enumerate(SIZES):
-        values = set(likely[i])
-        if i in ORDERED:
-            step = [center[i] - 1, center[i] + 1]
-            values |= {v % size for v in step} if i == ORIENTATION else set(step)
-        if i == ORIENTATION:
-            values |= set(EQUIVALENT_ORIENTATIONS[center[0]][center[i]])
-        for v in values:
-            if 0 <= v < size and v != center[i]:
-                out.add((*center[:i], v, *center[i + 1 :]))
-    return out
-
-
 def _likely_classes(probs: Tensor) -> list[int]:
     """Classes (most probable first, MAX_LIKELY at most) to which the classifier gives
     MIN_PROPOSAL_PROB or more."""
     order = torch.argsort(probs, descending=True)[:MAX_LIKELY]
     return [int(k) for k in order if probs[k] >= MIN_PROPOSAL_PROB]
-
-
-def _joint_proposals(center: tuple[int, ...], likely: list[list[int]]) -> set[tuple[int, ...]]:
-    """Every combination of each factor's JOINT_CLASSES likeliest classes: the classifier's
-    second guesses on several factors at once."""
-    return set(itertools.product(*(classes[:JOINT_CLASSES] for classes in likely)))
-
-
-def _pair_proposals(center: tuple[int, ...], likely: list[list[int]]) -> set[tuple[int, ...]]:
-    """Changes of two factors at once (each to a value `_proposals` would give it, or two grid
-    steps away): the way out when one factor cannot improve until another moves too."""
-    single = [t for t in _proposals(center, likely)]
-    for i in ORDERED:
-        for v in (center[i] - 2, center[i] + 2):
-            if i == ORIENTATION:
-                v %= NUM_ORIENTATIONS
-            if 0 <= v < SIZES[i]:
-                single.append((*center[:i], v, *center[i + 1 :]))
-    changed = [next(i for i in range(len(center)) if t[i] != center[i]) for t in single]
-    out = set()
-    for a, (first, i) in enumerate(zip(single, changed, strict=True)):
-        for second, j in zip(single[a + 1 :], changed[a + 1 :], strict=True):
-            if i != j:
-                out.add(tuple(second[k] if k == j else first[k] for k in range(len(center))))
-    return out
-
-
-def _wide_proposals(center: tuple[int, ...], likely: list[list[int]]) -> set[tuple[int, ...]]:
-    """Every shape and scale, and every orientation, each with the position moved up to 2 steps
-    both ways: the last resort for a tuple still far from explaining its image (a sprite misread
-    in several factors at once; a turned heart's position is misread with its orientation)."""
-    shape, scale, turn, x, y = center
-    out: set[tuple[int, ...]] = set()
-    for dx, dy in itertools.product(range(-2, 3), repeat=2):
-        if not (0 <= x + dx < SIZES[3] and 0 <= y + dy < SIZES[4]):
-            continue
-        out |= {(shape, scale, k, x + dx, y + dy) for k in range(NUM_ORIENTATIONS)}
-        out |= {
-            (s, c, turn, x + dx, y + dy)
-            for s, c in itertools.product(range(SIZES[0]), range(SIZES[1]))
-        }
-    return out
 
 
 @torch.no_grad()
@@ -212,16 +147,17 @@ def infer_posterior(
 ) -> FactorPosterior:
     """The posterior over factor tuples of images (B, 1, 64, 64) float 0/1 (see the module),
     searched within `budget`; no wider search starts after `deadline` (time.monotonic())."""
+    space = SearchSpace.of(vae.schema)
     features = vae.encoder.features(images)
     probs = [logits.softmax(-1).cpu() for logits in vae.classify(images, features)]
     likely = [[_likely_classes(p[b]) for p in probs] for b in range(len(images))]
     starts = [tuple(int(p[b].argmax()) for p in probs) for b in range(len(images))]
     scored: list[dict[tuple[int, ...], tuple[float, float]]] = [{} for _ in images]
-    search = _Search(vae, images, features, likely, scored, budget.max_scored)
+    search = _Search(vae, space, images, features, likely, scored, budget.max_scored)
     modes = search.climb(
-        {b: ({start} | _proposals(start, likely[b])) for b, start in enumerate(starts)}
+        {b: ({start} | space.proposals(start, likely[b])) for b, start in enumerate(starts)}
     )
-    for widen in (_joint_proposals, _pair_proposals, _wide_proposals):
+    for widen in (space.joint, space.pairs, space.widest):
         stuck = [b for b, mode in modes.items() if scored[b][mode][1] < ESCALATE_NATS]
         if not budget.escalate or (deadline is not None and time.monotonic() > deadline):
             search.cut.update(stuck)
@@ -237,6 +173,7 @@ class _Search:
     """Coordinate ascent over factor tuples, all images batched; `scored` collects every score."""
 
     vae: ConditionalVAE
+    space: SearchSpace
     images: Tensor
     features: Tensor
     likely: list[list[list[int]]]
@@ -262,7 +199,7 @@ class _Search:
             moved = {}
             for b in pending:
                 best[b] = _best(self.scored[b])
-                moved[b] = _proposals(best[b], self.likely[b])
+                moved[b] = self.space.proposals(best[b], self.likely[b])
             pending = moved
         return {b: _best(self.scored[b]) for b in best}
 
@@ -300,7 +237,7 @@ def _normalise(
 ) -> FactorPosterior:
     """The top-K tuples of each image's scored set with their normalised probabilities."""
     batch = len(scored)
-    classes = np.zeros((batch, top, len(FACTORS)), dtype=np.int64)
+    classes = np.zeros((batch, top, len(next(iter(scored[0])))), dtype=np.int64)
     probabilities = np.zeros((batch, top))
     log_likelihood = np.zeros(batch)
     for b, table in enumerate(scored):
