@@ -105,7 +105,7 @@ def discovery(model: CausalModel, data: DSprites, num: int, seed: int) -> dict[s
     rows = np.sort(np.random.default_rng(seed).choice(len(data), num, replace=False))
     images = data.images(rows)
     ours = discover_from_images(model, images, seed=seed)
-    before = discover(argmax_labels(model, images), seed=seed)
+    before = discover(argmax_labels(model, images), seed=seed, names=FACTORS)
     return {
         "num_images": num,
         "posterior_edges": ours["edges"],

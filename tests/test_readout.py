@@ -15,6 +15,7 @@ from causal_sprites.data.factors import (
     EQUIVALENT_ORIENTATIONS,
     FACTORS,
     NUM_IMAGES,
+    SCHEMA,
     SIZES,
     index_to_classes,
 )
@@ -140,6 +141,8 @@ def test_posterior_draws_of_independent_factors_find_no_edge() -> None:
     truth = np.stack([rng.integers(0, s, 20_000) for s in SIZES], 1)
 
     class Reader:
+        schema = SCHEMA
+
         def infer(self, x: np.ndarray, top: int = 5) -> FactorPosterior:
             classes = np.repeat(truth[:, None], 4, 1)
             probs = np.zeros((len(truth), 4))
@@ -155,7 +158,7 @@ def test_posterior_draws_of_independent_factors_find_no_edge() -> None:
     assert drawn["edges"] == [] and drawn["factors"] == list(FACTORS)
     canonical = truth.copy()
     canonical[:, 2] = np.where(truth[:, 0] == SQUARE, truth[:, 2] % 10, truth[:, 2])
-    found = discover(canonical)["edges"]
+    found = discover(canonical, names=FACTORS)["edges"]
     assert {"from": "shape", "to": "orientation", "directed": False} in found
 
 

@@ -1,6 +1,6 @@
-"""Causal discovery over the five dSprites factors: the PC algorithm (Spirtes, Glymour & Scheines
-2000) of causal-learn (Zheng et al. 2024) and the structural Hamming distance between CPDAGs
-(Tsamardinos, Brown & Aliferis 2006).
+"""Causal discovery over a dataset's categorical factors: the PC algorithm (Spirtes, Glymour &
+Scheines 2000) of causal-learn (Zheng et al. 2024) and the structural Hamming distance between
+CPDAGs (Tsamardinos, Brown & Aliferis 2006).
 
 The factors are categorical with up to 40 classes, so the conditional independence test is
 Pearson's chi-square on the stratified contingency tables: it needs no distributional assumption
@@ -23,7 +23,7 @@ from causallearn.search.ConstraintBased.PC import pc
 from scipy import stats
 
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.data.factors import FACTORS
+from causal_sprites.data.schema import Schema
 from causal_sprites.data.variants import VariantSpec
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import DRAW_TOP
@@ -50,27 +50,29 @@ class Posterior(Protocol):
 
 
 class LabelInferrer(Protocol):
-    """Anything that gives the posterior p(y | x) of images (B, 64, 64), e.g. a CausalModel."""
+    """Anything that gives the posterior p(y | x) of images (B, H, W), e.g. a CausalModel."""
+
+    @property
+    def schema(self) -> Schema: ...
 
     def infer(self, x: np.ndarray, top: int = 5) -> Posterior: ...
 
 
-def _pair(a: str, b: str) -> tuple[tuple[str, str], bool]:
+def _pair(a: str, b: str, names: Sequence[str]) -> tuple[tuple[str, str], bool]:
     """The canonical (first, second) pair in factor order and whether (a, b) was flipped."""
-    flipped = FACTORS.index(a) > FACTORS.index(b)
+    flipped = names.index(a) > names.index(b)
     return ((b, a) if flipped else (a, b)), flipped
 
 
-def cpdag_of_dag(edges: Iterable[tuple[str, str]]) -> Cpdag:
-    """The CPDAG (Markov equivalence class) of a DAG's (parent, child) edges: the v-structures
-    directed, then Meek's rules R1-R3 to a fixpoint (complete for a DAG's pattern; Meek 1995)."""
+def cpdag_of_dag(edges: Iterable[tuple[str, str]], names: Sequence[str]) -> Cpdag:
+    """The CPDAG (Markov equivalence class) of a DAG's (parent, child) edges over the factors
+    `names`: the v-structures directed, then Meek's rules R1-R3 to a fixpoint (complete for a
+    DAG's pattern; Meek 1995)."""
     directed = set(edges)
     for pair in directed:
-        if not set(pair) <= set(FACTORS):
-            raise CausalSpritesError(
-                f"unknown factor in edge {pair}; factors: {', '.join(FACTORS)}"
-            )
-    parents = {n: {p for p, c in directed if c == n} for n in FACTORS}
+        if not set(pair) <= set(names):
+            raise CausalSpritesError(f"unknown factor in edge {pair}; factors: {', '.join(names)}")
+    parents = {n: {p for p, c in directed if c == n} for n in names}
     topological_order(parents)  # raises on a cycle
     adjacent = {frozenset(e) for e in directed}
 
@@ -78,7 +80,7 @@ def cpdag_of_dag(edges: Iterable[tuple[str, str]]) -> Cpdag:
         return frozenset((a, b)) in adjacent
 
     oriented: set[tuple[str, str]] = set()
-    for child in FACTORS:
+    for child in names:
         for p, q in itertools.combinations(sorted(parents[child]), 2):
             if not adj(p, q):
                 oriented |= {(p, child), (q, child)}
@@ -93,7 +95,7 @@ def cpdag_of_dag(edges: Iterable[tuple[str, str]]) -> Cpdag:
         for edge in list(undirected):
             for a, b in itertools.permutations(sorted(edge)):
                 r1 = any(not adj(c, b) for c in into(a))
-                r2 = any((c, b) in oriented for c in FACTORS if (a, c) in oriented)
+                r2 = any((c, b) in oriented for c in names if (a, c) in oriented)
                 r3 = any(
                     not adj(c, d) and frozenset((a, c)) in undirected
                     for c, d in itertools.combinations(sorted(into(b)), 2)
@@ -106,10 +108,10 @@ def cpdag_of_dag(edges: Iterable[tuple[str, str]]) -> Cpdag:
                     break
     cpdag: Cpdag = {}
     for a, b in oriented:
-        key, flipped = _pair(a, b)
+        key, flipped = _pair(a, b, names)
         cpdag[key] = "<-" if flipped else "->"
     for edge in undirected:
-        a, b = sorted(edge, key=FACTORS.index)
+        a, b = sorted(edge, key=list(names).index)
         cpdag[(a, b)] = "--"
     return cpdag
 
@@ -121,14 +123,16 @@ def structural_hamming_distance(found: Cpdag, truth: Cpdag) -> int:
     return sum(found.get(pair) != truth.get(pair) for pair in set(found) | set(truth))
 
 
-def pairwise_tests(labels: np.ndarray, factors: Sequence[str] = FACTORS) -> list[dict[str, Any]]:
-    """Marginal independence test of every pair of `factors`: Pearson chi-square p-value and
-    Cramer's V (0: independent, 1: one factor determines the other) of the contingency table.
-    Labels (N, 5)."""
-    labels = _as_labels(labels)
+def pairwise_tests(
+    labels: np.ndarray, names: Sequence[str], factors: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Marginal independence test of every pair of `factors` (default: all): Pearson chi-square
+    p-value and Cramer's V (0: independent, 1: one factor determines the other) of the
+    contingency table. Labels (N, K) of the factors `names`."""
+    labels = _as_labels(labels, len(names))
     tests = []
-    for a, b in itertools.combinations(factors, 2):
-        i, j = FACTORS.index(a), FACTORS.index(b)
+    for a, b in itertools.combinations(names if factors is None else factors, 2):
+        i, j = list(names).index(a), list(names).index(b)
         table = np.zeros((labels[:, i].max() + 1, labels[:, j].max() + 1))
         np.add.at(table, (labels[:, i], labels[:, j]), 1)
         table = table[table.sum(1) > 0][:, table.sum(0) > 0]  # unobserved classes carry no df
@@ -141,14 +145,17 @@ def pairwise_tests(labels: np.ndarray, factors: Sequence[str] = FACTORS) -> list
     return tests
 
 
-def _as_labels(labels: np.ndarray) -> np.ndarray:
-    """(N, 5) or (N, 6) with color -> (N, 5) int64, checked."""
+def _as_labels(labels: np.ndarray, count: int) -> np.ndarray:
+    """(N, K) classes of K factors, or (N, K + 1) with a leading constant column (dSprites'
+    color) -> (N, K) int64, checked."""
     array = np.asarray(labels)
-    if array.ndim != 2 or array.shape[1] not in (5, 6):
-        raise CausalSpritesError(f"labels must have shape (N, 5), got {array.shape}")
+    if array.ndim != 2 or array.shape[1] not in (count, count + 1):
+        raise CausalSpritesError(f"labels must have shape (N, {count}), got {array.shape}")
+    if np.issubdtype(array.dtype, np.floating) and np.array_equal(array, np.round(array)):
+        array = array.astype(np.int64)  # a dataset file stores classes as float64
     if not np.issubdtype(array.dtype, np.integer) or (array.size and array.min() < 0):
         raise CausalSpritesError("labels must be non-negative integer classes")
-    return array[:, -len(FACTORS) :].astype(np.int64)
+    return array[:, -count:].astype(np.int64)
 
 
 def _run_pc(labels: np.ndarray, factors: Sequence[str], alpha: float, test: str) -> Cpdag:
@@ -166,10 +173,11 @@ def _run_pc(labels: np.ndarray, factors: Sequence[str], alpha: float, test: str)
     return cpdag
 
 
-def edge_list(cpdag: Cpdag) -> list[dict[str, Any]]:
+def edge_list(cpdag: Cpdag, names: Sequence[str]) -> list[dict[str, Any]]:
     """A CPDAG as DESIGN.md's `[{from, to, directed}]` (undirected edges in factor order)."""
     out = []
-    for (a, b), mark in sorted(cpdag.items(), key=lambda kv: [FACTORS.index(n) for n in kv[0]]):
+    order = list(names)
+    for (a, b), mark in sorted(cpdag.items(), key=lambda kv: [order.index(n) for n in kv[0]]):
         source, target = (b, a) if mark == "<-" else (a, b)
         out.append({"from": source, "to": target, "directed": mark in ("->", "<-")})
     return out
@@ -183,20 +191,23 @@ def discover(
     test: Literal["chisq", "gsq"] = "chisq",
     max_samples: int | None = None,
     seed: int = 0,
-    factors: Sequence[str] = FACTORS,
+    names: Sequence[str],
+    factors: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """PC over factor classes (N, 5) (or (N, 6) with color): `edges` [{from, to, directed}],
-    `tests` [{a, b, p_value, cramers_v}], `shd` to the truth's CPDAG (None without a truth), plus
-    `num_samples`, `factors`, `alpha`, `test`, `seconds`. `max_samples` draws a seeded subsample;
-    `factors` restricts the search to some factors (a truth may not have edges to the others)."""
+    """PC over factor classes (N, K) of the factors `names` (or (N, K + 1) with dSprites' color):
+    `edges` [{from, to, directed}], `tests` [{a, b, p_value, cramers_v}], `shd` to the truth's
+    CPDAG (None without a truth), plus `num_samples`, `factors`, `alpha`, `test`, `seconds`.
+    `max_samples` draws a seeded subsample; `factors` restricts the search to some factors (a
+    truth may not have edges to the others)."""
     start = time.perf_counter()
-    labels = _as_labels(labels)
-    unknown = [f for f in factors if f not in FACTORS]
+    labels = _as_labels(labels, len(names))
+    factors = names if factors is None else factors
+    unknown = [f for f in factors if f not in names]
     if unknown or len(set(factors)) < 2:
         raise CausalSpritesError(
-            f"factors must name at least two of {', '.join(FACTORS)}; got {', '.join(factors)}"
+            f"factors must name at least two of {', '.join(names)}; got {', '.join(factors)}"
         )
-    chosen = [f for f in FACTORS if f in factors]
+    chosen = [f for f in names if f in factors]
     if test not in ("chisq", "gsq"):
         raise CausalSpritesError(f"unknown test {test!r}: expected chisq or gsq")
     if not 0.0 < alpha < 1.0:
@@ -206,11 +217,11 @@ def discover(
         labels = labels[np.sort(rows)]
     if len(labels) < MIN_SAMPLES:
         raise CausalSpritesError(f"discovery needs at least {MIN_SAMPLES} rows, got {len(labels)}")
-    columns = [FACTORS.index(f) for f in chosen]
+    columns = [list(names).index(f) for f in chosen]
     found = _run_pc(labels[:, columns], chosen, alpha, test)
     result: dict[str, Any] = {
-        "edges": edge_list(found),
-        "tests": pairwise_tests(labels, chosen),
+        "edges": edge_list(found, names),
+        "tests": pairwise_tests(labels, names, chosen),
         "shd": None,
         "num_samples": len(labels),
         "factors": chosen,
@@ -226,9 +237,9 @@ def discover(
                 f"the truth has the edge {outside[0][0]} -> {outside[0][1]} outside the factors "
                 f"searched ({', '.join(chosen)})"
             )
-        true_cpdag = cpdag_of_dag(true_edges)
+        true_cpdag = cpdag_of_dag(true_edges, names)
         result["shd"] = structural_hamming_distance(found, true_cpdag)
-        result["truth_edges"] = edge_list(true_cpdag)
+        result["truth_edges"] = edge_list(true_cpdag, names)
     result["seconds"] = time.perf_counter() - start
     return result
 
@@ -240,7 +251,7 @@ def discover_file(
 ) -> dict[str, Any]:
     """`discover` on the labels of a data file (default: the default dSprites data)."""
     data = DSprites.load(path)
-    return discover(data.factors(slice(None)), truth, **options)
+    return discover(data.factors(slice(None)), truth, names=data.schema.names, **options)
 
 
 def discover_from_images(
@@ -248,11 +259,11 @@ def discover_from_images(
     images: np.ndarray,
     truth: VariantSpec | Sequence[tuple[str, str]] | None = None,
     *,
-    factors: Sequence[str] = FACTORS,
+    factors: Sequence[str] | None = None,
     seed: int = 0,
     **options: Any,
 ) -> dict[str, Any]:
-    """`discover` on the pixels alone: images (B, 64, 64), each one's factors drawn once from the
+    """`discover` on the pixels alone: images (B, H, W), each one's factors drawn once from the
     posterior p(y | x). Drawing (not taking the mode) is what keeps symmetric sprites honest: a
     square at orientation k is drawn at k or at the turns that look the same, with their weights,
     and if the model is right the draws over all images follow the factors' true joint law
@@ -260,6 +271,7 @@ def discover_from_images(
     or any canonical orientation per shape, would tie orientation's law to the shape."""
     posterior = model.infer(images, top=DRAW_TOP)
     labels = posterior.sample(1, np.random.default_rng(seed))[0]
-    result = discover(labels, truth, factors=factors, seed=seed, **options)
+    names = model.schema.names
+    result = discover(labels, truth, names=names, factors=factors, seed=seed, **options)
     stopped = int((~posterior.complete).sum())
     return {**result, "labels": "posterior", "num_stopped_on_budget": stopped}

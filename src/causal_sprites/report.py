@@ -301,7 +301,9 @@ def _discoveries(model: CausalModel, data: DSprites, seed: int) -> list[dict[str
     for title, uid in runs:
         if uid == "labels":
             labels = data.factors(slice(None))
-            result = discover(labels, max_samples=DISCOVERY_SAMPLES, seed=seed)
+            result = discover(
+                labels, max_samples=DISCOVERY_SAMPLES, seed=seed, names=data.schema.names
+            )
         else:
             result = discover_from_images(model, data.images(rows), seed=seed)
         tests = Table(
