@@ -108,11 +108,81 @@ def _spec(text: str) -> Maker:
     return _write("spec.yaml", ("num_samples: 10\n" + text).encode())
 
 
+SQUARES_CSV = "file,colour,size\nimg0.png,red,4\nimg1.png,green,8\nimg2.png,blue,4\n"
+
+
+def _images_csv(csv: str = SQUARES_CSV, factors: str = "", odd: np.ndarray | None = None) -> Maker:
+    """Three 32x48 RGB squares and a CSV naming them (the third image `odd` when given), with
+    FACTORS.yaml at {tmp}/factors.yaml when `factors` says something."""
+
+    def make(tmp: Path, data: Path, run: Path) -> str:
+        from PIL import Image
+
+        for k in range(3):
+            image = np.zeros((32, 48, 3), np.uint8)
+            image[8:16, 4 * k : 4 * k + 8] = 200
+            Image.fromarray(image if k < 2 or odd is None else odd).save(tmp / f"img{k}.png")
+        (tmp / "labels.csv").write_text(csv)
+        if factors:
+            (tmp / "factors.yaml").write_text(factors)
+        return str(tmp / "labels.csv")
+
+    return make
+
+
+def _many_classes(tmp: Path, data: Path, run: Path) -> str:
+    rows = "".join(f"img{k}.png,{k}\n" for k in range(10_001))
+    (tmp / "many.csv").write_text("file,id\n" + rows)
+    return str(tmp / "many.csv")
+
+
+def _transparent(tmp: Path, data: Path, run: Path) -> str:
+    """The third image has one transparent pixel: found only while the images are written."""
+    from PIL import Image
+
+    path = _images_csv()(tmp, data, run)
+    with Image.open(tmp / "img2.png") as opaque:
+        image = opaque.convert("RGBA")
+    image.putpixel((0, 0), (0, 0, 0, 0))
+    image.save(tmp / "img2.png")
+    return path
+
+
+def _h5(**arrays: np.ndarray) -> Maker:
+    def make(tmp: Path, data: Path, run: Path) -> str:
+        with h5py.File(tmp / "shapes.h5", "w") as handle:
+            for key, array in arrays.items():
+                handle[key] = array
+        return str(tmp / "shapes.h5")
+
+    return make
+
+
+def _arrays(name: str, **arrays: np.ndarray) -> Maker:
+    def make(tmp: Path, data: Path, run: Path) -> str:
+        np.savez(tmp / name, **arrays)
+        return str(tmp / name)
+
+    return make
+
+
+BAD_CLASS_DATASET = _arrays(
+    "dataset.npz",
+    images=np.zeros((2, 28, 28), np.uint8),
+    factors=np.array([[0.0], [2.0]]),
+    schema=np.array(
+        '{"factors": [{"name": "size", "classes": ["4", "8"]}], "image_shape": [28, 28, 1]}'
+    ),
+)
+
+
 SHOW = ("data", "show", "--data", "{data}", "--out", "{tmp}/grid.png")
 TRAIN = ("train", "--out", "{tmp}/new", "--data", "{data}", "--preset", "tiny", "--no-progress")
 EDIT = ("edit", "{run}", "--data", "{data}", "--index", "0", "--out", "{tmp}/edit.png")
 CF = ("counterfactual", "{run}", "--data", "{data}", "--out", "{tmp}/cf.png")
 VARIANT = ("data", "variant", "{bad}", "--out", "{tmp}/variant.npz")
+IMPORT = ("data", "import", "{bad}", "--out", "{tmp}/out.npz")
+DECLARED = (*IMPORT, "--factors", "{tmp}/factors.yaml")
 #: Two 8x8 squares far apart: each is a sprite, together no dSprites image.
 TWO_SPRITES = np.zeros((64, 64))
 TWO_SPRITES[8:16, 8:16] = TWO_SPRITES[44:52, 40:48] = 1
@@ -224,6 +294,25 @@ CASES: list[Case] = [
     Case("variant spec", "no samples", VARIANT, _write("spec.yaml", b"num_samples: 0\n")),
     Case("variant spec", "truth spec for discovery missing", ("discover", "--data", "{data}", "--truth", "{tmp}/none.yaml")),
     Case("CLI arguments", "negative decoder learning rate", (*TRAIN, "--steps", "1", "--decoder-lr", "-1")),
+    Case("import", "CSV naming a missing image", IMPORT, _images_csv(SQUARES_CSV.replace("img2", "img9"))),
+    Case("import", "CSV without the file column", IMPORT, _images_csv(SQUARES_CSV.replace("file,", "path,"))),
+    Case("import", "CSV with a column twice", IMPORT, _images_csv(SQUARES_CSV.replace("size", "colour"))),
+    Case("import", "CSV row with a field missing", IMPORT, _images_csv(SQUARES_CSV.replace("green,8", "green"))),
+    Case("import", "a class declared that no row has", DECLARED, _images_csv(factors="factors:\n  colour: {classes: [red, green, blue, pink]}\n")),
+    Case("import", "text where a number was declared", DECLARED, _images_csv(factors="factors:\n  colour: {kind: continuous}\n")),
+    Case("import", "FACTORS.yaml with an unknown key", DECLARED, _images_csv(factors="colums: [size]\n")),
+    Case("import", "images of mixed sizes", IMPORT, _images_csv(odd=np.zeros((40, 48, 3), np.uint8))),
+    Case("import", "images of mixed modes", IMPORT, _images_csv(odd=np.zeros((32, 48), np.uint8))),
+    Case("import", "an image failing halfway through the import", IMPORT, _transparent),
+    Case("import", "a factor with one class", IMPORT, _images_csv(SQUARES_CSV.replace("green", "red").replace("blue", "red"))),
+    Case("import", "a factor with more than 10,000 classes", IMPORT, _many_classes),
+    Case("import", ".h5 without images", IMPORT, _h5(labels=np.zeros((3, 6)))),
+    Case("import", ".h5 whose labels count does not match", IMPORT, _h5(images=np.zeros((3, 64, 64, 3), np.uint8), labels=np.zeros((4, 6)))),
+    Case("import", "MPI3D-layout .npz of no known size", IMPORT, _arrays("mpi3d.npz", images=np.zeros((5, 64, 64, 3), np.uint8))),
+    Case("import", ".npz of an unknown layout", IMPORT, _arrays("other.npz", pixels=np.zeros(3))),
+    Case("import", "--out not an .npz", ("data", "import", "{data}", "--out", "{tmp}/out.zip")),
+    Case("dataset file", "info on a file that is no dataset", ("data", "info", "{data}")),
+    Case("dataset file", "a class out of range", ("data", "info", "{bad}"), BAD_CLASS_DATASET),
 ]  # fmt: skip
 
 runner = CliRunner()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -38,6 +39,9 @@ def test_json_round_trips_keep_every_field() -> None:
 def test_values_by_name_index_or_number() -> None:
     assert COLOUR.parse_value("hue", "Blue") == 2 and COLOUR.parse_value("hue", 1) == 1
     assert COLOUR.parse_value("size", "8") == 2  # a class's name before its index
+    cased = categorical("letter", ["A", "a"])
+    assert cased.parse("a") == 1 and cased.parse("A") == 0  # exact names before any case
+    assert hash(COLOUR) == hash(Schema.from_json(COLOUR.dumps()))
     assert COLOUR.parse_value("angle", "12.5") == 12.5
     assert COLOUR.parse_assignments(["hue=red", "angle=-3"]) == {"hue": 0, "angle": -3.0}
     assert COLOUR.format(np.array([2.0, 1.0, 12.5])) == {"hue": 2, "size": 1, "angle": 12.5}
@@ -60,6 +64,8 @@ def test_values_by_name_index_or_number() -> None:
         (lambda: categorical("twice", ["a", "a"]), "names a class twice"),
         (lambda: Factor("bad name"), "bad factor name"),
         (lambda: Factor("angle", "continuous", low=1.0, high=1.0), "needs low < high"),
+        (lambda: Factor("angle", "continuous", low=0.0, high=math.inf), "a finite low and high"),
+        (lambda: Schema("s", COLOUR.factors, (32, 32, 3), binary=True), "one channel"),
         (lambda: Factor("f", "ordinal", ("a", "b")), "unknown kind 'ordinal'"),
         (lambda: Schema("s", (), (32, 32, 1)), "has no factors"),
         (lambda: Schema("s", COLOUR.factors[:1] * 2, (32, 32, 1)), "names factor 'hue' twice"),

@@ -46,7 +46,7 @@ def _typer(help: str) -> typer.Typer:
 
 
 app = _typer("Causal modelling of dSprites: a conditional VAE inside a structural causal model.")
-data_app = _typer("The dSprites data: generate, verify, download, show.")
+data_app = _typer("Data: generate, verify, download, show dSprites; import and inspect your own.")
 app.add_typer(data_app, name="data")
 
 

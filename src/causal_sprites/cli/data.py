@@ -1,4 +1,5 @@
-"""`causal-sprites data ...`: generate, verify, download, show the data; sample a causal variant."""
+"""`causal-sprites data ...`: generate, verify, download, show the data; sample a causal variant;
+import any factor-labelled image set as a dataset file and describe one."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ import typer
 
 from causal_sprites.cli.common import (
     DataOption,
+    JsonOption,
     OutDirOption,
     data_app,
     fail,
     write_png,
 )
 from causal_sprites.data import dsprites
+from causal_sprites.data.dataset import describe, load_dataset
 from causal_sprites.data.factors import parse_assignments
+from causal_sprites.data.importers import import_source
 from causal_sprites.data.variants import load_spec, sample_variant
 from causal_sprites.viz import sample_grid_figure
 
@@ -103,3 +107,50 @@ def data_variant(
     path = sample_variant(loaded, out)
     edges = loaded.graph_string() or "no edges"
     typer.echo(f"{path}: {loaded.num_samples} samples of {loaded.name} ({edges})")
+
+
+@data_app.command("import")
+def data_import(
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="A CSV naming image files, a 3dshapes .h5, an MPI3D .npz, a dSprites file "
+            "or a dataset file."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The dataset .npz to write.")],
+    factors: Annotated[
+        Path | None,
+        typer.Option("--factors", help="FACTORS.yaml: a CSV's factor kinds, classes, columns."),
+    ] = None,
+) -> None:
+    """Write SRC as a dataset file (images, factors, schema); print what was inferred."""
+    path, lines = import_source(src, out, factors)
+    for line in lines:
+        typer.echo(line)
+    typer.echo(path)
+
+
+@data_app.command("info")
+def data_info(
+    dataset: Annotated[Path, typer.Argument(help="A dataset file (.npz).")],
+    json_out: JsonOption = False,
+) -> None:
+    """The schema, image shape, number of images, counts per class and continuous ranges."""
+    data = load_dataset(dataset)
+    summary = data.summary()
+    if json_out:
+        typer.echo(json.dumps(summary))
+        return
+    typer.echo(f"{dataset}: {data.schema.name}, {len(data):,} images")
+    for line in describe(data.schema):
+        typer.echo(line)
+    for factor in data.schema.factors:
+        if factor.kind == "categorical":
+            counts = zip(factor.classes, summary["counts"][factor.name], strict=True)
+            shown = [f"{name} ({count})" for name, count in counts]
+            more = f", ... ({factor.size} classes)" if len(shown) > 20 else ""
+            typer.echo(f"  {factor.name} counts: {', '.join(shown[:20])}{more}")
+        else:
+            low, high = summary["ranges"][factor.name]
+            typer.echo(f"  {factor.name} in the data: {low:g}..{high:g}")

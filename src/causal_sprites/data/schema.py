@@ -52,7 +52,12 @@ class Factor:
         if self.kind == "categorical":
             self._check_categorical()
         elif self.kind == "continuous":
-            if self.low is None or self.high is None or not self.low < self.high:
+            low, high = self.low, self.high
+            if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+                raise CausalSpritesError(
+                    f"continuous factor {self.name!r} needs a finite low and high"
+                )
+            if not low < high:
                 raise CausalSpritesError(
                     f"continuous factor {self.name!r} needs low < high, got {self.low}, {self.high}"
                 )
@@ -106,6 +111,8 @@ class Factor:
                     f"{self.low:g}..{self.high:g}{' ' + self.unit if self.unit else ''}"
                 )
             return value
+        if text in self.classes:
+            return self.classes.index(text)
         lowered = [c.lower() for c in self.classes]
         if text.lower() in lowered:
             return lowered.index(text.lower())
@@ -206,7 +213,7 @@ class Schema:
     image_shape: tuple[int, int, int]
     binary: bool = False
     #: Extra keys of the JSON form kept as they are (recorded noise, a generated set's graph).
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not self.factors:
@@ -222,6 +229,8 @@ class Schema:
             )
         if channels not in (1, 3):
             raise CausalSpritesError(f"images with {channels} channels: expected 1 (grey) or 3")
+        if self.binary and channels != 1:
+            raise CausalSpritesError("binary images have one channel")
 
     @property
     def names(self) -> tuple[str, ...]:
