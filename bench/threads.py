@@ -27,16 +27,16 @@ from causal_sprites.config import RunConfig
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.runs import build_model
 from causal_sprites.runtime import autocast
-from causal_sprites.train import Batches, split_rows
+from causal_sprites.train import Batches, split_rows, training_images, training_labels
 torch.set_num_threads(int(sys.argv[1]))
 config = RunConfig()
 data = DSprites.load()
 rows, _ = split_rows(data, config)
-packed = torch.from_numpy(data.packed)
-labels = torch.from_numpy(data.classes(slice(None))[:, 1:])
+images = training_images(data, torch.device("cpu"))
+labels = training_labels(data, torch.device("cpu"))
 model = build_model(config).train()
 optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-batches = Batches(packed, labels, rows, config)
+batches = Batches(images, labels, rows, config)
 times = []
 for step in range(int(sys.argv[2]) + 3):
     x, y, noise, uniform = batches(step)

@@ -29,7 +29,7 @@ from causal_sprites.config import PRESETS, RunConfig, TrainConfig
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.runs import read_metrics
 from causal_sprites.runtime import choose_device
-from causal_sprites.train import Batches, fit, split_rows
+from causal_sprites.train import Batches, fit, split_rows, training_images, training_labels
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -40,9 +40,8 @@ def flops_per_image(config: RunConfig, data: DSprites, device: torch.device) -> 
 
     model = build_model(config).to(device)
     train_rows, _ = split_rows(data, config)
-    packed = torch.from_numpy(data.packed).to(device)
-    labels = torch.from_numpy(data.classes(slice(None))[:, 1:]).to(device)
-    x, y, noise, uniform = Batches(packed, labels, train_rows[:4096], config)(0)
+    images, labels = training_images(data, device), training_labels(data, device)
+    x, y, noise, uniform = Batches(images, labels, train_rows[:4096], config)(0)
     with FlopCounterMode(display=False) as counter:
         model.loss(x, y, config.train.classifier_weight, noise, uniform)["loss"].backward()
     return counter.get_total_flops() / x.shape[0]

@@ -25,7 +25,7 @@ from causal_sprites.config import PRESETS, RunConfig
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.runs import build_model
 from causal_sprites.runtime import autocast
-from causal_sprites.train import Batches, split_rows
+from causal_sprites.train import Batches, split_rows, training_images, training_labels
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -52,8 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = DSprites.load()
-    packed = torch.from_numpy(data.packed)
-    labels = torch.from_numpy(data.classes(slice(None))[:, 1:])
+    images = training_images(data, torch.device("cpu"))
+    labels = training_labels(data, torch.device("cpu"))
     setups = {}
     for name, (config, layout) in contenders().items():
         torch.manual_seed(0)
@@ -61,7 +61,7 @@ def main() -> None:
         model.encoder.trunk.use_layout(layout)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
         rows, _ = split_rows(data, config)
-        setups[name] = (model, optimizer, Batches(packed, labels, rows, config), config)
+        setups[name] = (model, optimizer, Batches(images, labels, rows, config), config)
     times: dict[str, list[float]] = {name: [] for name in setups}
     device = torch.device("cpu")
     for step in range(args.steps + 5):

@@ -20,7 +20,7 @@ SCHEMA = Schema(
     factors=(
         categorical("colour", ["red", "green", "blue"]),
         categorical("size", [4, 8], values=[4.0, 8.0]),
-        Factor("x", "continuous", low=0.0, high=40.0, unit="px"),
+        Factor("left", "continuous", low=0.0, high=40.0, unit="px"),
     ),
     image_shape=(32, 48, 3),
 )
@@ -92,7 +92,7 @@ def test_extra_arrays_and_the_summary(tmp_path: Path) -> None:
         "colour": np.bincount(factors[:, 0].astype(int), minlength=3).tolist(),
         "size": np.bincount(factors[:, 1].astype(int), minlength=2).tolist(),
     }
-    assert summary["ranges"] == {"x": [factors[:, 2].min(), factors[:, 2].max()]}
+    assert summary["ranges"] == {"left": [factors[:, 2].min(), factors[:, 2].max()]}
 
 
 @pytest.mark.parametrize("threshold", [10**9, 1000])
@@ -128,7 +128,7 @@ def test_an_interrupted_write_leaves_nothing_and_keeps_the_old_file(
         (np.zeros((4, 32, 48, 3)), np.zeros((4, 3)), SCHEMA, "images are float64, expected uint8"),
         (np.zeros((2, 32, 48, 3), np.uint8), [[3, 0, 0], [0, 0, 0]], SCHEMA, "colour is 3, not a"),
         (np.zeros((1, 32, 48, 3), np.uint8), [[0, 0.5, 0]], SCHEMA, "size is 0.5, not a class"),
-        (np.zeros((1, 32, 48, 3), np.uint8), [[0, 0, 41]], SCHEMA, "x is 41, not within its"),
+        (np.zeros((1, 32, 48, 3), np.uint8), [[0, 0, 41]], SCHEMA, "left is 41, not within its"),
         (np.zeros((1, 32, 48, 3), np.uint8), [[0, 0]], SCHEMA, r"expected \(N, 3\) for factors"),
         (np.zeros((0, 32, 48, 3), np.uint8), np.zeros((0, 3)), SCHEMA, "has no images"),
         (np.full((2, 28, 28), 2, np.uint8), [[0], [1]], BINARY, "image 0 has pixels other than"),

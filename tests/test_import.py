@@ -23,7 +23,7 @@ from causal_sprites.data.importers import import_source, mpi3d_sizes
 from causal_sprites.errors import CausalSpritesError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230)}
-#: Rows of the squares CSV: (colour, size, x), deliberately in no sorted order.
+#: Rows of the squares CSV: (colour, size, left), deliberately in no sorted order.
 ROWS = [
     ("green", 12, 20),
     ("red", 4, 2),
@@ -63,7 +63,9 @@ def write_csv(folder: Path, rows: list[tuple], images: list[np.ndarray], header:
 
 @pytest.fixture
 def squares_csv(tmp_path: Path) -> Path:
-    return write_csv(tmp_path / "src", ROWS, [square(*row) for row in ROWS], "file,colour,size,x")
+    return write_csv(
+        tmp_path / "src", ROWS, [square(*row) for row in ROWS], "file,colour,size,left"
+    )
 
 
 def test_a_csv_of_colour_images_of_another_size(squares_csv: Path, tmp_path: Path) -> None:
@@ -71,7 +73,7 @@ def test_a_csv_of_colour_images_of_another_size(squares_csv: Path, tmp_path: Pat
     data = load_dataset(path)
     schema = data.schema
     assert schema.name == "labels" and schema.image_shape == (32, 48, 3) and not schema.binary
-    assert schema.names == ("colour", "size", "x")
+    assert schema.names == ("colour", "size", "left")
     assert schema.factor("colour").classes == ("blue", "green", "red")  # text, sorted
     assert schema.factor("size").classes == ("4", "8", "12")  # numbers, sorted as numbers
     assert schema.factor("size").values == (4.0, 8.0, 12.0)
@@ -86,7 +88,7 @@ def test_a_csv_of_colour_images_of_another_size(squares_csv: Path, tmp_path: Pat
         "images: 32x48 pixels (height x width), RGB, 8-bit",
         "factor colour: categorical, 3 classes: blue, green, red (text, sorted)",
         "factor size: ordered categorical, 3 classes: 4, 8, 12 (numbers, sorted)",
-        "factor x: ordered categorical, 4 classes: 2, 10, 20, 30 (numbers, sorted)",
+        "factor left: ordered categorical, 4 classes: 2, 10, 20, 30 (numbers, sorted)",
     ]
 
 
@@ -95,28 +97,28 @@ def test_factors_yaml_declares_order_kinds_and_columns(squares_csv: Path, tmp_pa
     squares_csv.write_text(text)
     spec = tmp_path / "factors.yaml"
     spec.write_text(
-        "name: squares\nfile_column: path\ncolumns: [x, colour]\nfactors:\n"
+        "name: squares\nfile_column: path\ncolumns: [left, colour]\nfactors:\n"
         "  colour: {classes: [red, green, blue], cyclic: true}\n"
-        "  x: {kind: continuous, unit: px}\n"
+        "  left: {kind: continuous, unit: px}\n"
     )
     out, _ = run("data", "import", squares_csv, "--out", tmp_path / "s.npz", "--factors", spec)
     assert out.splitlines()[-1] == str(tmp_path / "s.npz")
-    assert "factor x: continuous, 2..30 px (range of the data)" in out
+    assert "factor left: continuous, 2..30 px (range of the data)" in out
     assert "factor colour: cyclic categorical, 3 classes: red, green, blue (order declared)" in out
     data = load_dataset(tmp_path / "s.npz")
-    assert data.schema.name == "squares" and data.schema.names == ("x", "colour")
-    assert data.schema.factor("colour").cyclic and data.schema.factor("x").kind == "continuous"
+    assert data.schema.name == "squares" and data.schema.names == ("left", "colour")
+    assert data.schema.factor("colour").cyclic and data.schema.factor("left").kind == "continuous"
     np.testing.assert_array_equal(
         data.factors(slice(None)),
         [[x, ["red", "green", "blue"].index(colour)] for colour, _, x in ROWS],
     )
     info = json.loads(run("data", "info", tmp_path / "s.npz", "--json")[0])
     assert info["num_images"] == 7 and info["image_shape"] == [32, 48, 3]
-    assert info["counts"] == {"colour": [3, 2, 2]} and info["ranges"] == {"x": [2.0, 30.0]}
+    assert info["counts"] == {"colour": [3, 2, 2]} and info["ranges"] == {"left": [2.0, 30.0]}
     assert info["schema"] == data.schema.to_json()
     text_out = run("data", "info", tmp_path / "s.npz")[0]
     assert "colour counts: red (3), green (2), blue (2)" in text_out
-    assert "x in the data: 2..30" in text_out
+    assert "left in the data: 2..30" in text_out
 
 
 @pytest.mark.parametrize(("on", "binary"), [(255, True), (1, True), (128, False)])
@@ -254,7 +256,9 @@ def _many_classes(tmp: Path) -> Path:
     return tmp / "many.csv"
 
 
-def _squares(tmp: Path, rows: list[tuple] = ROWS[:3], header: str = "file,colour,size,x") -> Path:
+def _squares(
+    tmp: Path, rows: list[tuple] = ROWS[:3], header: str = "file,colour,size,left"
+) -> Path:
     return write_csv(tmp, rows, [square(*row[:3]) for row in rows], header)
 
 
@@ -305,7 +309,7 @@ def _declared(text: str) -> Callable[[Path], Path]:
 BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "missing image": (_edit_csv("img/1.png", "img/none.png"), "line 3: no such image: .*none.png"),
     "no file column": (_edit_csv("file,", "name,"), "no column 'file' \\(columns: name, colour"),
-    "column twice": (_edit_csv("size,x", "size,size"), "column 'size' appears twice"),
+    "column twice": (_edit_csv("size,left", "size,size"), "column 'size' appears twice"),
     "empty cell": (_edit_csv(",red,", ",,"), "line 3: column 'colour' is empty"),
     "short row": (_edit_csv(",red,4,2", ",red,4"), "line 3: 3 fields, expected 4"),
     "empty class": (
@@ -324,7 +328,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {
         _declared("columns: [colour, hue]\n"),
         "no column 'hue'",
     ),
-    "unknown yaml key": (_declared("colums: [x]\n"), "unknown key 'colums'"),
+    "unknown yaml key": (_declared("colums: [left]\n"), "unknown key 'colums'"),
     "mixed sizes": (
         _mixed(np.zeros((40, 48, 3), np.uint8)),
         r"1\.png is 40x48 pixels but .*0\.png is 32x48: all images must share a size",

@@ -63,6 +63,8 @@ def test_values_by_name_index_or_number() -> None:
         (lambda: categorical("many", range(10_001)), "more than 10,000: declare it continuous"),
         (lambda: categorical("twice", ["a", "a"]), "names a class twice"),
         (lambda: Factor("bad name"), "bad factor name"),
+        (lambda: categorical("x", ["a", "b"]), "'x' is taken by the model"),
+        (lambda: categorical("u_hue", ["a", "b"]), "'u_hue' is taken by the model"),
         (lambda: Factor("angle", "continuous", low=1.0, high=1.0), "needs low < high"),
         (lambda: Factor("angle", "continuous", low=0.0, high=math.inf), "a finite low and high"),
         (lambda: Schema("s", COLOUR.factors, (32, 32, 3), binary=True), "one channel"),

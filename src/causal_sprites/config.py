@@ -23,9 +23,11 @@ CONFIG_VERSION = 3
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the conditional VAE; `decoder` picks the image network."""
+    """Architecture of the conditional VAE; `decoder` picks the image network: "pose" and "mlp"
+    draw dSprites (binary 64x64), "conv" any images (`model/convnets.py`, widths from
+    `conv_channels` and `encoder_hidden`)."""
 
-    decoder: Literal["pose", "mlp"] = "pose"
+    decoder: Literal["pose", "mlp", "conv"] = "pose"
     z_dim: int = 4
     decoder_hidden: int = 32
     decoder_layers: int = 3
@@ -35,6 +37,7 @@ class ModelConfig:
     encoder_channels: int = 16
     encoder_hidden: int = 256
     mlp_hidden: int = 1000
+    conv_channels: int = 32
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,12 @@ PRESETS: dict[str, RunConfig] = {
     "baseline": RunConfig(
         model=ModelConfig(decoder="mlp", z_dim=50),
         train=TrainConfig(lr=1e-3, classifier_weight=0.0, bf16=False),
+    ),
+    # Any images (not dSprites): the convolutional encoder and decoder, the likelihood that fits
+    # the pixels (`model/pixels.py`), a larger z for the unlabelled nuisances.
+    "images": RunConfig(
+        model=ModelConfig(decoder="conv", z_dim=8),
+        train=TrainConfig(lr=2e-3, lr_schedule="decay", batch_size=64, pixel_sample=False),
     ),
     # Seconds-long runs for tests and trying things.
     "tiny": RunConfig(

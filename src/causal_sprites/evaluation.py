@@ -45,7 +45,7 @@ from causal_sprites.scores import (
     RunScores,
     Scores,
 )
-from causal_sprites.train import evaluate_nelbo, split_rows
+from causal_sprites.train import evaluate_nelbo, split_rows, training_images, training_labels
 
 Params = ParamSpec("Params")
 
@@ -72,11 +72,10 @@ def score_run(
     _, test_rows = split_rows(data, config)
     rows, chosen = held_out_sample(test_rows, num_images, num_posterior_images, seed)
     device = next(model.parameters()).device
-    packed = torch.from_numpy(data.packed).to(device)
-    labels = torch.from_numpy(data.classes(slice(None))[:, 1:]).to(device)
     with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
         torch.manual_seed(seed)
-        nelbo = evaluate_nelbo(model, packed, labels, rows)
+        images_of = training_images(data, device)
+        nelbo = evaluate_nelbo(model, images_of, training_labels(data, device), rows)
         images, classes = data.images(rows), data.classes(rows)[:, 1:]
         recon, codes = run.reconstruct_with_codes(images, classes)
         leakage = probe_leakage(codes, classes, seed=seed)

@@ -184,6 +184,8 @@ def read_likelihood_range(run_dir: Path) -> dict[str, float] | None:
     try:
         usual = json.loads(path.read_text())
         found = {key: float(usual[key]) for key in ("low", "median", "high", "threshold")}
+        if "labelled_median" in usual:
+            found["labelled_median"] = float(usual["labelled_median"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise CausalSpritesError(f"{path} is malformed; delete it or retrain") from None
     # A range recorded before the cap existed gets it too.

@@ -23,10 +23,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from causal_sprites.checkpoint import load_checkpoint, save_checkpoint
 from causal_sprites.config import RunConfig
+from causal_sprites.data.dataset import Dataset, random_split
 from causal_sprites.data.dsprites import DSprites, unpack_torch
-from causal_sprites.data.factors import FACTORS
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.model.readout import SearchBudget, infer_posterior, likelihood_range
+from causal_sprites.model.readout import SearchBudget, elbo, infer_posterior, likelihood_range
 from causal_sprites.model.vae import ConditionalVAE, topological_order
 from causal_sprites.optim import lr_factor, parameter_groups
 from causal_sprites.runs import (
@@ -57,6 +57,32 @@ LOG_EVERY = 50
 LIKELIHOOD_IMAGES = 256
 
 
+#: Images (b, C, H, W) float, on the training device, of dataset rows (b,) (a tensor there).
+TrainingImages = Callable[[torch.Tensor], torch.Tensor]
+
+
+def training_images(data: DSprites | Dataset, device: torch.device) -> TrainingImages:
+    """How training reads its images: dSprites' bit-packed store whole on the device, unpacked
+    per batch; any other dataset's uint8 rows read per batch (from memory, or from its image
+    file row by row), so a set larger than memory trains in bounded memory."""
+    if isinstance(data, DSprites):
+        packed = torch.from_numpy(data.packed).to(device)
+        return lambda rows: unpack_torch(packed[rows]).unsqueeze(1).float()
+
+    def read(rows: torch.Tensor) -> torch.Tensor:
+        order = rows.cpu().numpy()
+        images = torch.from_numpy(np.ascontiguousarray(data.images(order)))
+        images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)
+        return images.to(device).float()
+
+    return read
+
+
+def training_labels(data: DSprites | Dataset, device: torch.device) -> torch.Tensor:
+    """Every row's factor classes (N, K) int64 on the device."""
+    return torch.as_tensor(np.asarray(data.factors(slice(None))), device=device).long()
+
+
 class Batches:
     """Training batches in a seeded order per epoch: batch `step` is a pure function of step.
 
@@ -67,14 +93,14 @@ class Batches:
 
     def __init__(
         self,
-        packed: torch.Tensor,
+        images: TrainingImages,
         labels: torch.Tensor,
         rows: np.ndarray,
         config: RunConfig,
         distributed: Distributed | None = None,
     ):
-        self.packed, self.labels = packed, labels
-        self.rows = torch.from_numpy(rows).to(packed.device)
+        self.images, self.labels = images, labels
+        self.rows = torch.from_numpy(rows).to(labels.device)
         self.batch_size = min(config.train.batch_size, len(rows))
         self.z_dim = config.model.z_dim
         self.pixel_sample = config.train.pixel_sample
@@ -94,7 +120,7 @@ class Batches:
     def __call__(
         self, step: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """This rank's images (b, 1, 64, 64) float, labels (b, 5), z noise (b, z_dim) and the
+        """This rank's images (b, C, H, W) float, labels (b, K), z noise (b, z_dim) and the
         uniform draws (b, window, window) that pick a subsampled loss's pixels (None: all)."""
         epoch, position = divmod(step, self.per_epoch)
         if epoch != self._epoch:
@@ -105,7 +131,7 @@ class Batches:
         chosen = chosen[self.share]
         noise_generator = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * step + 1)
         noise = torch.randn(self.batch_size, self.z_dim, generator=noise_generator)[self.share]
-        images = unpack_torch(self.packed[chosen]).unsqueeze(1).float()
+        images = self.images(chosen)
         uniform = None
         if self.pixel_sample:
             shape = (self.batch_size, self.window, self.window)
@@ -114,11 +140,19 @@ class Batches:
         return images, self.labels[chosen], noise.to(images.device), uniform
 
 
-def split_rows(data: DSprites, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test rows of the run's split; `subset` trims the training rows (for tiny runs)."""
-    train_rows, test_rows = data.split(
-        config.train.split, test_fraction=config.train.test_fraction, seed=config.train.seed
-    )
+def split_rows(data: DSprites | Dataset, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test rows of the run's split; `subset` trims the training rows (for tiny runs).
+    dSprites also has a held-out split of factor combinations; any dataset the random one."""
+    if isinstance(data, DSprites):
+        train_rows, test_rows = data.split(
+            config.train.split, test_fraction=config.train.test_fraction, seed=config.train.seed
+        )
+    elif config.train.split == "random":
+        train_rows, test_rows = random_split(
+            len(data), config.train.test_fraction, config.train.seed
+        )
+    else:
+        raise CausalSpritesError(f"the {config.train.split!r} split is dSprites' only")
     if config.train.subset is not None:
         keep = np.random.default_rng(config.train.seed).permutation(len(train_rows))
         train_rows = np.sort(train_rows[keep[: config.train.subset]])
@@ -138,7 +172,7 @@ def total_steps(config: RunConfig, per_epoch: int) -> int | None:
 @torch.no_grad()
 def evaluate_nelbo(
     model: ConditionalVAE,
-    packed: torch.Tensor,
+    images: TrainingImages,
     labels: torch.Tensor,
     rows: np.ndarray,
     batch_size: int = 512,
@@ -147,17 +181,17 @@ def evaluate_nelbo(
 
     Always in float32, whatever precision training used, so numbers compare across runs.
     """
-    device = packed.device
+    device = labels.device
     totals = {"recon": 0.0, "kl": 0.0}
-    correct = torch.zeros(len(FACTORS))
+    correct = torch.zeros(len(model.names))
     was_training = model.training
     model.eval()
     with preserved_rng():
         for start in range(0, len(rows), batch_size):
             chosen = torch.from_numpy(rows[start : start + batch_size]).to(device)
-            x = unpack_torch(packed[chosen]).unsqueeze(1).float()
+            x = images(chosen)
             y = labels[chosen]
-            features = model.encoder.features(x)
+            features = model.features(x)
             recon, kl = model.elbo_terms(x, y, features)
             logits = model.classify(x, features)
             totals["recon"] -= recon.sum().item()
@@ -170,26 +204,33 @@ def evaluate_nelbo(
         "test_recon": totals["recon"] / count,
         "test_kl": totals["kl"] / count,
         "test_nelbo": (totals["recon"] + totals["kl"]) / count,
-        "classifier_accuracy": {n: float(c) / count for n, c in zip(FACTORS, correct, strict=True)},
+        "classifier_accuracy": {
+            n: float(c) / count for n, c in zip(model.names, correct, strict=True)
+        },
     }
 
 
 @torch.no_grad()
 def held_out_likelihood_range(
-    model: ConditionalVAE, packed: torch.Tensor, rows: np.ndarray
+    model: ConditionalVAE, images: TrainingImages, labels: torch.Tensor, rows: np.ndarray
 ) -> dict[str, float]:
     """The usual range of the posterior mode's log-likelihood on (up to 256) held-out images, in
-    eval mode and float32: what tells an out-of-distribution upload apart. The search does not
-    escalate here (cheap on a weak model; it changes the 1 % quantile by nothing on a good one,
-    where fewer than 1 % of images escalate)."""
+    eval mode and float32: what tells an out-of-distribution upload apart; for 8-bit images also
+    the median at the images' true labels, the scale a badly explained image is judged on (they
+    score thousands of nats; a binary image a good model explains scores a few). The search does
+    not escalate here (cheap on a weak model; it changes the 1 % quantile by nothing on a good
+    one, where fewer than 1 % of images escalate)."""
     was_training = model.training
     model.eval()
-    chosen = torch.from_numpy(rows[:LIKELIHOOD_IMAGES]).to(packed.device)
-    images = unpack_torch(packed[chosen]).unsqueeze(1).float()
-    with preserved_rng():
-        posterior = infer_posterior(model, images, top=1, budget=SearchBudget(escalate=False))
+    chosen = torch.from_numpy(rows[:LIKELIHOOD_IMAGES]).to(labels.device)
+    x = images(chosen)
+    with preserved_rng(), torch.no_grad():
+        posterior = infer_posterior(model, x, top=1, budget=SearchBudget(escalate=False))
+        labelled = None
+        if not model.schema.binary:
+            labelled = elbo(model, x, model.features(x), labels[chosen]).cpu().numpy()
     model.train(was_training)
-    return likelihood_range(posterior.log_likelihood)
+    return likelihood_range(posterior.log_likelihood, labelled)
 
 
 @contextmanager
@@ -237,7 +278,7 @@ def _budget(config: RunConfig) -> dict[str, Any]:
 def fit(
     run_dir: Path,
     config: RunConfig,
-    data: DSprites,
+    data: DSprites | Dataset,
     device: torch.device,
     resume: bool = False,
     progress: bool = True,
@@ -270,7 +311,7 @@ def fit(
 def _fit(
     run_dir: Path,
     config: RunConfig,
-    data: DSprites,
+    data: DSprites | Dataset,
     device: torch.device,
     resume: bool,
     progress: bool,
@@ -286,15 +327,15 @@ def _fit(
         raise CausalSpritesError("the split leaves no training or no test images")
     eval_rows = np.random.default_rng(train_cfg.seed).permutation(test_rows)
     eval_rows = eval_rows[: train_cfg.num_eval_images]
-    packed = torch.from_numpy(data.packed).to(device)
-    labels = torch.from_numpy(data.classes(slice(None))[:, 1:]).to(device)
+    images = training_images(data, device)
+    labels = training_labels(data, device)
     model = build_model(config)
     model.fit_tables(labels[torch.from_numpy(train_rows).to(device)].cpu())
     model.to(device).train()
     groups = parameter_groups(model, config)
     base_rates = [group["lr"] for group in groups]
     optimizer = torch.optim.Adam(groups)
-    batches = Batches(packed, labels, train_rows, config, distributed)
+    batches = Batches(images, labels, train_rows, config, distributed)
     steps = total_steps(config, batches.per_epoch)
     step, elapsed = 0, 0.0
     if resume:
@@ -373,7 +414,7 @@ def _fit(
             used = shared_elapsed()
             finished = done(used)
             if main and step % train_cfg.eval_every == 0 and not finished:
-                evaluation = evaluate_nelbo(model, packed, labels, eval_rows)
+                evaluation = evaluate_nelbo(model, images, labels, eval_rows)
                 append_metrics(run_dir, {"step": step, "elapsed": elapsed, **evaluation})
                 _log_scalars(writer, evaluation, step)
             minutes_since = (time.monotonic() - last_checkpoint) / 60
@@ -386,10 +427,11 @@ def _fit(
     checkpoint()
     if not main:
         return {"step": step, "elapsed": elapsed}
-    final = evaluate_nelbo(model, packed, labels, eval_rows)
+    final = evaluate_nelbo(model, images, labels, eval_rows)
     final = {"step": step, "elapsed": elapsed, "final": True, **final}
     append_metrics(run_dir, final)
-    write_likelihood_range(run_dir, held_out_likelihood_range(model, packed, eval_rows))
+    usual = held_out_likelihood_range(model, images, labels, eval_rows)
+    write_likelihood_range(run_dir, usual)
     _log_scalars(writer, final, step)
     if writer is not None:
         writer.close()

@@ -10,8 +10,8 @@ import typer
 from matplotlib.figure import Figure
 from typer.core import TyperGroup
 
-from causal_sprites.data import dsprites
 from causal_sprites.data.factors import SHAPE_NAMES
+from causal_sprites.data.load import load_data
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.figures import save_figure
 from causal_sprites.scm.queries import load_run
@@ -71,12 +71,23 @@ def write_png(fig: Figure, out: Path) -> Path:
     return save_figure(fig, out)
 
 
-def load_run_and_data(run: str, data: Path | None = None) -> tuple[Any, dsprites.DSprites]:
-    """The run's model and the data it was trained on (or --data); reading factors off many
-    images shows a bar on a terminal."""
+def load_run_and_data(run: str, data: Path | None = None) -> tuple[Any, Any]:
+    """The run's model and the data it was trained on (or --data: a dataset file or dSprites');
+    reading factors off many images shows a bar on a terminal. Data of another schema than the
+    run's is refused."""
     model = load_run(run, progress=True)
     path = data or (Path(model.config.data) if model.config.data else None)
-    return model, dsprites.DSprites.load(path)
+    store = load_data(path)
+    if store.schema.names != model.schema.names or (
+        store.schema.image_shape != model.schema.image_shape
+    ):
+        raise CausalSpritesError(
+            f"the data ({store.schema.name}: factors {', '.join(store.schema.names)}, images "
+            f"{'x'.join(map(str, store.schema.image_shape))}) is not what run {run} was trained "
+            f"on ({model.schema.name}: {', '.join(model.schema.names)}, "
+            f"{'x'.join(map(str, model.schema.image_shape))})"
+        )
+    return model, store
 
 
 def assignment_text(assignments: dict[str, int]) -> str:

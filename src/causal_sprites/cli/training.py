@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -21,9 +22,12 @@ from causal_sprites.cli.common import (
 )
 from causal_sprites.config import PRESETS, parse_graph
 from causal_sprites.data import dsprites
+from causal_sprites.data.dsprites import DSprites
+from causal_sprites.data.load import load_data
 from causal_sprites.data.variants import load_spec
 from causal_sprites.demo import run_demo
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.pixels import bits_per_dim
 from causal_sprites.oracle import train_oracle as fit_oracle
 from causal_sprites.runs import read_metrics
 from causal_sprites.runtime import init_distributed, leave_distributed
@@ -35,7 +39,13 @@ from causal_sprites.viz import nelbo_curve_figure
 def train(
     out: Annotated[Path, typer.Option(help="Run directory to create (or resume).")],
     data: DataOption = None,
-    preset: Annotated[str, typer.Option(help="default, baseline or tiny.")] = "default",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="default, images, baseline or tiny (default: default on dSprites, images on "
+            "any other data)."
+        ),
+    ] = None,
     minutes: Annotated[float | None, typer.Option(min=0, help="Stop after M minutes.")] = None,
     epochs: Annotated[float | None, typer.Option(min=0, help="Stop after E epochs.")] = None,
     steps: Annotated[int | None, typer.Option(min=0, help="Stop after N steps.")] = None,
@@ -77,7 +87,7 @@ def train(
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_launch_torchrun(nproc))
 
-    if preset not in PRESETS:
+    if preset is not None and preset not in PRESETS:
         raise CausalSpritesError(f"unknown preset {preset!r}; choose {', '.join(PRESETS)}")
     if lr_schedule not in (None, "constant", "cosine", "decay"):
         raise CausalSpritesError(
@@ -87,7 +97,8 @@ def train(
         raise CausalSpritesError(f"unknown split {split!r}; use random or heldout")
     if minutes is None and epochs is None and steps is None:
         raise CausalSpritesError("give a budget: --minutes, --epochs or --steps")
-    base = PRESETS[preset]
+    store = load_data(data)
+    base = PRESETS[preset or ("default" if isinstance(store, DSprites) else "images")]
     overrides: dict[str, Any] = {
         "seed": seed,
         "checkpoint_every": checkpoint_every,
@@ -114,14 +125,15 @@ def train(
         graph=_graph(graph, graph_from) or base.graph,
     )
     distributed, chosen = init_distributed(device)
-    store = dsprites.DSprites.load(data)
     progress = progress and distributed.is_main
     final = fit(out, config, store, chosen, resume, progress, tensorboard)
     if distributed.is_main:
         write_png(nelbo_curve_figure(read_metrics(out)), out / "nelbo.png")
+        dims = math.prod(store.schema.image_shape)
         typer.echo(
-            f"{out}: step {final['step']}, test NELBO {final['test_nelbo']:.3f} nats/image "
-            f"(recon {final['test_recon']:.3f}, KL {final['test_kl']:.3f})"
+            f"{out}: step {final['step']}, test NELBO {final['test_nelbo']:.3f} nats/image, "
+            f"{bits_per_dim(final['test_nelbo'], dims):.4f} bits/dim (recon "
+            f"{final['test_recon']:.3f}, KL {final['test_kl']:.3f})"
         )
     leave_distributed()
 

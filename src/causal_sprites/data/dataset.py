@@ -150,6 +150,15 @@ def _read_rows(images: np.memmap, rows: np.ndarray) -> np.ndarray:
 # --- checks --------------------------------------------------------------------------------------
 
 
+def random_split(num_rows: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, test) rows: a seeded `test_fraction` of the rows for testing."""
+    if not 0.0 <= test_fraction <= 1.0:
+        raise CausalSpritesError(f"test fraction {test_fraction} is outside [0, 1]")
+    order = np.random.default_rng(seed).permutation(num_rows)
+    num_test = round(num_rows * test_fraction)
+    return np.sort(order[num_test:]), np.sort(order[:num_test])
+
+
 def image_dims(schema: Schema) -> tuple[int, ...]:
     """The per-image array shape of a schema: (H, W) for grey, (H, W, C) for colour."""
     height, width, channels = schema.image_shape

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from causal_sprites.data.dataset import random_split
 from causal_sprites.data.factors import (
     ALL_FACTORS,
     FACTORS,
@@ -257,11 +258,7 @@ class DSprites:
         """Sorted (train, test) rows. `random`: a seeded `test_fraction` of rows. `heldout`:
         every row matching `holdout` (factor -> value or values; default hearts at posX > 24)."""
         if kind == "random":
-            if not 0.0 <= test_fraction <= 1.0:
-                raise CausalSpritesError(f"test fraction {test_fraction} is outside [0, 1]")
-            order = np.random.default_rng(seed).permutation(len(self))
-            num_test = round(len(self) * test_fraction)
-            return np.sort(order[num_test:]), np.sort(order[:num_test])
+            return random_split(len(self), test_fraction, seed)
         if kind == "heldout":
             test = self._match(DEFAULT_HOLDOUT if holdout is None else holdout)
             if not test.any() or test.all():

@@ -33,7 +33,7 @@ VALUES: Final[dict[str, np.ndarray]] = {
 
 #: The dSprites schema: what every consumer asks instead of the constants above.
 SCHEMA: Final = Schema(
-    name="dsprites",
+    name="dSprites",
     factors=(
         categorical("shape", SHAPE_NAMES, VALUES["shape"].tolist()),
         categorical("scale", range(6), VALUES["scale"].tolist(), ordered=True),

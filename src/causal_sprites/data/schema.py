@@ -23,6 +23,8 @@ from causal_sprites.errors import CausalSpritesError
 Kind = Literal["categorical", "continuous"]
 #: Classes a categorical factor may have: at least 2 (one class is no factor), at most this.
 MAX_CLASSES = 10_000
+#: Names of the model's own sites, which no factor may take.
+RESERVED_NAMES = frozenset({"x", "z"})
 #: Image sides (pixels) the models are built for.
 MIN_SIDE, MAX_SIDE = 28, 128
 
@@ -48,6 +50,11 @@ class Factor:
         if not self.name or not self.name.replace("_", "").isalnum():
             raise CausalSpritesError(
                 f"bad factor name {self.name!r}: use letters, digits and underscores"
+            )
+        if self.name in RESERVED_NAMES or self.name.startswith("u_"):
+            raise CausalSpritesError(
+                f"factor name {self.name!r} is taken by the model (the image x, the style z and "
+                "the noise u_*): rename the factor"
             )
         if self.kind == "categorical":
             self._check_categorical()

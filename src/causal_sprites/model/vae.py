@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import pyro
 import pyro.distributions as dist
@@ -24,17 +24,44 @@ from torch.nn import functional as F
 from causal_sprites.config import ModelConfig
 from causal_sprites.data.schema import Schema
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model import convnets
 from causal_sprites.model.nets import (
     ConvEncoder,
     MLPDecoder,
     MLPEncoder,
     PoseDecoder,
+    one_hot_factors,
     split_factor_logits,
 )
+from causal_sprites.model.pixels import PixelLikelihood, get_likelihood
 from causal_sprites.scm.graph import FactorGraph, parents_from_edges
 from causal_sprites.scm.graph import topological_order as factor_order
+from causal_sprites.scm.mechanisms import pixel_mechanism, pixel_noise_posterior
 
 Graph = Sequence[tuple[str, str]]
+#: The reconstruction term's weighting in training on 8-bit images (beta-NLL, `model/pixels.py`);
+#: the reported NELBO is always the plain bound.
+TRAINING_BETA = 1.0
+
+
+class PixelDistribution(dist.TorchDistribution):
+    """p(x | params) of a pixel likelihood as a Pyro distribution over images (C, H, W)."""
+
+    arg_constraints: ClassVar[dict[str, Any]] = {}
+    support: ClassVar[Any] = dist.constraints.real
+
+    def __init__(self, likelihood: PixelLikelihood, params: Tensor) -> None:
+        self.likelihood, self.params = likelihood, params
+        channels = params.shape[-3] // likelihood.params_per_channel
+        event = (channels, *params.shape[-2:])
+        super().__init__(params.shape[:-3], torch.Size(event), validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.likelihood.log_prob(self.params, value)
+
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> Tensor:
+        """One image per parameter set (the model's forward draws need no more)."""
+        return self.likelihood.sample(self.params).float()
 
 
 def topological_order(graph: Graph, names: Sequence[str]) -> list[str]:
@@ -55,9 +82,28 @@ class ConditionalVAE(nn.Module):
         self.graph = tuple((str(a), str(b)) for a, b in graph)
         self.parents = parents_from_edges(self.graph, self.names)
         self.order = topological_order(self.graph, self.names)
-        self.encoder: ConvEncoder | MLPEncoder
-        self.decoder: PoseDecoder | MLPDecoder
-        if config.decoder == "pose":
+        self.encoder: ConvEncoder | MLPEncoder | convnets.ConvEncoder
+        self.decoder: PoseDecoder | MLPDecoder | convnets.ConvDecoder
+        #: The pixel likelihood of any-image models; None: dSprites' Bernoulli (64, 64) events.
+        self.likelihood: PixelLikelihood | None = None
+        if config.decoder == "conv":
+            self.likelihood = get_likelihood(
+                "bernoulli" if schema.binary else "discretised_logistic"
+            )
+            codes, hidden = sum(self.sizes), config.encoder_hidden
+            channels = config.conv_channels
+            self.encoder = convnets.ConvEncoder(
+                schema.image_shape, self.sizes, codes, config.z_dim, channels, hidden
+            )
+            self.decoder = convnets.ConvDecoder(
+                schema.image_shape,
+                codes,
+                config.z_dim,
+                channels,
+                self.likelihood.params_per_channel,
+                hidden,
+            )
+        elif config.decoder == "pose":
             self.encoder = ConvEncoder(
                 config.z_dim, config.encoder_channels, config.encoder_hidden, self.sizes
             )
@@ -74,7 +120,9 @@ class ConditionalVAE(nn.Module):
             self.encoder = MLPEncoder(config.z_dim, config.mlp_hidden, self.sizes)
             self.decoder = MLPDecoder(config.z_dim, config.mlp_hidden, self.sizes)
         else:
-            raise CausalSpritesError(f"unknown decoder {config.decoder!r}; use 'pose' or 'mlp'")
+            raise CausalSpritesError(
+                f"unknown decoder {config.decoder!r}; use 'pose', 'mlp' or 'conv'"
+            )
         size_of = schema.size_of
         for name, size in size_of.items():
             sizes = [size_of[p] for p in self.parents[name]]
@@ -115,15 +163,72 @@ class ConditionalVAE(nn.Module):
         return dist.Normal(loc, 1.0).to_event(1)
 
     def x_logits(self, y: Tensor, z: Tensor, keep: Tensor | None = None) -> Tensor:
-        """Decoder logits (B, 64, 64) of p(x | y, z); `keep` see `PoseDecoder.forward`."""
+        """The decoder's parameters of p(x | y, z): logits (B, 64, 64) on dSprites, else the
+        likelihood's (B, P * C, H, W); `keep` see `PoseDecoder.forward`."""
+        if isinstance(self.decoder, convnets.ConvDecoder):
+            return self.decoder(one_hot_factors(y, self.sizes), z).float()
         if keep is not None and isinstance(self.decoder, PoseDecoder):
             return self.decoder(y, z, keep).float()
         return self.decoder(y, z).float()
 
     def x_dist(self, y: Tensor, z: Tensor, keep: Tensor | None = None) -> dist.TorchDistribution:
-        """p(x | y, z): independent Bernoulli pixels, (B,) events of shape (64, 64)."""
-        logits = self.x_logits(y, z, keep)
-        return dist.Bernoulli(logits=logits, validate_args=False).to_event(2)
+        """p(x | y, z): independent pixels, (B,) events of shape (64, 64) on dSprites (Bernoulli),
+        else (C, H, W) under the model's likelihood."""
+        params = self.x_logits(y, z, keep)
+        if self.likelihood is not None:
+            return PixelDistribution(self.likelihood, params)
+        return dist.Bernoulli(logits=params, validate_args=False).to_event(2)
+
+    # -- the image node's structural mechanism (the SCM's u_x site and its abduction) ---------
+    @property
+    def x_event(self) -> tuple[int, ...]:
+        """The image site's event shape: (64, 64) on dSprites, else (C, H, W)."""
+        height, width, channels = self.schema.image_shape
+        return (height, width) if self.likelihood is None else (channels, height, width)
+
+    @property
+    def param_event(self) -> tuple[int, ...]:
+        """The shape of one image's mechanism parameters: (64, 64) on dSprites, else
+        (P * C, H, W)."""
+        if self.likelihood is None:
+            return self.x_event
+        channels, height, width = self.x_event
+        return (self.likelihood.params_per_channel * channels, height, width)
+
+    def mechanism_params(self, y: Tensor, z: Tensor) -> Tensor:
+        """What the image mechanism reads: the pixel probabilities (B, 64, 64) on dSprites, else
+        the likelihood's parameters (B, P * C, H, W)."""
+        params = self.x_logits(y, z)
+        return torch.sigmoid(params) if self.likelihood is None else params
+
+    def noise_prior(self, device: torch.device) -> dist.TorchDistribution:
+        """The pixel noise u_x's prior, one coordinate per sub-pixel (an event)."""
+        if self.likelihood is None:
+            low = torch.zeros(self.x_event, device=device)
+            return dist.Uniform(low, low + 1.0, validate_args=False).to_event(2)
+        return self.likelihood.noise_prior(self.x_event, device).to_event(3)
+
+    def x_mechanism(self, params: Tensor, noise: Tensor) -> Tensor:
+        """The image (..., *x_event) float that mechanism parameters and pixel noise give."""
+        if self.likelihood is None:
+            return pixel_mechanism(params, noise).float()
+        return self.likelihood.mechanism(params, noise).float()
+
+    def abduct_pixels(self, params: Tensor, x: Tensor, uniform: Tensor) -> Tensor:
+        """An exact draw of the pixel noise given the image x (B, *x_event), from Uniform(0, 1)
+        draws `uniform` (S, B, *x_event): the mechanism then gives x back exactly."""
+        if self.likelihood is None:
+            return pixel_noise_posterior(x, params, uniform)
+        return self.likelihood.abduct(params, x, uniform)
+
+    def site_images(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) in the image site's layout (B, *x_event)."""
+        return x[:, 0] if self.likelihood is None else x
+
+    def network_input(self, x: Tensor) -> Tensor:
+        """Images as the model holds them ((B, 1, 64, 64) 0/1 on dSprites, else (B, C, H, W)
+        pixel values) -> what the encoder reads."""
+        return x if self.likelihood is None else self.likelihood.network_input(x)
 
     def training_pixels(self, x: Tensor, y: Tensor, uniform: Tensor | None) -> Tensor | None:
         """Pixel weights of a subsampled reconstruction term (`PoseDecoder.training_pixels`), or
@@ -135,15 +240,25 @@ class ConditionalVAE(nn.Module):
     def z_posterior(
         self, x: Tensor, y: Tensor, features: Tensor | None = None
     ) -> dist.TorchDistribution:
-        """q(z | x, y) for images (B, 1, 64, 64) and labels (B, 5); `features` skips the trunk."""
-        features = self.encoder.features(x) if features is None else features
-        loc, scale = self.encoder.z_params(features, y)
+        """q(z | x, y) for images (B, C, H, W) and labels (B, K); `features` skips the trunk."""
+        features = self.features(x) if features is None else features
+        if isinstance(self.encoder, convnets.ConvEncoder):
+            loc, scale = self.encoder.z_params(features, one_hot_factors(y, self.sizes))
+        else:
+            loc, scale = self.encoder.z_params(features, y)
         return dist.Normal(loc.float(), scale.float()).to_event(1)
 
     def classify(self, x: Tensor, features: Tensor | None = None) -> list[Tensor]:
-        """q(y | x): one (B, K_i) logit tensor per factor for images (B, 1, 64, 64)."""
-        features = self.encoder.features(x) if features is None else features
+        """q(y | x): one (B, K_i) logit tensor per factor for images (B, C, H, W)."""
+        features = self.features(x) if features is None else features
+        if isinstance(self.encoder, convnets.ConvEncoder):
+            return [logits.float() for logits in self.encoder.classify(x, features)]
         return split_factor_logits(self.encoder.classify(features).float(), self.sizes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The encoder's features (B, hidden) of images (B, C, H, W), shared by q(y | x) and
+        q(z | x, y)."""
+        return self.encoder.features(self.network_input(x))
 
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -173,7 +288,7 @@ class ConditionalVAE(nn.Module):
                 factors[name] = pyro.sample(name, self.factor_dist(name, factors), obs=obs)
             labels = torch.stack([factors[n] for n in self.names], dim=-1)
             z = pyro.sample("z", self.z_dist(batch_size))
-            obs_x = None if x is None else x.reshape(batch_size, 64, 64)
+            obs_x = x if x is None or self.likelihood else x.reshape(batch_size, 64, 64)
             image: Tensor = pyro.sample("x", self.x_dist(labels, z, keep), obs=obs_x)
         return image
 
@@ -201,7 +316,7 @@ class ConditionalVAE(nn.Module):
         (W the largest window), when given, draws the pixels of an unbiased subsampled
         reconstruction term.
         """
-        features = self.encoder.features(x)
+        features = self.features(x)
         weights = self.training_pixels(x, y, uniform)
         recon, kl = self.elbo_terms(x, y, features, noise, weights)
         classifier = self.classifier_loss(x, y, features)
@@ -247,7 +362,9 @@ class ConditionalVAE(nn.Module):
         x_site, z_model = model_trace.nodes["x"], model_trace.nodes["z"]
         z_guide = guide_trace.nodes["z"]
         x_fn, x_value = cast(dist.Independent, x_site["fn"]), cast(Tensor, x_site["value"])
-        if pixel_weights is None:
+        if isinstance(x_fn, PixelDistribution) and self.training:
+            recon = x_fn.likelihood.training_log_prob(x_fn.params, x_value, TRAINING_BETA)
+        elif pixel_weights is None:
             recon = x_fn.log_prob(x_value)
         else:
             recon = (x_fn.base_dist.log_prob(x_value) * pixel_weights).sum((-2, -1))

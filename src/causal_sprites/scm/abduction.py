@@ -15,7 +15,7 @@ from torch.distributions import kl_divergence
 
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
-from causal_sprites.scm.mechanisms import gumbel_posterior, pixel_noise_posterior
+from causal_sprites.scm.mechanisms import gumbel_posterior
 from causal_sprites.scm.structural import StructuralModel
 
 #: Per-image ELBO steps on q(z | x, y) before abduction. 0: on the pretrained run 10 or 50 steps
@@ -28,18 +28,58 @@ PROPOSAL_PIXELS = 2**21
 MAX_PROPOSALS = 4096
 
 
+def abduct_noise(
+    scm: StructuralModel,
+    images: Tensor,
+    labels: Tensor,
+    features: Tensor,
+    num_samples: int,
+    method: str,
+    style: str,
+    refine_steps: int,
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """The noise behind images (B, C, H, W) with labels (B, K): the style from q(z | x, y) (its
+    mean, or `num_samples` draws with style="sample", after `refine_steps` per-image ELBO steps);
+    the factors' and pixels' noise `exact` (truncated Gumbels; each pixel's noise given its
+    value) or `generic` (rejection sampling through the Pyro model, site by site, every
+    endogenous site set by `pyro.poutine.do` to its observed value). Returns the noise
+    {site: (S, B, ...)}, z (S or 1, B, d) and the image mechanism's parameters behind it."""
+    vae = scm.vae
+    posterior = vae.z_posterior(images, labels, features)
+    loc, scale = posterior.mean, posterior.stddev
+    if refine_steps > 0:
+        loc, scale = refine_style(vae, images, labels, loc, scale, refine_steps)
+    if style == "mean":
+        z = loc[None]
+    else:
+        z = loc + scale * torch.randn(num_samples, *loc.shape, device=loc.device)
+    probs = scm.pixel_probs(labels, z)
+    pixels = vae.site_images(images)
+    if method == "exact":
+        noise = exact_noise(vae, pixels, labels, probs, num_samples)
+    elif vae.likelihood is not None and vae.likelihood.name != "bernoulli":
+        # Rejection accepts an 8-bit value with its probability (1e-2 to 1e-6): never done.
+        raise CausalSpritesError("generic abduction is for binary images; use method='exact'")
+    else:
+        noise = generic_noise(scm, pixels, labels, z, probs, num_samples)
+    noise["u_z"] = z.expand(num_samples, *loc.shape)
+    return noise, z, probs
+
+
 def exact_noise(
     vae: ConditionalVAE, x: Tensor, labels: Tensor, probs: Tensor, num_samples: int
 ) -> dict[str, Tensor]:
-    """The exact noise posterior of images (B, 64, 64) with labels (B, 5) and decoder means
-    probs: truncated Gumbels per factor, Uniform(0, p) / Uniform(p, 1) per pixel; S samples."""
+    """The exact noise posterior of images (B, *x_event) with labels (B, K) and the image
+    mechanism's parameters `probs` (decoder means on dSprites): truncated Gumbels per factor,
+    each pixel's noise given its value (Uniform(0, p) / Uniform(p, 1) for binary pixels, the
+    noise of the observed 8-bit bin otherwise); S samples."""
     noise = {}
     values = {name: labels[:, i] for i, name in enumerate(vae.names)}
     for i, name in enumerate(vae.names):
         logits = vae.factor_dist(name, values).logits
         noise[f"u_{name}"] = gumbel_posterior(logits, labels[:, i], num_samples=num_samples)
     shape = (num_samples, *x.shape)
-    noise["u_x"] = pixel_noise_posterior(x, probs, torch.rand(shape, device=x.device))
+    noise["u_x"] = vae.abduct_pixels(probs, x, torch.rand(shape, device=x.device))
     return noise
 
 
@@ -55,7 +95,7 @@ def generic_noise(
     plate; a coordinate keeps its first proposal whose mechanism output matches the
     observation, and a site whose coordinates are all settled is conditioned on them."""
     batch = len(labels)
-    per_call = max(1, PROPOSAL_PIXELS // (num_samples * batch * 64 * 64))
+    per_call = max(1, PROPOSAL_PIXELS // (num_samples * x.numel()))
     targets = {name: labels[:, i] for i, name in enumerate(scm.vae.names)}
     model = poutine.do(scm, data={**targets, "z": z})
     targets["x"] = x
@@ -106,7 +146,7 @@ def refine_style(
         for _ in range(steps):
             q = dist.Normal(loc, log_scale.exp()).to_event(1)
             z = q.rsample()
-            recon = vae.x_dist(labels, z).log_prob(images[:, 0])
+            recon = vae.x_dist(labels, z).log_prob(vae.site_images(images))
             loss = (kl_divergence(q, prior) - recon).sum()
             loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
             optimizer.step()

@@ -12,12 +12,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import DRAW_TOP, FactorPosterior
 from causal_sprites.scm.inputs import (
     Interventions,
     as_images,
     as_interventions,
     as_labels,
+    as_user,
     check_count,
 )
 from causal_sprites.scm.mechanisms import pixel_noise_posterior
@@ -45,11 +47,15 @@ def counterfactual_distribution(
     the per-pixel probability follow in closed form."""
     start = time.perf_counter()
     check_count(num_samples)
-    images = as_images(x)
+    if model.model.likelihood is not None:
+        raise CausalSpritesError(
+            "counterfactual distributions are computed for binary dSprites images only so far"
+        )
+    images = as_images(x, model.schema)
     actions = as_interventions(do, len(images), model.schema)
     if y is None:
         if posterior is None:
-            posterior = model.infer(images[:, 0], top=DRAW_TOP)
+            posterior = model.infer(as_user(images), top=DRAW_TOP)
         model.refuse_out_of_distribution(posterior)
         weights = posterior.probabilities / posterior.probabilities.sum(1, keepdims=True)
         factuals = [(posterior.classes[:, k], weights[:, k]) for k in range(weights.shape[1])]
@@ -67,12 +73,12 @@ def counterfactual_distribution(
         factual = torch.as_tensor(labels)
         drawn = graph.counterfactuals(factual, actions, num_samples, generator)
         rows, tuples, counts = _distinct_rows(drawn)
-        z = model.encode(images[:, 0], factual)
-        probs = model.decode_probs(factual, z)
-        alternative = model.decode_probs(tuples, z[rows])
-        on = _pixel_on_probability(images[rows, 0], probs[rows], alternative)
+        z = model.encode(as_user(images), factual)
+        probs = model.decode_params(factual, z)
+        alternative = model.decode_params(tuples, z[rows])
+        on = _pixel_on_probability(as_user(images[rows]), probs[rows], alternative)
         noise = pixel_noise_posterior(
-            images[:, 0], probs, torch.rand(probs.shape, generator=generator)
+            as_user(images), probs, torch.rand(probs.shape, generator=generator)
         )
         crisp = (noise[rows] < alternative).to(torch.uint8).numpy()
         share = torch.as_tensor(weight[rows.numpy()]) * counts / num_samples

@@ -20,18 +20,44 @@ Method = Literal["exact", "generic"]
 Style = Literal["mean", "sample"]
 
 
-def as_images(x: np.ndarray | Tensor) -> Tensor:
-    """0/1 images (B, 64, 64) or (64, 64) -> float (B, 1, 64, 64); anything else is refused."""
+def as_images(x: np.ndarray | Tensor, schema: Schema) -> Tensor:
+    """Images as users give them, (B, H, W) or (H, W) grey, (B, H, W, C) or (H, W, C) colour (or
+    already (B, C, H, W)), 0/1 for a binary schema, else 0..255 -> float (B, C, H, W); any other
+    shape or value is refused."""
     images = torch.as_tensor(np.asarray(x))
-    if images.dim() == 2:
+    height, width, channels = schema.image_shape
+    user = (height, width) if channels == 1 else (height, width, channels)
+    if tuple(images.shape) == user:
         images = images[None]
-    if images.dim() == 4 and images.shape[1] == 1:
-        images = images[:, 0]
-    if images.dim() != 3 or tuple(images.shape[1:]) != (64, 64):
-        raise CausalSpritesError(f"images must have shape (B, 64, 64), got {tuple(images.shape)}")
-    if not bool(((images == 0) | (images == 1)).all()):
+    if images.dim() == 4 and tuple(images.shape[1:]) == (channels, height, width):
+        images = images[:, 0] if channels == 1 else images.permute(0, 2, 3, 1)
+    if images.dim() != len(user) + 1 or tuple(images.shape[1:]) != user:
+        expected = ", ".join(map(str, ("B", *user)))
+        raise CausalSpritesError(f"images must have shape ({expected}), got {tuple(images.shape)}")
+    if schema.binary and not bool(((images == 0) | (images == 1)).all()):
         raise CausalSpritesError("images must be binary (0/1 pixels)")
-    return images.float()[:, None]
+    if not schema.binary and not bool(
+        ((images >= 0) & (images <= 255) & (images == images.round())).all()
+    ):
+        raise CausalSpritesError("images must hold 8-bit pixel values (0..255)")
+    images = images.float()
+    return images[:, None] if channels == 1 else images.permute(0, 3, 1, 2).contiguous()
+
+
+def as_user(images: Tensor) -> Tensor:
+    """Images (B, C, H, W) as users hold them: (B, H, W) grey, (B, H, W, C) colour."""
+    return images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1)
+
+
+def site_to_user(x: Tensor, channels_first: bool) -> Tensor:
+    """Images of the model's image site as users hold them, uint8 on the CPU: (..., C, H, W)
+    when `channels_first` becomes (..., H, W) grey or (..., H, W, C) colour; dSprites' site
+    (..., 64, 64) stays as it is."""
+    x = x.to(torch.uint8).cpu()
+    if not channels_first:
+        return x
+    x = x.movedim(-3, -1)
+    return x[..., 0] if x.shape[-1] == 1 else x
 
 
 def as_labels(y: np.ndarray | Tensor, batch: int, schema: Schema) -> Tensor:

@@ -21,7 +21,9 @@ from causal_sprites.model.readout import (
     DRAW_TOP,
     FactorPosterior,
     SearchBudget,
+    escalation_level,
     infer_posterior,
+    refusal,
     weak_readout,
 )
 from causal_sprites.model.vae import ConditionalVAE
@@ -29,7 +31,7 @@ from causal_sprites.progress import progress_bar
 from causal_sprites.runs import load_model, read_likelihood_range, resolve_run
 from causal_sprites.runtime import choose_device
 from causal_sprites.scm import distribution
-from causal_sprites.scm.abduction import REFINE_STEPS, exact_noise, generic_noise, refine_style
+from causal_sprites.scm.abduction import REFINE_STEPS, abduct_noise
 from causal_sprites.scm.graph import FactorGraph, marginals, restrict, sample_grid
 from causal_sprites.scm.inputs import (
     Interventions,
@@ -39,8 +41,10 @@ from causal_sprites.scm.inputs import (
     as_images,
     as_interventions,
     as_labels,
+    as_user,
     check_count,
     seeded,
+    site_to_user,
 )
 from causal_sprites.scm.results import (
     Abduction,
@@ -70,9 +74,11 @@ class CausalModel:
         #: How far reading factors off pixels searches (`model/readout.py`); a weak run's
         #: search skips the wider searches, which would read nothing right at great cost.
         self.weak_readout = weak_readout(self.likelihood_range)
-        self.search_budget = SearchBudget(escalate=self.weak_readout is None)
-        #: Show a bar on a terminal's stderr while reading many images.
-        self.progress = progress
+        self.search_budget = SearchBudget(
+            escalate=self.weak_readout is None,
+            escalate_below=escalation_level(self.likelihood_range),
+        )
+        self.progress = progress  # a bar on a terminal while reading many images
 
     @property
     def device(self) -> torch.device:
@@ -87,7 +93,7 @@ class CausalModel:
         within `budget` (default: the run's `search_budget`)."""
         if top < 1:
             raise CausalSpritesError(f"top must be >= 1, got {top}")
-        images = as_images(x)
+        images = as_images(x, self.schema)
         budget = budget or self.search_budget
         deadline = None if budget.max_seconds is None else time.monotonic() + budget.max_seconds
         parts: list[FactorPosterior] = []
@@ -103,8 +109,7 @@ class CausalModel:
         return self.infer(x, top=1).mode
 
     def out_of_distribution(self, posterior: FactorPosterior) -> np.ndarray:
-        """(B,) bool: images whose best factor tuple explains them far worse than the held-out
-        data's (RUN/likelihood.json); all False when the run records no range."""
+        """(B,) bool: images far worse explained than held-out ones (RUN/likelihood.json)."""
         if self.likelihood_range is None:
             return np.zeros(len(posterior.log_likelihood), dtype=bool)
         return posterior.log_likelihood < self.likelihood_range["threshold"]
@@ -114,12 +119,7 @@ class CausalModel:
         usual = self.likelihood_range
         if usual is None or not self.out_of_distribution(posterior)[row]:
             return None
-        return (
-            f"image {row} is unlike any dSprites image: log-likelihood "
-            f"{posterior.log_likelihood[row]:.0f} nats at its best factors, below this run's "
-            f"threshold {usual['threshold']:.0f} (held-out median {usual['median']:.1f}); "
-            "no counterfactual"
-        )
+        return refusal(row, float(posterior.log_likelihood[row]), usual, self.schema.name)
 
     def refuse_out_of_distribution(self, posterior: FactorPosterior) -> None:
         """Raise a one-line error naming the first image no factor tuple explains."""
@@ -131,9 +131,9 @@ class CausalModel:
     @torch.no_grad()
     def encode(self, x: np.ndarray | Tensor, y: np.ndarray | Tensor | None = None) -> Tensor:
         """Posterior means (B, z_dim) of q(z | x, y); labels from the classifier when y is None."""
-        images = as_images(x)
+        images = as_images(x, self.schema)
         labels = as_labels(
-            self.infer_labels(images[:, 0]) if y is None else y, len(images), self.schema
+            self.infer_labels(as_user(images)) if y is None else y, len(images), self.schema
         )
         codes = []
         for start in range(0, len(images), CHUNK):
@@ -145,29 +145,42 @@ class CausalModel:
         return torch.cat(codes)
 
     @torch.no_grad()
-    def decode_probs(self, y: np.ndarray | Tensor, z: Tensor) -> Tensor:
-        """Pixel probabilities (B, 64, 64) of p(x | y, z)."""
+    def decode_params(self, y: np.ndarray | Tensor, z: Tensor) -> Tensor:
+        """The image mechanism's parameters of p(x | y, z): pixel probabilities (B, 64, 64) on
+        dSprites, else the likelihood's (B, P * C, H, W)."""
         labels = as_labels(y, len(z), self.schema)
         out = []
         for start in range(0, len(z), CHUNK):
             chunk = slice(start, start + CHUNK)
-            logits = self.model.x_logits(labels[chunk].to(self.device), z[chunk].to(self.device))
-            out.append(torch.sigmoid(logits).cpu())
+            params = self.model.mechanism_params(
+                labels[chunk].to(self.device), z[chunk].to(self.device)
+            )
+            out.append(params.cpu())
         return torch.cat(out)
 
     def decode(self, y: np.ndarray | Tensor, z: Tensor) -> np.ndarray:
-        """The most likely image (B, 64, 64) uint8 of p(x | y, z): pixels with p > 1/2."""
-        return (self.decode_probs(y, z) > 0.5).numpy().astype(np.uint8)
+        """The most likely image of p(x | y, z), uint8 as users hold images ((B, 64, 64) on
+        dSprites: pixels with p > 1/2)."""
+        params = self.decode_params(y, z)
+        if self.model.likelihood is None:
+            return (params > 0.5).numpy().astype(np.uint8)
+        return self.user_images(self.model.likelihood.mode(params)).numpy()
+
+    def user_images(self, x: Tensor) -> Tensor:
+        """Images of the image site (..., *x_event) as users hold them (`site_to_user`)."""
+        return site_to_user(x, channels_first=self.model.likelihood is not None)
 
     def reconstruct_with_codes(
         self, x: np.ndarray | Tensor, y: np.ndarray | Tensor | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Reconstructions (B, 64, 64) uint8 and the posterior means (B, z_dim) behind them."""
-        images = as_images(x)
+        images = as_images(x, self.schema)
         labels = (
-            self.infer_labels(images[:, 0]) if y is None else as_labels(y, len(images), self.schema)
+            self.infer_labels(as_user(images))
+            if y is None
+            else as_labels(y, len(images), self.schema)
         )
-        z = self.encode(images[:, 0], labels)
+        z = self.encode(as_user(images), labels)
         return self.decode(labels, z), z.numpy()
 
     def reconstruct(
@@ -183,11 +196,13 @@ class CausalModel:
         set_factors: Mapping[str, str | int] | None = None,
     ) -> np.ndarray:
         """Decode the same z with some labels changed by hand ("same sprite, but a heart")."""
-        images = as_images(x)
+        images = as_images(x, self.schema)
         labels = torch.as_tensor(
-            self.infer_labels(images[:, 0]) if y is None else as_labels(y, len(images), self.schema)
+            self.infer_labels(as_user(images))
+            if y is None
+            else as_labels(y, len(images), self.schema)
         ).clone()
-        z = self.encode(images[:, 0], labels)
+        z = self.encode(as_user(images), labels)
         for name, value in self.schema.classes(set_factors or {}).items():
             labels[:, self.schema.index(name)] = value
         return self.decode(labels, z)
@@ -221,7 +236,7 @@ class CausalModel:
             classes = sample_grid(log_joint, num_samples).to(self.device)
             data = {name: classes[:, i] for i, name in enumerate(names)}
             values = poutine.condition(self.scm, data=data)(num_samples)
-        images = values["x"][0].to(torch.uint8).cpu().numpy()
+        images = self.user_images(values["x"][0]).numpy()
         elapsed = time.perf_counter() - start
         return SampleResult(images, classes.cpu().numpy(), marginals(log_joint, names), elapsed)
 
@@ -248,7 +263,7 @@ class CausalModel:
         with seeded(seed):
             values = chirho_do(self.scm, actions=tensors)(num_samples)
         classes = torch.stack([values[name].expand(1, num_samples)[0] for name in names], -1).cpu()
-        images = values["x"][0].to(torch.uint8).cpu().numpy()
+        images = self.user_images(values["x"][0]).numpy()
         elapsed = time.perf_counter() - start
         return SampleResult(images, classes.numpy(), marginals(log_joint, names), elapsed)
 
@@ -269,43 +284,26 @@ class CausalModel:
         refine_steps: int = REFINE_STEPS,
         seed: int | None = None,
     ) -> Abduction:
-        """The noise posterior given images (B, 64, 64) and labels (B, 5) (None: the mode of
-        the posterior p(y | x); out-of-distribution images are refused).
-
-        `exact`: truncated Gumbels for the factors, Uniform(0, p) / Uniform(p, 1) pixels. `generic`:
-        rejection sampling through the Pyro model, site by site (every endogenous site set by
-        `pyro.poutine.do` to its observed value, so each mechanism's own output, kept in the
-        trace, is checked against it). Both take the style from q(z | x, y): its mean, or samples
-        with style="sample", after `refine_steps` per-image ELBO steps.
-        """
+        """The noise posterior given images (B, H, W) or (B, H, W, C) and labels (B, K) (None:
+        the mode of the posterior p(y | x); out-of-distribution images are refused), `exact` or
+        `generic` (see `scm/abduction.abduct_noise`)."""
         check_count(num_samples)
         if method not in ("exact", "generic"):
             raise CausalSpritesError(f"unknown method {method!r}; use exact or generic")
         if style not in ("mean", "sample"):
             raise CausalSpritesError(f"unknown style {style!r}; use mean or sample")
-        images = as_images(x).to(self.device)
+        images = as_images(x, self.schema).to(self.device)
         with seeded(seed):
-            features = self.model.encoder.features(images)
+            features = self.model.features(images)
             if y is None:
-                posterior = self.infer(images[:, 0].cpu(), top=1)
+                posterior = self.infer(as_user(images).cpu(), top=1)
                 self.refuse_out_of_distribution(posterior)
                 labels = torch.as_tensor(posterior.mode, device=self.device)
             else:
                 labels = as_labels(y, len(images), self.schema).to(self.device)
-            posterior = self.model.z_posterior(images, labels, features)
-            loc, scale = posterior.mean, posterior.stddev
-            if refine_steps > 0:
-                loc, scale = refine_style(self.model, images, labels, loc, scale, refine_steps)
-            if style == "mean":
-                z = loc[None]
-            else:
-                z = loc + scale * torch.randn(num_samples, *loc.shape, device=loc.device)
-            probs = self.scm.pixel_probs(labels, z)
-            if method == "exact":
-                noise = exact_noise(self.model, images[:, 0], labels, probs, num_samples)
-            else:
-                noise = generic_noise(self.scm, images[:, 0], labels, z, probs, num_samples)
-        noise["u_z"] = z.expand(num_samples, *loc.shape)
+            noise, z, probs = abduct_noise(
+                self.scm, images, labels, features, num_samples, method, style, refine_steps
+            )
         return Abduction(noise, labels, y is None, z, probs)
 
     @torch.no_grad()
@@ -328,7 +326,9 @@ class CausalModel:
             values = model(batch, num_samples)
             worlds = tuple(
                 {
-                    name: world_slice(name, value, world, (num_samples, batch))
+                    name: world_slice(
+                        name, value, world, (num_samples, batch), len(self.model.x_event)
+                    )
                     for name, value in values.items()
                 }
                 for world in (0, 1)
@@ -354,16 +354,16 @@ class CausalModel:
         (out-of-distribution images are refused)."""
         start = time.perf_counter()
         check_count(num_samples)
-        images = as_images(x)
+        images = as_images(x, self.schema)
         actions = as_interventions(do, len(images), self.schema)
         inferred = y is None
         if y is None:
             if posterior is None:
-                posterior = self.infer(images[:, 0], top=DRAW_TOP)
+                posterior = self.infer(as_user(images), top=DRAW_TOP)
             self.refuse_out_of_distribution(posterior)
             if num_samples > 1:
                 return self._counterfactual_over_posterior(
-                    images[:, 0], posterior, actions, num_samples, method, style, seed, start
+                    as_user(images), posterior, actions, num_samples, method, style, seed, start
                 )
             y = posterior.mode
         labels = as_labels(y, len(images), self.schema)
@@ -373,7 +373,7 @@ class CausalModel:
             for first in range(0, len(images), step):
                 rows = slice(first, first + step)
                 abduction = self.abduct(
-                    images[rows, 0],
+                    as_user(images[rows]),
                     None if labels is None else labels[rows],
                     num_samples,
                     method,
@@ -381,7 +381,7 @@ class CausalModel:
                     refine_steps,
                 )
                 _, world = self.predict(abduction, {k: v[rows] for k, v in actions.items()})
-                outs.append(world["x"].to(torch.uint8).cpu())
+                outs.append(self.user_images(world["x"]))
                 factual.append(abduction.labels.cpu())
                 counterfactual.append(torch.stack([world[n] for n in self.schema.names], -1).cpu())
         cf_images, cf_classes = torch.cat(outs, 1), torch.cat(counterfactual, 1)
@@ -411,7 +411,7 @@ class CausalModel:
         draws = posterior.sample(num_samples, np.random.default_rng(seed))  # (S, B, 5)
         batch = len(images)
         result = self.counterfactual_query(
-            images.repeat(num_samples, 1, 1),
+            images.repeat(num_samples, *[1] * (images.dim() - 1)),
             draws.reshape(-1, len(self.schema.names)),
             {name: value.repeat(num_samples) for name, value in actions.items()},
             method=method,
@@ -419,7 +419,7 @@ class CausalModel:
             seed=seed,
         )
         return CounterfactualResult(
-            result.images.reshape(num_samples, batch, 64, 64),
+            result.images.reshape(num_samples, batch, *result.images.shape[1:]),
             posterior.mode,
             result.counterfactual.reshape(num_samples, batch, len(self.schema.names)),
             True,

@@ -15,7 +15,7 @@ from chirho.indexed.ops import IndexSet, gather, indices_of
 from torch import Tensor
 
 from causal_sprites.model.vae import ConditionalVAE
-from causal_sprites.scm.mechanisms import gumbel_max, pixel_mechanism
+from causal_sprites.scm.mechanisms import gumbel_max
 
 #: Images per decoder call.
 CHUNK = 512
@@ -53,22 +53,22 @@ class StructuralModel:
             zeros = torch.zeros(vae.config.z_dim, device=device)
             u_z = pyro.sample("u_z", dist.Normal(zeros, 1.0, validate_args=False).to_event(1))
             values["z"] = pyro.deterministic("z", u_z, event_dim=1)
-            low = torch.zeros(64, 64, device=device)
-            u_x = pyro.sample("u_x", dist.Uniform(low, low + 1.0, validate_args=False).to_event(2))
+            u_x = pyro.sample("u_x", vae.noise_prior(device))
             labels = torch.stack(torch.broadcast_tensors(*(values[n] for n in vae.names)), -1)
-            probs = self.pixel_probs(labels, values["z"])
-            x = pixel_mechanism(probs, u_x).float()
-            values["x"] = pyro.deterministic("x", x, event_dim=2)
+            x = vae.x_mechanism(self.pixel_probs(labels, values["z"]), u_x)
+            values["x"] = pyro.deterministic("x", x, event_dim=len(vae.x_event))
         return values
 
     def pixel_probs(self, labels: Tensor, z: Tensor) -> Tensor:
-        """Decoder means p(y, z) (..., 64, 64) of labels (..., 5) and styles (..., d).
+        """What the image mechanism reads (`ConditionalVAE.mechanism_params`: decoder means
+        (..., 64, 64) on dSprites) of labels (..., K) and styles (..., d).
 
         Rows equal to those registered by `reusing` return the registered floats: p is a pure
         function, and a decoder run in another batch layout may round differently, which would
         break the pixel noise abducted against those floats.
         """
         batch = torch.broadcast_shapes(labels.shape[:-1], z.shape[:-1])
+        event = self.vae.param_event
         probs, todo = None, None
         known: tuple[Tensor, Tensor, Tensor] | None = getattr(self._memo, "known", None)
         if known is not None:
@@ -80,19 +80,19 @@ class StructuralModel:
             if shape == batch:
                 same = (labels == known_labels).all(-1) & (z == known_z).all(-1)
                 if bool(same.all()):
-                    return known_probs.expand(*batch, 64, 64)
+                    return known_probs.expand(*batch, *event)
                 todo = ~same.expand(batch).reshape(-1)
-                probs = known_probs.expand(*batch, 64, 64).reshape(-1, 64, 64).clone()
+                probs = known_probs.expand(*batch, *event).reshape(-1, *event).clone()
         labels = labels.expand(*batch, labels.shape[-1]).reshape(-1, labels.shape[-1])
         z = z.expand(*batch, z.shape[-1]).reshape(-1, z.shape[-1])
         if probs is None or todo is None:
-            probs = torch.empty(len(labels), 64, 64, device=z.device)
+            probs = torch.empty(len(labels), *event, device=z.device)
             todo = torch.ones(len(labels), dtype=torch.bool, device=z.device)
         rows = todo.nonzero().squeeze(-1)
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start : start + CHUNK]
-            probs[chunk] = torch.sigmoid(self.vae.x_logits(labels[chunk], z[chunk]))
-        return probs.view(*batch, 64, 64)
+            probs[chunk] = self.vae.mechanism_params(labels[chunk], z[chunk])
+        return probs.view(*batch, *event)
 
     @contextmanager
     def reusing(self, labels: Tensor, z: Tensor, probs: Tensor) -> Iterator[None]:
@@ -104,15 +104,13 @@ class StructuralModel:
             self._memo.known = None
 
 
-#: Event dims of the endogenous sites (factors are scalars per image).
-EVENT_DIMS: dict[str, int] = {"z": 1, "x": 2}
-
-
-def world_slice(site: str, value: Tensor, world: int, shape: tuple[int, int]) -> Tensor:
-    """One world's (S, B, *event) slice of a site's twin-world value; worlds found by
-    `indices_of` (TwinWorldCounterfactual names its index `__fresh_split__`, not after the
-    intervened site)."""
-    event_dim = EVENT_DIMS.get(site, 0)
+def world_slice(
+    site: str, value: Tensor, world: int, shape: tuple[int, int], x_dims: int = 2
+) -> Tensor:
+    """One world's (S, B, *event) slice of a site's twin-world value (z has 1 event dim, the
+    image x `x_dims`, the factors none); worlds found by `indices_of` (TwinWorldCounterfactual
+    names its index `__fresh_split__`, not after the intervened site)."""
+    event_dim = {"z": 1, "x": x_dims}.get(site, 0)
     names = indices_of(value, event_dim=event_dim)
     picked = gather(value, IndexSet(**{n: {world} for n in names}), event_dim=event_dim)
     event = picked.shape[picked.dim() - event_dim :]
