@@ -243,7 +243,9 @@ class Explorer:
         with self.lock:
             result = self.model.intervene_query(do, int(num), seed=SEED)
         title = "p(x | do(" + ", ".join(f"{n}={value_text(n, v)}" for n, v in do.items()) + "))"
-        fig = query_samples_figure(result.images, result.classes, result.marginals, title)
+        fig = query_samples_figure(
+            result.images, result.classes, result.marginals, title, self.model.schema
+        )
         return figure_array(fig), f"Query: {result.seconds * 1e3:.0f} ms"
 
     def conditional_samples(self, *inputs: Any) -> tuple[np.ndarray | None, str]:
@@ -259,7 +261,9 @@ class Explorer:
             return None, f"**Not answered:** {error}"
         evidence = ", ".join(f"{n}={value_text(n, v)}" for n, v in given.items())
         title = f"p(x | {evidence})" if given else "p(x)"
-        fig = query_samples_figure(result.images, result.classes, result.marginals, title)
+        fig = query_samples_figure(
+            result.images, result.classes, result.marginals, title, self.model.schema
+        )
         return figure_array(fig), f"Query: {result.seconds * 1e3:.0f} ms"
 
 

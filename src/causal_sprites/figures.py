@@ -55,7 +55,9 @@ def write_run_figures(
     rows = np.sort(rng.choice(len(data), size=8, replace=False))
     images, classes = data.images(rows), data.classes(rows)[:, 1:]
     paths = {
-        "samples": save_figure(sample_grid_figure(images, classes), out_dir / "samples.png"),
+        "samples": save_figure(
+            sample_grid_figure(images, classes, model.schema), out_dir / "samples.png"
+        ),
         "reconstructions": save_figure(
             reconstruction_figure(images, model.reconstruct(images, classes)),
             out_dir / "reconstructions.png",
@@ -93,13 +95,21 @@ def write_query_figures(
     return {
         "condition": save_figure(
             query_samples_figure(
-                conditioned.images, conditioned.classes, conditioned.marginals, "given scale = 5"
+                conditioned.images,
+                conditioned.classes,
+                conditioned.marginals,
+                "given scale = 5",
+                model.schema,
             ),
             out_dir / "condition.png",
         ),
         "intervene": save_figure(
             query_samples_figure(
-                intervened.images, intervened.classes, intervened.marginals, "do(posX = 31)"
+                intervened.images,
+                intervened.classes,
+                intervened.marginals,
+                "do(posX = 31)",
+                model.schema,
             ),
             out_dir / "intervene.png",
         ),

@@ -7,12 +7,13 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-from causal_sprites.data.factors import SHAPE_NAMES
+from causal_sprites.data.schema import Schema
 
 
-def sample_grid_figure(images: np.ndarray, classes: np.ndarray) -> Figure:
-    """A grid of images (B, 64, 64), each titled with its factors from classes (B, 5) or (B, 6)."""
-    images, classes = np.asarray(images), np.asarray(classes)[:, -5:]
+def sample_grid_figure(images: np.ndarray, classes: np.ndarray, schema: Schema) -> Figure:
+    """A grid of images (B, H, W) or (B, H, W, 3), each titled with its factors (B, K) as the
+    schema names them."""
+    images, titles = np.asarray(images), [schema.caption(row) for row in np.asarray(classes)]
     num = len(images)
     cols = max(1, math.ceil(math.sqrt(num)))
     rows = max(1, math.ceil(num / cols))
@@ -20,18 +21,27 @@ def sample_grid_figure(images: np.ndarray, classes: np.ndarray) -> Figure:
     for k, ax in enumerate(fig.subplots(rows, cols, squeeze=False).flat):
         ax.set_axis_off()
         if k < num:
-            shape, scale, orientation, pos_x, pos_y = (int(c) for c in classes[k])
-            ax.imshow(images[k], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(
-                f"{SHAPE_NAMES[shape]} sc{scale} or{orientation}\nx{pos_x} y{pos_y}", fontsize=7
-            )
+            _image_axis(ax, images[k], titles[k])
+            ax.title.set_fontsize(7)
     return fig
 
 
 def _image_axis(ax: object, image: np.ndarray, title: str) -> None:
-    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")  # type: ignore[attr-defined]
+    """An image as it is: colour (H, W, 3) as RGB, grey (H, W) on 0..1 if binary, else 0..255."""
+    image = np.asarray(image)
+    if image.ndim == 3:
+        ax.imshow(image, interpolation="nearest")  # type: ignore[attr-defined]
+    else:
+        top = 1 if image.max(initial=0) <= 1 else 255
+        ax.imshow(image, cmap="gray", vmin=0, vmax=top, interpolation="nearest")  # type: ignore[attr-defined]
     ax.set_title(title, fontsize=8)  # type: ignore[attr-defined]
     ax.set_axis_off()  # type: ignore[attr-defined]
+
+
+def _row_label(ax: object, image: np.ndarray, text: str, size: int) -> None:
+    """A row's label, turned, left of its first image."""
+    middle = np.asarray(image).shape[0] / 2
+    ax.text(-8, middle, text, ha="right", va="center", fontsize=size, rotation=90)  # type: ignore[attr-defined]
 
 
 def image_rows_figure(
@@ -48,7 +58,7 @@ def image_rows_figure(
             if c < len(images):
                 title = column_titles[c] if column_titles and r == 0 else ""
                 _image_axis(ax, images[c], title)
-        axes[r, 0].text(-8, 32, label, ha="right", va="center", fontsize=8, rotation=90)
+        _row_label(axes[r, 0], images[0], label, 8)
     return fig
 
 
@@ -87,8 +97,15 @@ def nelbo_curve_figure(records: list[dict]) -> Figure:
 
 
 def difference_map(factual: np.ndarray, counterfactual: np.ndarray) -> np.ndarray:
-    """RGB (H, W, 3) of two binary images (H, W): kept pixels gray, removed red, added green."""
-    a, b = np.asarray(factual).astype(bool), np.asarray(counterfactual).astype(bool)
+    """RGB (H, W, 3) in [0, 1] of two images: binary (H, W) ones with kept pixels gray, removed
+    red, added green; grey or colour ones with each pixel's absolute change (mean over the
+    channels) in red."""
+    factual, counterfactual = np.asarray(factual), np.asarray(counterfactual)
+    if factual.ndim == 3 or max(factual.max(initial=0), counterfactual.max(initial=0)) > 1:
+        change = np.abs(factual.astype(float) - counterfactual.astype(float)) / 255
+        change = change.mean(-1) if change.ndim == 3 else change
+        return np.stack([change, 0.15 * change, 0.15 * change], -1)
+    a, b = factual.astype(bool), counterfactual.astype(bool)
     rgb = np.zeros((*a.shape, 3))
     rgb[a & b] = 0.6
     rgb[a & ~b] = (1.0, 0.2, 0.2)
@@ -99,8 +116,8 @@ def difference_map(factual: np.ndarray, counterfactual: np.ndarray) -> np.ndarra
 def counterfactual_figure(
     factual: np.ndarray, counterfactual: np.ndarray, labels: list[str] | None = None
 ) -> Figure:
-    """One row per query: factual (B, 64, 64) | counterfactual (B, 64, 64) | difference map
-    (gray kept, red removed, green added); `labels` name the rows (e.g. the do())."""
+    """One row per query: factual | counterfactual | difference map (`difference_map`), images
+    (B, H, W) or (B, H, W, 3); `labels` name the rows (e.g. the do())."""
     factual, counterfactual = np.asarray(factual), np.asarray(counterfactual)
     num = len(factual)
     fig = Figure(figsize=(4.6, 1.5 * num + 0.3), layout="constrained")
@@ -113,7 +130,7 @@ def counterfactual_figure(
         axes[r, 2].set_title(titles[2], fontsize=8)
         axes[r, 2].set_axis_off()
         if labels:
-            axes[r, 0].text(-8, 32, labels[r], ha="right", va="center", fontsize=7, rotation=90)
+            _row_label(axes[r, 0], factual[r], labels[r], 7)
     return fig
 
 
@@ -144,15 +161,20 @@ def counterfactual_distribution_figure(
             else:
                 ax.set_axis_off()
         if labels:
-            axes[r, 0].text(-8, 32, labels[r], ha="right", va="center", fontsize=7, rotation=90)
+            _row_label(axes[r, 0], factual[r], labels[r], 7)
     return fig
 
 
 def query_samples_figure(
-    images: np.ndarray, classes: np.ndarray, marginals: dict[str, np.ndarray], title: str
+    images: np.ndarray,
+    classes: np.ndarray,
+    marginals: dict[str, np.ndarray],
+    title: str,
+    schema: Schema,
 ) -> Figure:
-    """Bars of the exact per-factor marginals {factor: (K,)} next to a grid of the sampled
-    images (N, 64, 64) with their classes (N, 5): a conditioning or intervention query."""
+    """Bars of the exact per-factor marginals {factor: (K,)} (ticked with class names where a
+    factor has a few named ones) next to a grid of the sampled images (N, H, W) or (N, H, W, 3)
+    with their factors (N, K): a conditioning or intervention query."""
     fig = Figure(figsize=(11, 6), layout="constrained")
     fig.suptitle(title, fontsize=10)
     left, right = fig.subfigures(1, 2, width_ratios=(1, 1.6), squeeze=False)[0]
@@ -162,17 +184,16 @@ def query_samples_figure(
         ax.set_ylim(0, max(1e-9, float(probs.max())) * 1.1)
         ax.set_ylabel(name, fontsize=8)
         ax.tick_params(labelsize=6)
-        if name == "shape":
-            ax.set_xticks(range(len(SHAPE_NAMES)), SHAPE_NAMES)
-    images, classes = np.asarray(images), np.asarray(classes)[:, -5:]
+        names = schema.factor(name).classes
+        if len(names) <= 6 and not all(n.isdigit() for n in names):
+            ax.set_xticks(range(len(names)), names)
+    images, titles = np.asarray(images), [schema.caption(row) for row in np.asarray(classes)]
     num = len(images)
     cols = max(1, math.ceil(math.sqrt(num)))
     rows = max(1, math.ceil(num / cols))
     for k, ax in enumerate(right.subplots(rows, cols, squeeze=False).flat):
         ax.set_axis_off()
         if k < num:
-            shape, scale, orientation, pos_x, pos_y = (int(c) for c in classes[k])
-            title = f"{SHAPE_NAMES[shape]} sc{scale} or{orientation}\nx{pos_x} y{pos_y}"
-            _image_axis(ax, images[k], title)
+            _image_axis(ax, images[k], titles[k])
             ax.title.set_fontsize(6)
     return fig

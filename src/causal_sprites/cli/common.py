@@ -3,6 +3,7 @@ loading a run with its data, writing figures."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -10,8 +11,8 @@ import typer
 from matplotlib.figure import Figure
 from typer.core import TyperGroup
 
-from causal_sprites.data.factors import SHAPE_NAMES
 from causal_sprites.data.load import load_data
+from causal_sprites.data.schema import Schema
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.figures import save_figure
 from causal_sprites.scm.queries import load_run
@@ -73,9 +74,13 @@ def write_png(fig: Figure, out: Path) -> Path:
 
 def load_run_and_data(run: str, data: Path | None = None) -> tuple[Any, Any]:
     """The run's model and the data it was trained on (or --data: a dataset file or dSprites');
-    reading factors off many images shows a bar on a terminal. Data of another schema than the
-    run's is refused."""
+    reading factors off many images shows a bar on a terminal."""
     model = load_run(run, progress=True)
+    return model, run_data(model, run, data)
+
+
+def run_data(model: Any, run: str, data: Path | None = None) -> Any:
+    """The data a run was trained on (or --data); data of another schema is refused."""
     path = data or (Path(model.config.data) if model.config.data else None)
     store = load_data(path)
     if store.schema.names != model.schema.names or (
@@ -87,12 +92,11 @@ def load_run_and_data(run: str, data: Path | None = None) -> tuple[Any, Any]:
             f"on ({model.schema.name}: {', '.join(model.schema.names)}, "
             f"{'x'.join(map(str, model.schema.image_shape))})"
         )
-    return model, store
+    return store
 
 
-def assignment_text(assignments: dict[str, int]) -> str:
+def assignment_text(assignments: Mapping[str, float], schema: Schema) -> str:
     """`shape=heart, scale=3`: factor values as a user would type them."""
     return ", ".join(
-        f"{name}={SHAPE_NAMES[value] if name == 'shape' else value}"
-        for name, value in assignments.items()
+        f"{name}={schema.factor(name).text(value)}" for name, value in assignments.items()
     )

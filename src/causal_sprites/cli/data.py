@@ -30,7 +30,8 @@ from causal_sprites.viz import sample_grid_figure
 def _sample_grid(data: dsprites.DSprites, rows: np.ndarray, num: int, seed: int, out: Path) -> Path:
     """Write a labelled grid of up to `num` random images among `rows` to `out`."""
     chosen = np.random.default_rng(seed).choice(rows, size=min(num, len(rows)), replace=False)
-    return write_png(sample_grid_figure(data.images(chosen), data.classes(chosen)), out)
+    figure = sample_grid_figure(data.images(chosen), data.factors(chosen), data.schema)
+    return write_png(figure, out)
 
 
 @data_app.command("generate")

@@ -21,11 +21,11 @@ from causal_sprites.cli.common import (
     app,
     assignment_text,
     load_run_and_data,
+    run_data,
     write_png,
 )
-from causal_sprites.data import dsprites
-from causal_sprites.data.factors import format_classes, normalize_assignments, parse_assignments
-from causal_sprites.data.pictures import read_binary_png
+from causal_sprites.data.pictures import read_png
+from causal_sprites.data.schema import Schema
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.runs import atomic_path
 from causal_sprites.scm.batch import Question, answer
@@ -48,7 +48,7 @@ def reconstruct(
 ) -> None:
     """Originals and their reconstructions."""
     model, store = load_run_and_data(run, data)
-    images, classes = store.images(index), store.classes(index)
+    images, classes = store.images(index), store.factors(index)
     typer.echo(write_png(reconstruction_figure(images, model.reconstruct(images, classes)), out))
 
 
@@ -62,11 +62,11 @@ def edit(
 ) -> None:
     """Same z, changed labels: each --set adds to the previous ones (shape, then orientation)."""
     model, store = load_run_and_data(run, data)
-    image, classes = store.images([index]), store.classes([index])
+    image, classes = store.images([index]), store.factors([index])
     panels = [("reconstruction", model.reconstruct(image, classes)[0])]
-    changes: dict[str, int] = {}
+    changes: dict[str, int | float] = {}
     for item in set_:
-        changes.update(parse_assignments([item]))
+        changes.update(model.schema.parse_assignments([item]))
         panels.append(
             (
                 ", ".join(f"{k}={v}" for k, v in changes.items()),
@@ -99,10 +99,11 @@ def condition(
     json_out: JsonOption = False,
 ) -> None:
     """Images given factor values: the exact posterior over the other factors, then images."""
-    evidence = parse_assignments(given or [])
-    result = load_run(run).condition_query(evidence, samples, seed)
-    title = f"p(x | {assignment_text(evidence)})" if evidence else "p(x)"
-    _show_samples(result, title, out, {"given": evidence}, "posterior", json_out)
+    model = load_run(run)
+    evidence = model.schema.classes(model.schema.parse_assignments(given or []))
+    result = model.condition_query(evidence, samples, seed)
+    title = f"p(x | {assignment_text(evidence, model.schema)})" if evidence else "p(x)"
+    _show_samples(model, result, title, out, {"given": evidence}, "posterior", json_out)
 
 
 @app.command("intervene")
@@ -116,20 +117,27 @@ def intervene(
 ) -> None:
     """Images under do(factor=value): intervened factors cut from their parents, the rest
     sampled through the model."""
-    actions = parse_assignments(do)
-    result = load_run(run).intervene_query(actions, samples, seed)
-    title = f"p(x | do({assignment_text(actions)}))"
-    _show_samples(result, title, out, {"do": actions}, "marginals", json_out)
+    model = load_run(run)
+    actions = model.schema.classes(model.schema.parse_assignments(do))
+    result = model.intervene_query(actions, samples, seed)
+    title = f"p(x | do({assignment_text(actions, model.schema)}))"
+    _show_samples(model, result, title, out, {"do": actions}, "marginals", json_out)
 
 
 def _show_samples(
-    result: Any, title: str, out: Path, query: dict[str, Any], name: str, json_out: bool
+    model: Any,
+    result: Any,
+    title: str,
+    out: Path,
+    query: dict[str, Any],
+    name: str,
+    json_out: bool,
 ) -> None:
     """Save a conditioning or intervention result's figure; print its path or its JSON record
     (the query, the marginals under `name`, the sampled classes, timing, output path)."""
     shown = slice(0, FIGURE_IMAGES)
     figure = query_samples_figure(
-        result.images[shown], result.classes[shown], result.marginals, title
+        result.images[shown], result.classes[shown], result.marginals, title, model.schema
     )
     write_png(figure, out)
     if not json_out:
@@ -138,7 +146,7 @@ def _show_samples(
     record = {
         **query,
         name: _marginals_json(result.marginals),
-        "samples": [format_classes(c) for c in result.classes],
+        "samples": [model.schema.format(c) for c in result.classes],
         "seconds": result.seconds,
         "out": str(out),
     }
@@ -154,7 +162,7 @@ class _Query:
     do: dict[str, int]
 
 
-def read_queries(path: Path, default_do: dict[str, int]) -> list[_Query]:
+def read_queries(path: Path, default_do: dict[str, int], schema: Schema) -> list[_Query]:
     """Parse a JSON-lines query file: {"index": I} or {"image": PNG} (relative to the file), with
     an optional "do" object (else the command line's --do); errors name the line."""
     queries = []
@@ -185,7 +193,7 @@ def read_queries(path: Path, default_do: dict[str, int]) -> list[_Query]:
         if not do:
             raise CausalSpritesError(f'{where}: no do(); give "do" or --do')
         try:
-            actions = normalize_assignments(do)
+            actions = schema.classes(do)
         except CausalSpritesError as error:
             raise CausalSpritesError(f"{where}: {error}") from None
         queries.append(_Query(index, None if image is None else path.parent / image, actions))
@@ -234,34 +242,35 @@ def counterfactual(
     """What each image would have looked like under do(...): abduction, action, prediction."""
     if sum(source is not None for source in (index, image, queries)) != 1:
         raise typer.BadParameter("give exactly one", param_hint="--index, --image or --queries")
-    actions = parse_assignments(do or [])
+    model = load_run(run)
+    actions = model.schema.classes(model.schema.parse_assignments(do or []))
     if queries is not None:
         if not queries.is_file():
             raise CausalSpritesError(f"query file {queries} does not exist")
-        items = read_queries(queries, actions)
+        items = read_queries(queries, actions, model.schema)
     elif not actions:
         raise typer.BadParameter("give at least one factor=value", param_hint="--do")
     else:
         items = [_Query(i, None, actions) for i in index or []]
         items += [_Query(None, path, actions) for path in image or []]
-    model = load_run(run)
     store = None
     if any(item.index is not None for item in items):
-        path = data or (Path(model.config.data) if model.config.data else None)
-        store = dsprites.DSprites.load(path)
-    factual = np.zeros((len(items), 64, 64), dtype=np.uint8)
+        store = run_data(model, run, data)
+    height, width, channels = model.schema.image_shape
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    factual = np.zeros((len(items), *shape), np.uint8)
     labels: dict[int, np.ndarray] = {}
     for k, item in enumerate(items):
         if store is not None and item.index is not None:
             factual[k], labels[k] = store.images(item.index), store.factors(item.index)
         elif item.image is not None:
-            factual[k] = read_binary_png(item.image)
+            factual[k] = read_png(item.image, model.schema)
     questions = [Question(factual[k], labels.get(k), item.do) for k, item in enumerate(items)]
     answers = answer(model, questions, seed, samples)
     images, distributions = answers.images, answers.distributions
     if out is not None:
         shown = slice(0, FIGURE_IMAGES // 4)
-        titles = [f"do({assignment_text(item.do)})" for item in items[shown]]
+        titles = [f"do({assignment_text(item.do, model.schema)})" for item in items[shown]]
         if distributions:
             parts = [distributions[k] for k in range(len(items))][shown]
             figure = counterfactual_distribution_figure(
@@ -283,14 +292,14 @@ def counterfactual(
             "image": None if item.image is None else str(item.image),
             "do": item.do,
             "labels": "given" if k in labels else "inferred",
-            "factual": format_classes(answers.factual[k]),
-            "counterfactual": format_classes(answers.counterfactual[k]),
+            "factual": model.schema.format(answers.factual[k]),
+            "counterfactual": model.schema.format(answers.counterfactual[k]),
         }
         for k, item in enumerate(items)
     ]
     for k, (tuples, probabilities, _, _, method) in distributions.items():
         records[k]["distribution"] = [
-            {"factors": format_classes(t), "probability": float(p)}
+            {"factors": model.schema.format(t), "probability": float(p)}
             for t, p in zip(tuples, probabilities, strict=True)
         ]
         records[k]["distribution_method"] = method
@@ -314,7 +323,8 @@ def counterfactual(
         typer.echo(f"{source}: {', '.join(f'{k} {v}' for k, v in changed.items()) or 'no change'}")
         spread = query.get("distribution", [])
         for entry in spread[:5] if len(spread) > 1 else []:
-            typer.echo(f"  {entry['probability']:7.4f}  {assignment_text(entry['factors'])}")
+            text = assignment_text(entry["factors"], model.schema)
+            typer.echo(f"  {entry['probability']:7.4f}  {text}")
     if len(records) > 20:
         typer.echo(f"... and {len(records) - 20} more")
     for path in (out, out_npz):
@@ -346,14 +356,17 @@ def infer(
     model = load_run(run, progress=True)
     sources: list[dict[str, Any]]
     if image is not None:
-        pixels = np.stack([read_binary_png(path) for path in image])
+        pixels = np.stack([read_png(path, model.schema) for path in image])
         sources = [{"image": str(path)} for path in image]
     else:
-        default = Path(model.config.data) if model.config.data else None
-        store = dsprites.DSprites.load(data or default)
+        store = run_data(model, run, data)
         rows = np.asarray(index if index is not None else range(min(limit, len(store))))
         pixels = store.images(rows)
-        sources = [{"index": int(k), "true": format_classes(store.factors(int(k)))} for k in rows]
+        true = store.factors(rows)
+        sources = [
+            {"index": int(k), "true": model.schema.format(t)}
+            for k, t in zip(rows, true, strict=True)
+        ]
     start = time.perf_counter()
     posterior = model.infer(pixels, top=top)
     seconds = time.perf_counter() - start
@@ -362,7 +375,7 @@ def infer(
         {
             **source,
             "candidates": [
-                {"factors": format_classes(c), "probability": float(p)}
+                {"factors": model.schema.format(c), "probability": float(p)}
                 for c, p in zip(posterior.classes[b], posterior.probabilities[b], strict=True)
                 if p > 0
             ],
@@ -383,13 +396,14 @@ def infer(
         typer.echo(f"{name}: log-likelihood {record['log_likelihood']:.1f} nats")
         if record["out_of_distribution"] and usual is not None:
             typer.echo(
-                f"  warning: unlike any dSprites image (threshold {usual['threshold']:.0f}, "
+                f"  warning: unlike any {model.schema.name} image (threshold "
+                f"{usual['threshold']:.0f}, "
                 f"held-out median {usual['median']:.1f}); these factors explain it badly"
             )
         if record["search"] == "budget":
             typer.echo("  note: the search stopped on its budget; better factors may exist")
         for candidate in record["candidates"]:
-            text = assignment_text(candidate["factors"])
+            text = assignment_text(candidate["factors"], model.schema)
             typer.echo(f"  {candidate['probability']:7.4f}  {text}")
     if len(records) > 20:
         typer.echo(f"... and {len(records) - 20} more")

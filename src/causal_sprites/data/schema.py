@@ -308,6 +308,15 @@ class Schema:
             for f, v in zip(self.factors, np.asarray(row)[-len(self.factors) :], strict=True)
         }
 
+    def caption(self, row: np.ndarray | Sequence[float]) -> str:
+        """A factor row (K,) as a figure's short caption: each value as users read it, three to
+        a line."""
+        texts = [
+            f.text(v)
+            for f, v in zip(self.factors, np.asarray(row)[-len(self.factors) :], strict=True)
+        ]
+        return "\n".join(", ".join(texts[i : i + 3]) for i in range(0, len(texts), 3))
+
     def to_json(self) -> dict[str, Any]:
         """The JSON form (the dataset file's `schema`, a run's `config.json["schema"]`)."""
         return {

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Question:
-    """A counterfactual question: an image (64, 64) 0/1, its factor classes (5,) or None (then
+    """A counterfactual question: an image ((64, 64) 0/1 on dSprites; (H, W) or (H, W, C) as the
+    run's data holds them), its factor classes (K,) or None (then
     read off the pixels by the posterior: `posterior`, the image's own, when already read), and
     the interventions {factor: class}."""
 
@@ -58,7 +59,7 @@ def answer(
     each answer also comes as a distribution over that many draws of the abducted noise."""
     count = len(questions)
     out = Answers(
-        np.zeros((count, 64, 64), np.uint8),
+        np.zeros((count, *np.shape(questions[0].image)), np.uint8),
         np.zeros((count, len(model.schema.names)), np.int64),
         np.zeros((count, len(model.schema.names)), np.int64),
         np.array([q.labels is not None for q in questions], dtype=bool),
