@@ -85,6 +85,17 @@ def test_every_query_answers_with_the_data_s_names(
             assert picture.size[0] > 100
 
 
+def test_discovery_from_the_labels_and_from_the_pixels(
+    trained: tuple[Path, Path, np.ndarray],
+) -> None:
+    root, run_dir, _ = trained
+    labels = json.loads(run("discover", "--data", root / "squares.npz", "--json")[0])
+    assert labels["edges"] == [] and labels["factors"] == ["hue", "side", "left"]
+    assert all(t["p_value"] == 1.0 for t in labels["tests"])  # every combination equally often
+    pixels = json.loads(run("discover", run_dir, "--num-images", 108, "--json")[0])
+    assert pixels["labels"] == "posterior" and pixels["factors"] == ["hue", "side", "left"]
+
+
 def test_bad_input_on_your_own_images_fails_in_one_line(
     trained: tuple[Path, Path, np.ndarray], tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from causallearn.search.ConstraintBased.PC import pc
 from scipy import stats
 
-from causal_sprites.data.dsprites import DSprites
+from causal_sprites.data.load import load_data
 from causal_sprites.data.schema import Schema
 from causal_sprites.data.variants import VariantSpec
 from causal_sprites.errors import CausalSpritesError
@@ -249,8 +249,9 @@ def discover_file(
     truth: VariantSpec | Sequence[tuple[str, str]] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """`discover` on the labels of a data file (default: the default dSprites data)."""
-    data = DSprites.load(path)
+    """`discover` on the labels of a data file: a dataset file or dSprites' (default: the default
+    dSprites data)."""
+    data = load_data(path)
     return discover(data.factors(slice(None)), truth, names=data.schema.names, **options)
 
 
