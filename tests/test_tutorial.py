@@ -64,6 +64,8 @@ def check_story(text: str) -> None:
     assert "edges from the pixels of 200 images: []" in text
     assert "found: ['shape--scale', 'shape--posX']\nSHD to the truth: 0" in text
     assert "trained 10 steps" in text
+    assert "squares: factors ['hue', 'left'], images (32, 48, 3), 60 steps" in text
+    assert "do(the observed hue) returns the input: True" in text
 
 
 def test_the_stored_outputs_are_complete_and_tell_the_story() -> None:
