@@ -61,6 +61,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import SGD
 from torch import Tensor
 
+from causal_sprites.batches import split_rows
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import FACTORS, SIZES
 from causal_sprites.metrics import iou
@@ -68,7 +69,6 @@ from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.runtime import choose_device
 from causal_sprites.scm.queries import CausalModel, load_run
 from causal_sprites.scm.structural import StructuralModel
-from causal_sprites.train import split_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_SPEEDUP = 10_000.0

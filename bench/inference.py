@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from causal_sprites.batches import split_rows
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import FACTORS, SIZES, classes_to_index
 from causal_sprites.discovery import discover, discover_from_images
 from causal_sprites.metrics import iou, readout_accuracy
 from causal_sprites.scm.queries import CausalModel, load_run
-from causal_sprites.train import split_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from causal_sprites.batches import split_rows
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.metrics import readout_accuracy
 from causal_sprites.model.readout import SearchBudget
 from causal_sprites.scm.queries import CausalModel, load_run
-from causal_sprites.train import split_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

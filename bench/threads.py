@@ -27,7 +27,7 @@ from causal_sprites.config import RunConfig
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.runs import build_model
 from causal_sprites.runtime import autocast
-from causal_sprites.train import Batches, split_rows, training_images, training_labels
+from causal_sprites.batches import Batches, split_rows, training_images, training_labels
 torch.set_num_threads(int(sys.argv[1]))
 config = RunConfig()
 data = DSprites.load()

@@ -25,11 +25,12 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from causal_sprites.batches import Batches, split_rows, training_images, training_labels
 from causal_sprites.config import PRESETS, RunConfig, TrainConfig
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.runs import read_metrics
 from causal_sprites.runtime import choose_device
-from causal_sprites.train import Batches, fit, split_rows, training_images, training_labels
+from causal_sprites.train import fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from causal_sprites.batches import Batches, split_rows, training_images, training_labels
 from causal_sprites.config import PRESETS, RunConfig
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.runs import build_model
 from causal_sprites.runtime import autocast
-from causal_sprites.train import Batches, split_rows, training_images, training_labels
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

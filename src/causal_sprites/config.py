@@ -38,6 +38,10 @@ class ModelConfig:
     encoder_hidden: int = 256
     mlp_hidden: int = 1000
     conv_channels: int = 32
+    #: Factors whose mechanism is a network of their parents (its logits) rather than a table of
+    #: counts per parent row: chosen at training time where the rows outnumber what the data
+    #: supports (`scm.graph.needs_network`).
+    network_mechanisms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,8 @@ def _build(kind: type[Any], values: Any) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise CausalSpritesError(f"config.json: unknown {kind.__name__} keys {unknown}")
+    if "network_mechanisms" in values:
+        values = {**values, "network_mechanisms": tuple(values["network_mechanisms"])}
     return kind(**values)
 
 

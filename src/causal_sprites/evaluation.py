@@ -12,6 +12,7 @@ from typing import Any, Final, ParamSpec
 import numpy as np
 import torch
 
+from causal_sprites.batches import split_rows, training_images, training_labels
 from causal_sprites.data.factors import FACTORS, SIZES, normalize_assignments
 from causal_sprites.data.render import render
 from causal_sprites.data.variants import abduct_noise, distribution, true_counterfactual
@@ -45,7 +46,7 @@ from causal_sprites.scores import (
     RunScores,
     Scores,
 )
-from causal_sprites.train import evaluate_nelbo, split_rows, training_images, training_labels
+from causal_sprites.train import evaluate_nelbo
 
 Params = ParamSpec("Params")
 

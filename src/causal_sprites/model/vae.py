@@ -39,6 +39,8 @@ from causal_sprites.scm.graph import topological_order as factor_order
 from causal_sprites.scm.mechanisms import pixel_mechanism, pixel_noise_posterior
 
 Graph = Sequence[tuple[str, str]]
+#: Hidden units of a learned factor mechanism (`ConditionalVAE.mechanism_nets`).
+MECHANISM_HIDDEN = 64
 #: The reconstruction term's weighting in training on 8-bit images (beta-NLL, `model/pixels.py`);
 #: the reported NELBO is always the plain bound.
 TRAINING_BETA = 1.0
@@ -124,9 +126,20 @@ class ConditionalVAE(nn.Module):
                 f"unknown decoder {config.decoder!r}; use 'pose', 'mlp' or 'conv'"
             )
         size_of = schema.size_of
+        #: Learned mechanisms: logits of a factor from its parents' one-hot codes, for the
+        #: factors with too many parent rows to count (`config.network_mechanisms`).
+        self.mechanism_nets = nn.ModuleDict()
         for name, size in size_of.items():
             sizes = [size_of[p] for p in self.parents[name]]
-            self.register_buffer(f"cpt_{name}", torch.full((*sizes, size), -math.log(size)))
+            if name in config.network_mechanisms:
+                self.mechanism_nets[name] = nn.Sequential(
+                    nn.Linear(sum(sizes), MECHANISM_HIDDEN), nn.SiLU(),
+                    nn.Linear(MECHANISM_HIDDEN, size),
+                )  # fmt: skip
+                grid = torch.cartesian_prod(*(torch.arange(k) for k in sizes)).view(-1, len(sizes))
+                self.register_buffer(f"rows_{name}", grid, persistent=False)
+            else:
+                self.register_buffer(f"cpt_{name}", torch.full((*sizes, size), -math.log(size)))
 
     def fit_tables(self, y: Tensor, smoothing: float = 0.1) -> None:
         """Set every factor's table to smoothed frequencies of training labels y (N, K).
@@ -135,17 +148,38 @@ class ConditionalVAE(nn.Module):
         (a user's image may show a combination training never saw) while adding at most 4 pseudo
         observations to a row of 40 classes; add-one smoothing added 40 and visibly flattened rare
         rows (TV 0.041 against 0.026 for P(shape | posY = 31) on the collider variant)."""
-        fitted = FactorGraph.fit(
-            dict(zip(self.names, self.sizes, strict=True)), self.parents, y, smoothing
-        )
+        fitted = FactorGraph.fit(self.schema.size_of, self.parents, y, smoothing)
         for name in self.names:
-            self.cpt(name).copy_(fitted.log_tables[name].float())
+            if name not in self.mechanism_nets:
+                self.cpt(name).copy_(fitted.log_tables[name].float())
 
     # -- one conditional per variable -------------------------------------------------------
     def cpt(self, name: str) -> Tensor:
-        """Log-probability table of a factor, (*parent sizes, K): the storage of `factors`."""
+        """Log-probability table of a factor, (*parent sizes, K): the storage of `factors`; a
+        learned mechanism's is its network evaluated at every parent row."""
+        if name in self.mechanism_nets:
+            sizes = [self.sizes[self.names.index(p)] for p in self.parents[name]]
+            rows = self._parent_codes(name, getattr(self, f"rows_{name}"))
+            logits = self.mechanism_nets[name](rows).float()
+            return torch.log_softmax(logits, -1).view(*sizes, -1)
         table: Tensor = getattr(self, f"cpt_{name}")
         return table
+
+    def _parent_codes(self, name: str, parents: Tensor) -> Tensor:
+        """One-hot codes (N, sum of parent sizes) of a factor's parents' classes (N, P)."""
+        sizes = tuple(self.sizes[self.names.index(p)] for p in self.parents[name])
+        return one_hot_factors(parents, sizes)
+
+    def mechanism_loss(self, y: Tensor) -> Tensor:
+        """-log p(y_f | parents) (B,) summed over the learned mechanisms, for labels (B, K):
+        what trains their networks (the tables are counted, not trained)."""
+        total = torch.zeros(len(y), device=y.device)
+        for name, net in self.mechanism_nets.items():
+            columns = [self.names.index(p) for p in self.parents[name]]
+            logits = net(self._parent_codes(name, y[:, columns])).float()
+            target = y[:, self.names.index(name)]
+            total = total + F.cross_entropy(logits, target, reduction="none")
+        return total
 
     @property
     def factors(self) -> FactorGraph:
@@ -321,8 +355,9 @@ class ConditionalVAE(nn.Module):
         recon, kl = self.elbo_terms(x, y, features, noise, weights)
         classifier = self.classifier_loss(x, y, features)
         nelbo = (kl - recon).mean()
+        mechanisms = self.mechanism_loss(y).mean()
         return {
-            "loss": nelbo + classifier_weight * classifier.mean(),
+            "loss": nelbo + classifier_weight * classifier.mean() + mechanisms,
             "recon": -recon.mean(),
             "kl": kl.mean(),
             "classifier": classifier.mean(),

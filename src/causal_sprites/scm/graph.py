@@ -215,6 +215,17 @@ class FactorGraph:
         return self.stack(values)
 
 
+#: Training rows a table needs per cell (parent row x class) to be learned by counting.
+ROWS_PER_CELL = 5
+
+
+def needs_network(parent_sizes: Sequence[int], size: int, num_rows: int) -> bool:
+    """Whether a factor's conditional table has more cells (parent rows x its classes) than
+    `num_rows` training rows can fill, ROWS_PER_CELL each: a 40-class parent leaves one or two
+    samples a row. Such a factor's mechanism is then a network of its parents."""
+    return bool(parent_sizes) and ROWS_PER_CELL * math.prod(parent_sizes) * size > num_rows
+
+
 def parents_from_edges(
     edges: Collection[tuple[str, str]], names: Sequence[str]
 ) -> dict[str, tuple[str, ...]]:
