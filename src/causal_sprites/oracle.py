@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.data.factors import SIZES
+from causal_sprites.data.factors import SCHEMA
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.metrics import oracle_accuracy
 from causal_sprites.runs import PRETRAINED_DIR, load_tensors, save_tensors_atomic, write_text_atomic
@@ -25,6 +25,8 @@ from causal_sprites.runs import PRETRAINED_DIR, load_tensors, save_tensors_atomi
 WEIGHTS_FILE: Final = "oracle.safetensors"
 CONFIG_FILE: Final = "oracle.json"
 _CHUNK: Final = 1024
+#: Classes per factor of dSprites, the data this oracle reads.
+GRID: Final = SCHEMA.sizes
 #: Side of the crop around the sprite, and position classes read either side of its centre.
 CROP: Final = 32
 RADIUS: Final = 4
@@ -65,7 +67,7 @@ class OracleNet(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(2 * c * 4 * 4 + 6, hidden),
             nn.SiLU(),
-            nn.Linear(hidden, sum(SIZES[:3]) + 2 * (2 * RADIUS + 1)),
+            nn.Linear(hidden, sum(GRID[:3]) + 2 * (2 * RADIUS + 1)),
         )
 
     def crop(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -84,7 +86,7 @@ class OracleNet(nn.Module):
         ys, xs = span[:, None] + offset[:, :1], span[None, :] + offset[:, 1:]
         second = [(crops * a * b).sum((-2, -1)) for a, b in ((ys, ys), (ys, xs), (xs, xs))]
         # The centre of position class k is pixel 15.5 + 32 k / 31 (the grid spans 32 pixels).
-        per_class = CROP / (SIZES[3] - 1)
+        per_class = CROP / (GRID[3] - 1)
         centre_class = (corner / per_class).round()  # (B, 2)
         relative = (centroid - (CROP / 2 - 0.5) - centre_class * per_class) / per_class
         features = torch.cat([area / 400.0, *[m / area / 40.0 for m in second], relative], -1)
@@ -95,10 +97,10 @@ class OracleNet(nn.Module):
         coords = self.coords.expand(len(x), -1, -1, -1)  # type: ignore[operator]
         features = self.convs(torch.cat([crops, coords], dim=1)).flatten(1)
         out = self.head(torch.cat([features, moments], -1))
-        direct, offsets = out.split([sum(SIZES[:3]), 2 * (2 * RADIUS + 1)], -1)
+        direct, offsets = out.split([sum(GRID[:3]), 2 * (2 * RADIUS + 1)], -1)
         positions = []
         for axis, logits in zip((1, 0), offsets.chunk(2, -1), strict=True):  # posX: columns
-            which = torch.arange(SIZES[3], device=x.device) - centre_class[:, axis : axis + 1]
+            which = torch.arange(GRID[3], device=x.device) - centre_class[:, axis : axis + 1]
             inside = which.abs() <= RADIUS
             gathered = logits.gather(1, (which + RADIUS).clamp(0, 2 * RADIUS))
             positions.append(torch.where(inside, gathered, torch.full_like(gathered, -1e4)))
@@ -120,8 +122,8 @@ class Oracle:
         if x.dim() != 3 or tuple(x.shape[1:]) != (64, 64):
             raise CausalSpritesError(f"images must have shape (B, 64, 64), got {tuple(x.shape)}")
         out = [self.net(x[s : s + _CHUNK, None].float()) for s in range(0, len(x), _CHUNK)]
-        joined = torch.cat(out) if out else torch.zeros(0, sum(SIZES))
-        return list(torch.split(joined, list(SIZES), dim=-1))
+        joined = torch.cat(out) if out else torch.zeros(0, sum(GRID))
+        return list(torch.split(joined, list(GRID), dim=-1))
 
     def predict(self, images: np.ndarray | Tensor) -> np.ndarray:
         """Most likely factor classes (B, 5) int64 of 0/1 images (B, 64, 64)."""
@@ -134,7 +136,7 @@ class Oracle:
 
 
 def _loss(logits: Tensor, labels: Tensor) -> Tensor:
-    parts = torch.split(logits, list(SIZES), dim=-1)
+    parts = torch.split(logits, list(GRID), dim=-1)
     return sum((F.cross_entropy(p, labels[:, i]) for i, p in enumerate(parts)), torch.zeros(()))
 
 
