@@ -77,20 +77,7 @@ class Dataset:
         return isinstance(self._images, np.memmap)
 
     def _rows(self, idx: Index) -> np.ndarray:
-        """Row indices as an integer array, bounds-checked."""
-        if isinstance(idx, slice):
-            return np.arange(len(self))[idx]
-        rows = np.asarray(idx)
-        if rows.size == 0:
-            return rows.astype(np.int64)
-        if not np.issubdtype(rows.dtype, np.integer):
-            raise CausalSpritesError(f"indices must be integers, got {rows.dtype}")
-        bad = (rows < 0) | (rows >= len(self))
-        if bad.any():
-            raise CausalSpritesError(
-                f"index {rows[bad].flat[0]} is out of range 0..{len(self) - 1}"
-            )
-        return rows
+        return checked_rows(idx, len(self))
 
     def images(self, idx: Index) -> np.ndarray:
         """Images of rows `idx`: uint8 (B, H, W) grey or (B, H, W, C) colour; an int gives one."""
@@ -148,6 +135,22 @@ def _read_rows(images: np.memmap, rows: np.ndarray) -> np.ndarray:
 
 
 # --- checks --------------------------------------------------------------------------------------
+
+
+def checked_rows(idx: Any, num_rows: int) -> np.ndarray:
+    """Row indices (an int, a sequence, an array or a slice) as an integer array, bounds-checked
+    against `num_rows` (one-line errors)."""
+    if isinstance(idx, slice):
+        return np.arange(num_rows)[idx]
+    rows = np.asarray(idx)
+    if rows.size == 0:
+        return rows.astype(np.int64)
+    if not np.issubdtype(rows.dtype, np.integer):
+        raise CausalSpritesError(f"indices must be integers, got {rows.dtype}")
+    bad = (rows < 0) | (rows >= num_rows)
+    if bad.any():
+        raise CausalSpritesError(f"index {rows[bad].flat[0]} is out of range 0..{num_rows - 1}")
+    return rows
 
 
 def random_split(num_rows: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from causal_sprites.data.dataset import random_split
+from causal_sprites.data.dataset import checked_rows, random_split
 from causal_sprites.data.factors import (
     ALL_FACTORS,
     FACTORS,
@@ -184,20 +184,7 @@ class DSprites:
         return f"DSprites({len(self)} images, {self.packed.nbytes / 2**20:.0f} MiB packed)"
 
     def _rows(self, idx: Index) -> np.ndarray:
-        """Row indices as an integer array, bounds-checked."""
-        if isinstance(idx, slice):
-            return np.arange(len(self))[idx]
-        rows = np.asarray(idx)
-        if rows.size == 0:
-            return rows.astype(np.int64)
-        if not np.issubdtype(rows.dtype, np.integer):
-            raise CausalSpritesError(f"indices must be integers, got {rows.dtype}")
-        bad = (rows < 0) | (rows >= len(self))
-        if bad.any():
-            raise CausalSpritesError(
-                f"index {rows[bad].flat[0]} is out of range 0..{len(self) - 1}"
-            )
-        return rows
+        return checked_rows(idx, len(self))
 
     def images(self, idx: Index) -> np.ndarray:
         """0/1 images (B, 64, 64) uint8 of rows `idx` (an int gives one (64, 64) image)."""
