@@ -58,8 +58,10 @@ def answer(
     """Answer every question, grouped by (intervened factors, labels given); with `num_samples`
     each answer also comes as a distribution over that many draws of the abducted noise."""
     count = len(questions)
+    height, width, channels = model.schema.image_shape
+    image = (height, width) if channels == 1 else (height, width, channels)
     out = Answers(
-        np.zeros((count, *np.shape(questions[0].image)), np.uint8),
+        np.zeros((count, *image), np.uint8),
         np.zeros((count, len(model.schema.names)), np.int64),
         np.zeros((count, len(model.schema.names)), np.int64),
         np.array([q.labels is not None for q in questions], dtype=bool),
