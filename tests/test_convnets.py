@@ -28,12 +28,11 @@ def test_output_shapes(shape: tuple[int, int, int]) -> None:
     height, width, channels = shape
     encoder = ConvEncoder(shape, FACTOR_DIMS, Y_DIM, Z_DIM, channels=16, hidden=32)
     x = torch.rand(2, channels, height, width)
-    maps = encoder.convs(x)
+    maps = encoder.trunk.convs(x)
     assert all(4 <= side <= 8 for side in maps.shape[-2:])
     features = encoder.features(x)
     assert features.shape == (2, 32)
     assert [tuple(t.shape) for t in encoder.classify(x)] == [(2, 3), (2, 4)]
-    assert [tuple(t.shape) for t in encoder.classify(x, features)] == [(2, 3), (2, 4)]
     loc, scale = encoder.z_params(features, encode_factors(torch.tensor([[0, 1], [2, 3]])))
     assert loc.shape == scale.shape == (2, Z_DIM) and (scale > 0).all()
     for per_pixel in (1, 2):
@@ -48,7 +47,7 @@ def test_output_shapes(shape: tuple[int, int, int]) -> None:
 def test_odd_and_uneven_sides(height: int, width: int) -> None:
     """Each side is halved until it is 4 to 8 pixels; the decoder crops back to (H, W)."""
     encoder = ConvEncoder((height, width, 3), FACTOR_DIMS, Y_DIM, Z_DIM, channels=16, hidden=32)
-    maps = encoder.convs(torch.rand(1, 3, height, width))
+    maps = encoder.trunk.convs(torch.rand(1, 3, height, width))
     assert all(4 <= side <= 8 for side in maps.shape[-2:])
     decoder = ConvDecoder((height, width, 3), Y_DIM, Z_DIM, 16, 2, hidden=32)
     assert decoder(torch.zeros(1, Y_DIM), torch.zeros(1, Z_DIM)).shape == (1, 6, height, width)
@@ -63,7 +62,7 @@ def test_gradients_reach_every_parameter() -> None:
     features = encoder.features(LOGISTIC.network_input(x))
     loc, scale = encoder.z_params(features, encode_factors(y))
     params = decoder(encode_factors(y), loc + scale * torch.randn_like(loc))
-    logits = encoder.classify(x, features)
+    logits = encoder.classify(LOGISTIC.network_input(x))
     loss = -LOGISTIC.log_prob(params, x).mean() + sum(
         F.cross_entropy(lg, y[:, i]) for i, lg in enumerate(logits)
     )

@@ -61,8 +61,37 @@ def _kernel(stride: tuple[int, int]) -> tuple[int, int]:
     return (4 if stride[0] == 2 else 3, 4 if stride[1] == 2 else 3)
 
 
+class ConvTrunk(nn.Module):
+    """Images (B, C, H, W) -> (B, hidden) features: stride-2 convolutions until the map is 4 to
+    8 pixels a side, then a linear layer, a LayerNorm and SiLU."""
+
+    def __init__(self, image_shape: Sequence[int], channels: int, hidden: int) -> None:
+        super().__init__()
+        height, width, in_channels = _check_shape(image_shape)
+        strides = _strides(height, width)
+        layers: list[nn.Module] = []
+        for stride, out_channels in zip(strides, _widths(channels, len(strides)), strict=True):
+            layers += [nn.Conv2d(in_channels, out_channels, _kernel(stride), stride, 1), nn.SiLU()]
+            in_channels = out_channels
+            # A halved side of n pixels has floor(n / 2) after a 4-wide kernel with padding 1.
+            height, width = height // stride[0], width // stride[1]
+        self.convs = nn.Sequential(*layers)
+        self.linear = nn.Linear(in_channels * height * width, hidden)
+        # Bounded features: without the norm they grew to ~40, and Adam's near-sign steps on
+        # every weight of z's head then moved q(z)'s loc by ~100 in one step (NaN in 3 of 8
+        # seeds of tests/test_convnets.py's training run).
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.silu(self.norm(self.linear(self.convs(x).flatten(1))))
+
+
 class ConvEncoder(nn.Module):
-    """Conv features shared by q(y | x) (one categorical head per factor) and q(z | x, y).
+    """q(z | x, y) and the classifier q(y | x) (one categorical head per factor), each on its own
+    conv trunk (M2, Kingma et al. 2014, also gives q(y | x) a network of its own): on 8-bit
+    images the reconstruction's gradient, thousands of nats, drowns the classifier's few nats in
+    a shared trunk, whose features then carry nothing of y (q(z | x, y) is given y), and the
+    classifier stayed near chance (0.5 on 4 hues after 6,000 steps, bench/own_data.py).
 
     Reads float images (B, C, H, W) (`PixelLikelihood.network_input`); the factors enter
     q(z | x, y) already encoded by the caller, one (B, y_dim) vector per image.
@@ -78,38 +107,25 @@ class ConvEncoder(nn.Module):
         hidden: int = 256,
     ) -> None:
         super().__init__()
-        height, width, in_channels = _check_shape(image_shape)
         self.factor_dims = [int(k) for k in factor_dims]
-        strides = _strides(height, width)
-        layers: list[nn.Module] = []
-        for stride, out_channels in zip(strides, _widths(channels, len(strides)), strict=True):
-            layers += [nn.Conv2d(in_channels, out_channels, _kernel(stride), stride, 1), nn.SiLU()]
-            in_channels = out_channels
-            # A halved side of n pixels has floor(n / 2) after a 4-wide kernel with padding 1.
-            height, width = height // stride[0], width // stride[1]
-        self.convs = nn.Sequential(*layers)
-        self.linear = nn.Linear(in_channels * height * width, hidden)
-        # Bounded features: without the norm they grew to ~40, and Adam's near-sign steps on
-        # every weight of z's head then moved q(z)'s loc by ~100 in one step (NaN in 3 of 8
-        # seeds of tests/test_convnets.py's training run).
-        self.norm = nn.LayerNorm(hidden)
+        self.trunk = ConvTrunk(image_shape, channels, hidden)
         num_classes = sum(self.factor_dims)
+        self.classifier_trunk = ConvTrunk(image_shape, channels, hidden) if num_classes else None
         self.classifier_head = nn.Linear(hidden, num_classes) if num_classes else None
         self.z_head = nn.Sequential(
             nn.Linear(hidden + y_dim, hidden), nn.SiLU(), nn.Linear(hidden, 2 * z_dim)
         )
 
     def features(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) -> (B, hidden) features shared by both heads."""
-        return F.silu(self.norm(self.linear(self.convs(x).flatten(1))))
+        """Images (B, C, H, W) -> (B, hidden) features of q(z | x, y)."""
+        return self.trunk(x)
 
-    def classify(self, x: Tensor, features: Tensor | None = None) -> list[Tensor]:
-        """q(y | x): one (B, K_i) logit tensor per categorical factor; `features` skips the
-        trunk."""
-        features = self.features(x) if features is None else features
-        if self.classifier_head is None:
+    def classify(self, x: Tensor) -> list[Tensor]:
+        """q(y | x): one (B, K_i) logit tensor per categorical factor of images (B, C, H, W)."""
+        if self.classifier_trunk is None or self.classifier_head is None:
             return []
-        return list(torch.split(self.classifier_head(features), self.factor_dims, dim=-1))
+        logits = self.classifier_head(self.classifier_trunk(x))
+        return list(torch.split(logits, self.factor_dims, dim=-1))
 
     def z_params(self, features: Tensor, y_encoded: Tensor) -> tuple[Tensor, Tensor]:
         """Loc and scale (B, z_dim) of q(z | x, y) from features and encoded factors (B, y_dim)."""

@@ -285,8 +285,8 @@ class ConditionalVAE(nn.Module):
     def classify(self, x: Tensor, features: Tensor | None = None) -> list[Tensor]:
         """q(y | x): one (B, K_i) logit tensor per factor for images (B, C, H, W)."""
         features = self.features(x) if features is None else features
-        if isinstance(self.encoder, convnets.ConvEncoder):
-            return [logits.float() for logits in self.encoder.classify(x, features)]
+        if isinstance(self.encoder, convnets.ConvEncoder):  # q(y | x) has a trunk of its own
+            return [logits.float() for logits in self.encoder.classify(self.network_input(x))]
         return split_factor_logits(self.encoder.classify(features).float(), self.sizes)
 
     def features(self, x: Tensor) -> Tensor:
