@@ -261,6 +261,15 @@ def _normalise(
     return FactorPosterior(classes, probabilities, log_likelihood, counts, complete)
 
 
+def run_budget(usual: dict[str, float] | None) -> SearchBudget:
+    """The search budget of a run with this held-out likelihood range: no wider searches where
+    the run is too weak for them (`weak_readout`: they would cost thousands of decoder passes an
+    image and read little), escalation below `escalation_level`."""
+    return SearchBudget(
+        escalate=weak_readout(usual) is None, escalate_below=escalation_level(usual)
+    )
+
+
 def weak_readout(usual: dict[str, float] | None) -> str | None:
     """Why a run with this held-out likelihood range (`likelihood_range`) is too weak for a
     pixel readout: its median image is explained worse than ESCALATE_NATS at the factors the

@@ -21,9 +21,9 @@ from causal_sprites.model.readout import (
     DRAW_TOP,
     FactorPosterior,
     SearchBudget,
-    escalation_level,
     infer_posterior,
     refusal,
+    run_budget,
     weak_readout,
 )
 from causal_sprites.model.vae import ConditionalVAE
@@ -71,13 +71,9 @@ class CausalModel:
         #: The factors of the data the run was trained on.
         self.schema = model.schema
         self.likelihood_range = None if run_dir is None else read_likelihood_range(run_dir)
-        #: How far reading factors off pixels searches (`model/readout.py`); a weak run's
-        #: search skips the wider searches, which would read nothing right at great cost.
         self.weak_readout = weak_readout(self.likelihood_range)
-        self.search_budget = SearchBudget(
-            escalate=self.weak_readout is None,
-            escalate_below=escalation_level(self.likelihood_range),
-        )
+        #: How far reading factors off pixels searches (`model/readout.py`).
+        self.search_budget = run_budget(self.likelihood_range)
         self.progress = progress  # a bar on a terminal while reading many images
 
     @property
