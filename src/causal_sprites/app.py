@@ -1,6 +1,7 @@
-"""The web UI (Gradio): pick a sprite, intervene on its factors and see the counterfactual
-(abduction, action, prediction; Pearl 2009, ch. 7) beside the original, the reconstruction and their
-difference, with tabs for intervention samples and the conditional posterior."""
+"""The web UI (Gradio): pick an image (a sprite, or any run's data), intervene on its factors and
+see the counterfactual (abduction, action, prediction; Pearl 2009, ch. 7) beside the original, the
+reconstruction and their difference, with tabs for intervention samples and the conditional
+posterior. Menus and tables follow the run's factor schema."""
 
 from __future__ import annotations
 
@@ -18,34 +19,32 @@ from matplotlib.figure import Figure
 
 from causal_sprites.app_text import (
     DISTRIBUTION_SAMPLES,
+    KEEP,
+    Requests,
+    binary_upload,
     candidates_text,
     distribution_text,
     factor_table,
+    upload_help,
     value_choices,
     value_text,
 )
+from causal_sprites.data.dataset import Dataset
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.data.factors import (
-    FACTORS,
-    NUM_IMAGES,
-    SHAPE_NAMES,
-    SIZES,
-    index_to_classes,
-    parse_factor_value,
-)
-from causal_sprites.data.pictures import binary_pixels
-from causal_sprites.data.render import render
+from causal_sprites.data.factors import SCHEMA as DSPRITES_SCHEMA
+from causal_sprites.data.factors import SHAPE_NAMES, SIZES
+from causal_sprites.data.schema import Schema
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import DRAW_TOP
 from causal_sprites.scm.batch import Question, answer
 from causal_sprites.scm.queries import CausalModel, load_run
 from causal_sprites.viz import difference_map, query_samples_figure
 
+__all__ = ["Explorer", "binary_upload", "build_app", "launch", "serve"]
 HOST = "127.0.0.1"
 PORT = 7860
 SOURCES = ("factors", "dataset index", "upload")
-#: Dropdown entry for "no intervention on this factor" and "no evidence on this factor".
-KEEP = "keep"
+#: Dropdown entry for "no evidence on this factor" (KEEP: "no intervention on this factor").
 ANY = "any"
 #: The CLI's default seed: a request served alone reproduces `causal-sprites counterfactual`.
 SEED = 0
@@ -62,18 +61,9 @@ COUNTERFACTUALS = (
     ("difference", "difference (red removed, green added)"),
     ("pixel-probability", "P(pixel on) over the counterfactual's distribution"),
 )
-#: Sprites are 64x64 PNGs scaled up in the page with square pixels, not smoothed.
+#: Images are PNGs scaled up in the page with square pixels, not smoothed.
 CSS = ".sprite img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
-UPLOAD_HELP = (
-    "A 64x64 black-and-white PNG (pixels 0/255 or 0/1); its factors are read off the pixels by the "
-    "model's posterior p(y | x). Other sizes or gray levels are refused, not resized; an image no "
-    "sprite explains is refused too."
-)
-
-
-def binary_upload(pixels: np.ndarray) -> np.ndarray:
-    """An uploaded picture (H, W) or (H, W, C) -> (64, 64) uint8 0/1, or a refusal that says why."""
-    return binary_pixels(pixels, "the upload")
+UPLOAD_HELP = upload_help(DSPRITES_SCHEMA)
 
 
 def figure_array(fig: Figure) -> np.ndarray:
@@ -83,49 +73,16 @@ def figure_array(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-class Explorer:
-    """The app's handlers over one CausalModel; a lock serialises queries (the model keeps a memo
-    of decoder outputs while it answers one)."""
+class Explorer(Requests):
+    """The app's handlers over one CausalModel and its data (dSprites' may be None: the
+    generator draws any factor tuple); a lock serialises queries (the model keeps a memo of
+    decoder outputs while it answers one). Factors, values and images follow the run's schema
+    (`Requests`)."""
 
-    def __init__(self, model: CausalModel, data: DSprites | None = None) -> None:
+    def __init__(self, model: CausalModel, data: DSprites | Dataset | None = None) -> None:
+        super().__init__(model.schema, data)
         self.model = model
-        self.data = data
         self.lock = threading.Lock()
-
-    @property
-    def num_images(self) -> int:
-        """Images reachable by index: the data's rows, or the full official grid."""
-        return NUM_IMAGES if self.data is None else len(self.data)
-
-    def sprite(self, classes: np.ndarray) -> np.ndarray:
-        """The dSprites image (64, 64) of a class tuple (5,): the data's, else the generator's."""
-        if self.data is None:
-            return render(classes[None])[0]
-        row = self.data.index(**dict(zip(FACTORS, (int(c) for c in classes), strict=True)))
-        return self.data.images([row])[0]
-
-    def choose(
-        self, source: str, factors: list[Any], index: Any, upload: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The chosen image (64, 64) and its labels (5,), or None when the classifier must say."""
-        if source == "factors":
-            classes = np.array(
-                [parse_factor_value(n, v) for n, v in zip(FACTORS, factors, strict=True)]
-            )
-            return self.sprite(classes), classes
-        if source == "dataset index":
-            if index is None or not 0 <= int(index) < self.num_images:
-                raise CausalSpritesError(f"the index must lie in 0..{self.num_images - 1}")
-            row = int(index)
-            if self.data is None:
-                classes = index_to_classes(row, with_color=False)
-                return render(classes[None])[0], classes
-            return self.data.images([row])[0], self.data.factors([row])[0]
-        if source == "upload":
-            if upload is None:
-                raise CausalSpritesError("upload a PNG first")
-            return binary_upload(upload), None
-        raise CausalSpritesError(f"unknown image source {source!r}")
 
     def query(
         self,
@@ -137,17 +94,12 @@ class Explorer:
     ) -> Question:
         """Parse one request: the image, its labels and the interventions ("keep" or a value)."""
         image, labels = self.choose(source, factors, index, upload)
-        do = {
-            name: parse_factor_value(name, value)
-            for name, value in zip(FACTORS, actions, strict=True)
-            if value not in (None, KEEP)
-        }
-        return Question(image, labels, do)
+        return Question(image, labels, self.parse(actions, KEEP))
 
     def read_uploads(self, queries: dict[int, Question], status: list[str]) -> None:
         """Read the factors of the questions without labels off their pixels, once: each keeps
-        its posterior; those no sprite explains are dropped from `queries` with their one-line
-        refusal in `status`."""
+        its posterior; those no factor tuple explains are dropped from `queries` with their
+        one-line refusal in `status`."""
         unread = [k for k, q in queries.items() if q.labels is None]
         if not unread:
             return
@@ -162,67 +114,81 @@ class Explorer:
                 status[k] = f"**Not answered:** {refusal}"
                 del queries[k]
 
-    def counterfactuals(
+    def counterfactuals(self, **columns: list[Any]) -> tuple[list[Any], ...]:
+        """`counterfactuals_any` with its columns named: `source`, one per factor by its name,
+        `index`, `upload` and `do_<factor>` per factor."""
+        names = self.schema.names
+        return self.counterfactuals_any(
+            columns["source"], *(columns[n] for n in names), columns["index"], columns["upload"],
+            *(columns[f"do_{n}"] for n in names),
+        )  # fmt: skip
+
+    def counterfactuals_any(self, *columns: list[Any]) -> tuple[list[Any], ...]:
+        """The batched handler, as Gradio calls it: the columns source, one per factor, index,
+        upload, one do() per factor (see `answer_batch`)."""
+        count = len(self.schema.names)
+        factors = [list(row) for row in zip(*columns[1 : 1 + count], strict=True)]
+        actions = [list(row) for row in zip(*columns[3 + count :], strict=True)]
+        return self.answer_batch(
+            columns[0], factors, columns[1 + count], columns[2 + count], actions
+        )
+
+    def answer_batch(
         self,
         source: list[str],
-        shape: list[str],
-        scale: list[float],
-        orientation: list[float],
-        posX: list[float],
-        posY: list[float],
-        index: list[float | None],
+        factors: list[list[Any]],
+        index: list[Any],
         upload: list[np.ndarray | None],
-        do_shape: list[str],
-        do_scale: list[str],
-        do_orientation: list[str],
-        do_posX: list[str],
-        do_posY: list[str],
+        actions: list[list[Any]],
     ) -> tuple[list[Any], ...]:
         """Batched handler (Gradio passes one list per input, an entry per request): returns lists
-        of original, reconstruction, counterfactual, difference map, pixel-probability map, factor
-        table, latency and status. Requests are grouped by intervened factors and label source,
-        and each group is one `counterfactual_query` (the CLI's call, with its default seed)."""
+        of original, reconstruction, counterfactual, difference map, pixel-probability map
+        (dSprites' binary model only), factor table, latency and status. Requests are grouped by
+        intervened factors and label source, and each group is one `counterfactual_query` (the
+        CLI's call, with its default seed)."""
         start = time.perf_counter()
         count = len(source)
         out: list[list[Any]] = [[None] * count for _ in range(5)] + [[""] * count for _ in range(3)]
         queries: dict[int, Question] = {}
-        factors = list(zip(shape, scale, orientation, posX, posY, strict=True))
-        actions = list(zip(do_shape, do_scale, do_orientation, do_posX, do_posY, strict=True))
         for k in range(count):
             try:
-                queries[k] = self.query(
-                    source[k], list(factors[k]), index[k], upload[k], list(actions[k])
-                )
+                queries[k] = self.query(source[k], factors[k], index[k], upload[k], actions[k])
             except CausalSpritesError as error:
                 out[7][k] = f"**Not answered:** {error}"
+        spread = DISTRIBUTION_SAMPLES if self.model.model.likelihood is None else None
         with self.lock:
             self.read_uploads(queries, out[7])
             keys = list(queries)
+            if not keys:  # every request refused: nothing to ask the model
+                return tuple(out)
             try:
-                answers = answer(self.model, [queries[k] for k in keys], SEED, DISTRIBUTION_SAMPLES)
+                answers = answer(self.model, [queries[k] for k in keys], SEED, spread)
             except CausalSpritesError as error:
                 for k in keys:
                     out[7][k] = f"**Not answered:** {error}"
-                return tuple(out)
-            if not keys:
                 return tuple(out)
             recon = self.model.reconstruct(
                 np.stack([queries[k].image for k in keys]), answers.factual
             )
         for j, k in enumerate(keys):
             image, cf = queries[k].image, answers.images[j]
-            classes, probabilities, _, pixel_probs, method = answers.distributions[j]
-            out[0][k], out[1][k], out[2][k] = image * 255, recon[j] * 255, cf * 255
+            out[0][k], out[1][k] = self.display(image), self.display(recon[j])
+            out[2][k] = self.display(cf)
             out[3][k] = (difference_map(image, cf) * 255).astype(np.uint8)
-            out[4][k] = (pixel_probs * 255).round().astype(np.uint8)
             given = bool(answers.given[j])
-            out[5][k] = factor_table(answers.factual[j], answers.counterfactual[j], given)
+            out[5][k] = factor_table(
+                answers.factual[j], answers.counterfactual[j], given, self.schema
+            )
             read = queries[k].posterior
             if read is not None:
                 usual = self.model.likelihood_range
-                out[5][k] += "\n\n" + candidates_text(read, TOP_CANDIDATES, usual)
-            if len(probabilities) > 1:
-                out[5][k] += "\n\n" + distribution_text(classes, probabilities, method)
+                out[5][k] += "\n\n" + candidates_text(read, TOP_CANDIDATES, usual, self.schema)
+            if j in answers.distributions:
+                classes, probabilities, _, pixel_probs, method = answers.distributions[j]
+                out[4][k] = (pixel_probs * 255).round().astype(np.uint8)
+                if len(probabilities) > 1:
+                    text = distribution_text(classes, probabilities, method, self.schema)
+                    out[5][k] += "\n\n" + text
             out[6][k] = (
                 f"Counterfactual query: **{answers.seconds * 1e3:.0f} ms** "
                 f"(a batch of {answers.batch_size[j]}, seed {SEED})"
@@ -232,42 +198,41 @@ class Explorer:
             out[6][k] += f"; request handled in {elapsed * 1e3:.0f} ms."
         return tuple(out)
 
+    def title(self, values: dict[str, int]) -> str:
+        """`shape=heart (2), scale=5`: the factor values of a query's title."""
+        return ", ".join(f"{n}={value_text(n, v, self.schema)}" for n, v in values.items())
+
     def intervention_samples(self, *inputs: Any) -> tuple[np.ndarray | None, str]:
         """Samples of p(x | do(...)) with the mutilated network's marginals, as one figure."""
         *values, num = inputs
-        do = {
-            n: parse_factor_value(n, v) for n, v in zip(FACTORS, values, strict=True) if v != KEEP
-        }
+        do = self.parse(values, KEEP)
         if not do:
             return None, "Choose a value for at least one factor."
         with self.lock:
             result = self.model.intervene_query(do, int(num), seed=SEED)
-        title = "p(x | do(" + ", ".join(f"{n}={value_text(n, v)}" for n, v in do.items()) + "))"
         fig = query_samples_figure(
-            result.images, result.classes, result.marginals, title, self.model.schema
-        )
+            result.images, result.classes, result.marginals, f"p(x | do({self.title(do)}))",
+            self.schema,
+        )  # fmt: skip
         return figure_array(fig), f"Query: {result.seconds * 1e3:.0f} ms"
 
     def conditional_samples(self, *inputs: Any) -> tuple[np.ndarray | None, str]:
         """The exact posterior over factors given evidence, with images sampled from it."""
         *values, num = inputs
-        given = {
-            n: parse_factor_value(n, v) for n, v in zip(FACTORS, values, strict=True) if v != ANY
-        }
+        given = self.parse(values, ANY)
         try:
             with self.lock:
                 result = self.model.condition_query(given, int(num), seed=SEED)
         except CausalSpritesError as error:
             return None, f"**Not answered:** {error}"
-        evidence = ", ".join(f"{n}={value_text(n, v)}" for n, v in given.items())
-        title = f"p(x | {evidence})" if given else "p(x)"
+        title = f"p(x | {self.title(given)})" if given else "p(x)"
         fig = query_samples_figure(
-            result.images, result.classes, result.marginals, title, self.model.schema
+            result.images, result.classes, result.marginals, title, self.schema
         )
         return figure_array(fig), f"Query: {result.seconds * 1e3:.0f} ms"
 
 
-def _sprite_image(label: str, elem_id: str) -> gr.Image:
+def _sprite_image(label: str, elem_id: str, visible: bool = True) -> gr.Image:
     return gr.Image(
         label=label,
         elem_id=elem_id,
@@ -277,14 +242,41 @@ def _sprite_image(label: str, elem_id: str) -> gr.Image:
         width=IMAGE_PX,
         interactive=False,
         buttons=["download", "fullscreen"],
+        visible=visible,
     )
 
 
-def build_app(model: CausalModel, data: DSprites | None = None) -> gr.Blocks:
-    """The UI over a model. Images come from `data` when given, else from the generator (the
-    default data's own pixels); uploads are arrays, never file-system paths."""
+def _factor_controls(explorer: Explorer) -> list[gr.components.Component]:
+    """The factors of the chosen image: dSprites' shape menu and sliders, else a menu of class
+    names per factor, set to the data's first image."""
+    schema = explorer.schema
+    if schema == DSPRITES_SCHEMA:
+        controls: list[gr.components.Component] = [
+            gr.Dropdown(list(SHAPE_NAMES), value="square", label="shape", elem_id="f-shape")
+        ]
+        for factor, value in {"scale": 5, "orientation": 0, "posX": 16, "posY": 16}.items():
+            top = SIZES[schema.index(factor)] - 1
+            controls.append(
+                gr.Slider(0, top, value=value, step=1, precision=0, label=factor,
+                          elem_id=f"f-{factor}")
+            )  # fmt: skip
+        return controls
+    assert explorer.data is not None
+    first = explorer.data.factors([0])[0].astype(int)
+    return [
+        gr.Dropdown(list(f.classes), value=f.classes[v], label=f.name, elem_id=f"f-{f.name}")
+        for f, v in zip(schema.factors, first, strict=True)
+    ]
+
+
+def build_app(model: CausalModel, data: DSprites | Dataset | None = None) -> gr.Blocks:
+    """The UI over a model, its menus and tables from the run's schema. Images come from `data`
+    when given, else (dSprites) from the generator (the default data's own pixels); uploads are
+    arrays, never file-system paths."""
     explorer = Explorer(model, data)
+    schema, binary_model = model.schema, model.model.likelihood is None
     name = model.run_dir.name if model.run_dir is not None else "model"
+    difference = "difference" + ("" if schema.binary else " (change in red)")
     with gr.Blocks(
         title="causal-sprites", analytics_enabled=False, delete_cache=(3600, 3600)
     ) as app:
@@ -292,23 +284,7 @@ def build_app(model: CausalModel, data: DSprites | None = None) -> gr.Blocks:
         with gr.Tab("Counterfactual"), gr.Row():
             with gr.Column(scale=1):
                 source = gr.Radio(list(SOURCES), value="factors", label="Image", elem_id="source")
-                controls: list[gr.components.Component] = [
-                    gr.Dropdown(list(SHAPE_NAMES), value="square", label="shape", elem_id="f-shape")
-                ]
-                defaults = {"scale": 5, "orientation": 0, "posX": 16, "posY": 16}
-                for factor, value in defaults.items():
-                    top = SIZES[FACTORS.index(factor)] - 1
-                    controls.append(
-                        gr.Slider(
-                            0,
-                            top,
-                            value=value,
-                            step=1,
-                            precision=0,
-                            label=factor,
-                            elem_id=f"f-{factor}",
-                        )
-                    )
+                controls = _factor_controls(explorer)
                 index = gr.Number(
                     value=0,
                     precision=0,
@@ -319,7 +295,7 @@ def build_app(model: CausalModel, data: DSprites | None = None) -> gr.Blocks:
                 )
                 upload = gr.Image(
                     type="numpy",
-                    image_mode="L",
+                    image_mode="RGB" if schema.image_shape[2] == 3 else "L",
                     sources=["upload"],
                     format="png",
                     label="upload",
@@ -327,21 +303,28 @@ def build_app(model: CausalModel, data: DSprites | None = None) -> gr.Blocks:
                     elem_classes="sprite",
                     height=IMAGE_PX,
                 )
-                gr.Markdown(UPLOAD_HELP)
+                gr.Markdown(upload_help(schema))
             with gr.Column(scale=1):
                 gr.Markdown("### Interventions\n`keep` leaves a factor to its mechanism.")
                 actions = [
                     gr.Dropdown(
-                        [KEEP, *value_choices(f)], value=KEEP, label=f"do({f})", elem_id=f"do-{f}"
+                        [KEEP, *value_choices(f, schema)],
+                        value=KEEP,
+                        label=f"do({f})",
+                        elem_id=f"do-{f}",
                     )
-                    for f in FACTORS
+                    for f in schema.names
                 ]
                 run = gr.Button("Counterfactual", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 shown = []
-                for pair in (ORIGINALS, COUNTERFACTUALS):
-                    with gr.Row():
-                        shown += [_sprite_image(label, elem_id) for elem_id, label in pair]
+                with gr.Row():
+                    shown += [_sprite_image(label, elem_id) for elem_id, label in ORIGINALS]
+                with gr.Row():
+                    (cf, cf_label), (diff, diff_label), (pp, pp_label) = COUNTERFACTUALS
+                    shown.append(_sprite_image(cf_label, cf))
+                    shown.append(_sprite_image(diff_label if schema.binary else difference, diff))
+                    shown.append(_sprite_image(pp_label, pp, visible=binary_model))
                 status = gr.Markdown(elem_id="status")
                 table = gr.Markdown(elem_id="factors")
                 latency = gr.Markdown(elem_id="latency")
@@ -354,7 +337,7 @@ def build_app(model: CausalModel, data: DSprites | None = None) -> gr.Blocks:
             api_visibility="private",
         )
         run.click(
-            explorer.counterfactuals,
+            explorer.counterfactuals_any,
             [source, *controls, index, upload, *actions],
             [*shown, table, latency, status],
             api_name="counterfactual",
@@ -364,11 +347,11 @@ def build_app(model: CausalModel, data: DSprites | None = None) -> gr.Blocks:
         )
         _sampling_tab(
             "Intervention samples", KEEP, "do({})", "p(x | do(...))", explorer.intervention_samples,
-            "intervene",
+            "intervene", schema,
         )  # fmt: skip
         _sampling_tab(
             "Conditional posterior", ANY, "{}", "p(x | evidence)", explorer.conditional_samples,
-            "condition",
+            "condition", schema,
         )  # fmt: skip
     return app
 
@@ -380,14 +363,15 @@ def _sampling_tab(
     query: str,
     sample: Callable[..., tuple[np.ndarray | None, str]],
     api_name: str,
+    schema: Schema,
 ) -> None:
     """A tab of samples: a dropdown per factor (`unset` leaves it out; `label` formats its name),
     a sample count and a button that shows `sample`'s figure of `query` and its note."""
     with gr.Tab(title):
         with gr.Row():
             values = [
-                gr.Dropdown([unset, *value_choices(f)], value=unset, label=label.format(f))
-                for f in FACTORS
+                gr.Dropdown([unset, *value_choices(f, schema)], value=unset, label=label.format(f))
+                for f in schema.names
             ]
         count = gr.Slider(4, 64, value=16, step=1, label="samples")
         run = gr.Button("Sample", variant="primary")
@@ -397,7 +381,7 @@ def _sampling_tab(
 
 
 def serve(
-    model: CausalModel, host: str = HOST, port: int = PORT, data: DSprites | None = None
+    model: CausalModel, host: str = HOST, port: int = PORT, data: DSprites | Dataset | None = None
 ) -> tuple[gr.Blocks, str]:
     """Start the app without blocking (threads); returns it and its URL; `app.close()` stops it.
     Never a public share link."""
@@ -422,10 +406,14 @@ def launch(
     run: str | Path, host: str = HOST, port: int = PORT, data: Path | str | None = None
 ) -> None:
     """Load a run (`pretrained` or a directory) and serve its app until interrupted. Images by
-    index come from `data`, else the run's data file, else the generator."""
+    index come from `data`, else the run's data file, else (dSprites) the generator; data of
+    another schema than the run's is refused."""
+    from causal_sprites.cli.common import run_data  # the CLI's check of a run's data
+
     model = load_run(run)
     path = data if data is not None else model.config.data
-    app, url = serve(model, host, port, DSprites.load(path) if path is not None else None)
+    store = run_data(model, str(run), Path(path)) if path is not None else None
+    app, url = serve(model, host, port, store)
     print(f"causal-sprites app: {url} (Ctrl+C stops it)", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: bound to {host}, so other machines that reach it can use the app", flush=True)

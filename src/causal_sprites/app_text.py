@@ -1,30 +1,111 @@
-"""What the web app writes: factor values as the user reads them, and the Markdown beside each
+"""What the web app reads and writes: requests (an image by its factors, its index in the data or
+an upload checked against the run's images; factor values from the menus), factor values as the
+user reads them (by the run's schema; dSprites' by default), and the Markdown beside each
 counterfactual (the factor table, an upload's candidates, a counterfactual's distribution)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from causal_sprites.data.factors import FACTORS, SHAPE_NAMES, SIZES
+from causal_sprites.data.dataset import Dataset
+from causal_sprites.data.dsprites import DSprites
+from causal_sprites.data.factors import NUM_IMAGES, index_to_classes
+from causal_sprites.data.factors import SCHEMA as DSPRITES_SCHEMA
+from causal_sprites.data.pictures import binary_pixels
+from causal_sprites.data.render import render
+from causal_sprites.data.schema import Schema
+from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import FactorPosterior
 
 #: Noise draws behind a counterfactual's distribution in the app.
 DISTRIBUTION_SAMPLES = 500
+#: Dropdown entry for "no intervention on this factor".
+KEEP = "keep"
+DSPRITES_UPLOAD_HELP = (
+    "A 64x64 black-and-white PNG (pixels 0/255 or 0/1); its factors are read off the pixels by the "
+    "model's posterior p(y | x). Other sizes or gray levels are refused, not resized; an image no "
+    "sprite explains is refused too."
+)
 
 
-def value_choices(name: str) -> list[str]:
-    """A factor's values as the dropdowns show them: shape names, else class indices."""
-    if name == "shape":
-        return list(SHAPE_NAMES)
-    return [str(k) for k in range(SIZES[FACTORS.index(name)])]
+def upload_help(schema: Schema) -> str:
+    """What an upload must be, for the run's images."""
+    if schema == DSPRITES_SCHEMA:
+        return DSPRITES_UPLOAD_HELP
+    height, width, channels = schema.image_shape
+    kind = "black-and-white" if schema.binary else ("colour" if channels == 3 else "grey")
+    return (
+        f"A {width}x{height} {kind} PNG like {schema.name}'s images; its factors are read off the "
+        "pixels by the model's posterior p(y | x). Other sizes are refused, not resized; an "
+        "image no factor tuple explains is refused too."
+    )
 
 
-def value_text(name: str, value: int) -> str:
-    """A class index as shown to the user (`heart (2)` for shapes)."""
-    return f"{SHAPE_NAMES[value]} ({value})" if name == "shape" else str(value)
+def binary_upload(pixels: np.ndarray) -> np.ndarray:
+    """An uploaded picture (H, W) or (H, W, C) -> (64, 64) uint8 0/1, or a refusal that says why."""
+    return binary_pixels(pixels, "the upload")
 
 
-def candidates_text(posterior: FactorPosterior, top: int, usual: dict[str, float] | None) -> str:
+def upload_pixels(pixels: np.ndarray, schema: Schema) -> np.ndarray:
+    """An uploaded picture as the run's images: dSprites' by `binary_upload`, else uint8 (H, W)
+    grey or (H, W, 3) colour of exactly the data's size (binary ones 0/1); anything else is
+    refused with a reason, never resized."""
+    height, width, channels = schema.image_shape
+    if schema.binary and (height, width) == (64, 64):
+        return binary_upload(pixels)
+    array = np.asarray(pixels)
+    if array.ndim == 3:
+        array = array[..., :3]  # an alpha channel says nothing of the picture
+        if channels == 1:
+            if not (array == array[..., :1]).all():
+                raise CausalSpritesError(
+                    f"the upload is in colour; {schema.name}'s images are grey"
+                )
+            array = array[..., 0]
+    elif array.ndim == 2 and channels == 3:
+        array = np.repeat(array[..., None], 3, -1)  # a grey picture is a colour one too
+    if array.shape[:2] != (height, width):
+        size = "x".join(str(n) for n in array.shape[1::-1]) if array.ndim >= 2 else "?"
+        raise CausalSpritesError(
+            f"the upload is {size} pixels; expected {width}x{height} ({schema.name}'s images)"
+        )
+    levels = set(np.unique(array).tolist())
+    if schema.binary and not (levels <= {0, 1} or levels <= {0, 255}):
+        raise CausalSpritesError(
+            f"the upload is not binary: it has {len(levels)} gray levels; expected black and white"
+        )
+    if schema.binary:
+        return (array > 0).astype(np.uint8)
+    return np.clip(np.round(array), 0, 255).astype(np.uint8)
+
+
+def value_choices(name: str, schema: Schema = DSPRITES_SCHEMA) -> list[str]:
+    """A factor's values as the dropdowns show them: its class names (dSprites: shape names,
+    else class indices)."""
+    return list(schema.factor(name).classes)
+
+
+def value_text(name: str, value: int, schema: Schema = DSPRITES_SCHEMA) -> str:
+    """A class index as shown to the user: `heart (2)` where classes have names, else `5`."""
+    text = schema.factor(name).classes[value]
+    return text if text == str(value) else f"{text} ({value})"
+
+
+def _values(row: np.ndarray, schema: Schema) -> str:
+    """`shape=heart (2), scale=5, ...`: a factor tuple (K,)."""
+    return ", ".join(
+        f"{n}={value_text(n, int(c), schema)}" for n, c in zip(schema.names, row, strict=True)
+    )
+
+
+def candidates_text(
+    posterior: FactorPosterior,
+    top: int,
+    usual: dict[str, float] | None,
+    schema: Schema = DSPRITES_SCHEMA,
+) -> str:
     """Markdown lines: an upload's (one image's posterior) `top` most probable factor tuples with
     their probabilities, and its log-likelihood beside the held-out data's median."""
     lines = [
@@ -35,10 +116,7 @@ def candidates_text(posterior: FactorPosterior, top: int, usual: dict[str, float
     pairs = zip(posterior.classes[0][:top], posterior.probabilities[0][:top], strict=True)
     for classes, p in pairs:
         if p > 0:
-            values = ", ".join(
-                f"{n}={value_text(n, int(c))}" for n, c in zip(FACTORS, classes, strict=True)
-            )
-            lines.append(f"- {p:.3f}: {values}")
+            lines.append(f"- {p:.3f}: {_values(classes, schema)}")
     if not posterior.complete[0]:
         lines.append(
             "- *The search stopped on its budget: no tuple it scored explains this image well, "
@@ -47,27 +125,107 @@ def candidates_text(posterior: FactorPosterior, top: int, usual: dict[str, float
     return "\n".join(lines)
 
 
-def distribution_text(classes: np.ndarray, probabilities: np.ndarray, method: str) -> str:
+def distribution_text(
+    classes: np.ndarray, probabilities: np.ndarray, method: str, schema: Schema = DSPRITES_SCHEMA
+) -> str:
     """Markdown lines: a counterfactual that the image does not pin down, as its most probable
-    factor tuples (T, 5) with their probabilities (T,)."""
+    factor tuples (T, K) with their probabilities (T,)."""
     lines = [
         f"**The counterfactual is a distribution** ({method}, {DISTRIBUTION_SAMPLES} noise "
         "draws); the image shows the answer for the most probable factual factors:"
     ]
     for row, p in list(zip(classes, probabilities, strict=True))[:5]:
-        values = ", ".join(
-            f"{n}={value_text(n, int(c))}" for n, c in zip(FACTORS, row, strict=True)
-        )
-        lines.append(f"- {p:.3f}: {values}")
+        lines.append(f"- {p:.3f}: {_values(row, schema)}")
     return "\n".join(lines)
 
 
-def factor_table(factual: np.ndarray, counterfactual: np.ndarray, given: bool) -> str:
-    """A Markdown table of the factual and counterfactual classes (5,) of one query."""
+def factor_table(
+    factual: np.ndarray, counterfactual: np.ndarray, given: bool, schema: Schema = DSPRITES_SCHEMA
+) -> str:
+    """A Markdown table of the factual and counterfactual classes (K,) of one query."""
     source = "given" if given else "posterior mode"
     lines = [f"| factor | factual ({source}) | counterfactual |", "| --- | --- | --- |"]
-    for i, name in enumerate(FACTORS):
+    for i, name in enumerate(schema.names):
         before, after = int(factual[i]), int(counterfactual[i])
         mark = " **(changed)**" if before != after else ""
-        lines.append(f"| {name} | {value_text(name, before)} | {value_text(name, after)}{mark} |")
+        was, now = value_text(name, before, schema), value_text(name, after, schema)
+        lines.append(f"| {name} | {was} | {now}{mark} |")
     return "\n".join(lines)
+
+
+class Requests:
+    """The images and values an app request names, as the run's `schema` has them: an image by
+    its factors (the first of `data`'s images with them, or on dSprites without data the
+    generator's), by its index, or uploaded; factor values from the menus."""
+
+    def __init__(self, schema: Schema, data: DSprites | Dataset | None = None) -> None:
+        self.schema = schema
+        self.data = data
+        self._rows: dict[tuple[int, ...], int] | None = None
+        if data is None and schema != DSPRITES_SCHEMA:
+            raise CausalSpritesError(f"the app of a run on {schema.name} needs its data")
+
+    @property
+    def num_images(self) -> int:
+        """Images reachable by index: the data's rows, or the full official grid."""
+        return NUM_IMAGES if self.data is None else len(self.data)
+
+    def display(self, image: np.ndarray) -> np.ndarray:
+        """An image as the page shows it: binary pixels as 0/255, 8-bit ones as they are."""
+        return image * 255 if self.schema.binary else image
+
+    def row_of(self, classes: np.ndarray) -> int:
+        """The first data row with these factor classes (K,), or a refusal."""
+        if isinstance(self.data, DSprites):
+            return self.data.index(**dict(zip(self.schema.names, map(int, classes), strict=True)))
+        assert self.data is not None
+        if self._rows is None:
+            found, first = np.unique(self.data.factors(slice(None)), axis=0, return_index=True)
+            keys = map(tuple, found.astype(int).tolist())
+            self._rows = dict(zip(keys, first.tolist(), strict=True))
+        row = self._rows.get(tuple(int(c) for c in classes))
+        if row is None:
+            wanted = ", ".join(
+                f"{n}={value_text(n, int(c), self.schema)}"
+                for n, c in zip(self.schema.names, classes, strict=True)
+            )
+            raise CausalSpritesError(f"no image with {wanted} in the data")
+        return int(row)
+
+    def sprite(self, classes: np.ndarray) -> np.ndarray:
+        """The image of a class tuple (K,): the data's, else (dSprites) the generator's."""
+        if self.data is None:
+            return render(classes[None])[0]
+        return self.data.images([self.row_of(classes)])[0]
+
+    def choose(
+        self, source: str, factors: list[Any], index: Any, upload: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The chosen image and its labels (K,), or None when the posterior must say."""
+        if source == "factors":
+            names = self.schema.names
+            classes = np.array(
+                [int(self.schema.parse_value(n, v)) for n, v in zip(names, factors, strict=True)]
+            )
+            return self.sprite(classes), classes
+        if source == "dataset index":
+            if index is None or not 0 <= int(index) < self.num_images:
+                raise CausalSpritesError(f"the index must lie in 0..{self.num_images - 1}")
+            row = int(index)
+            if self.data is None:
+                classes = index_to_classes(row, with_color=False)
+                return render(classes[None])[0], classes
+            return self.data.images([row])[0], self.data.factors([row])[0].astype(np.int64)
+        if source == "upload":
+            if upload is None:
+                raise CausalSpritesError("upload a PNG first")
+            return upload_pixels(upload, self.schema), None
+        raise CausalSpritesError(f"unknown image source {source!r}")
+
+    def parse(self, values: Any, unset: str) -> dict[str, int]:
+        """{factor: class} of one value per factor (`unset` and None leave a factor out)."""
+        return {
+            name: int(self.schema.parse_value(name, value))
+            for name, value in zip(self.schema.names, values, strict=True)
+            if value not in (None, unset)
+        }

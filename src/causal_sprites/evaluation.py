@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from causal_sprites.batches import split_rows, training_images, training_labels
+from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import FACTORS, SIZES, normalize_assignments
 from causal_sprites.data.render import render
 from causal_sprites.data.variants import abduct_noise, distribution, true_counterfactual
@@ -23,28 +24,35 @@ from causal_sprites.metrics import (
     counterfactual_tv,
     effectiveness,
     empirical_conditional,
+    exact_readout,
     iou,
     label_distribution,
+    mean_abs_error,
     pixel_error,
     preservation,
     preserved_mask,
     probe_leakage,
+    psnr,
     readout_accuracy,
     reversibility,
     sampling_floor,
     summarize,
     total_variation,
 )
+from causal_sprites.model.pixels import bits_per_dim
 from causal_sprites.scm.graph import FactorGraph
+from causal_sprites.scm.inputs import as_images
 from causal_sprites.scores import (
     CounterfactualScores,
     DistributionEntry,
     DistributionScores,
     FactorCounterfactualScores,
+    ImageRunScores,
     QueryScores,
     Readout,
     RunScores,
     Scores,
+    score_image_counterfactuals,
 )
 from causal_sprites.train import evaluate_nelbo
 
@@ -64,12 +72,15 @@ def held_out_sample(
 
 def score_run(
     run: Any, data: Any, num_images: int = 4096, seed: int = 0, num_posterior_images: int = 512
-) -> RunScores:
-    """Test-set metrics of a run: NELBO (recon, KL), reconstruction IoU and pixel error,
-    classifier accuracy per factor and z-leakage, on up to `num_images` held-out images; on a
-    random `num_posterior_images` of them, factors read off the pixels by the classifier's argmax
-    and by the posterior's mode (`readout`, see `readout_accuracy`)."""
-    model, config = run.model, run.config
+) -> RunScores | ImageRunScores:
+    """Test-set metrics of a run: NELBO (recon, KL), classifier accuracy per factor, the
+    reconstruction's error and z-leakage, on up to `num_images` held-out images; on a random
+    `num_posterior_images` of them, factors read off the pixels by the classifier's argmax and by
+    the posterior's mode (`readout`). On dSprites `RunScores` (reconstruction IoU and pixel
+    error; `readout_accuracy`), on any other data `ImageRunScores` (bits per dimension, MAE and
+    PSNR; `exact_readout`)."""
+    model, config, schema = run.model, run.config, run.schema
+    dsprites = isinstance(data, DSprites)
     _, test_rows = split_rows(data, config)
     rows, chosen = held_out_sample(test_rows, num_images, num_posterior_images, seed)
     device = next(model.parameters()).device
@@ -77,25 +88,42 @@ def score_run(
         torch.manual_seed(seed)
         images_of = training_images(data, device)
         nelbo = evaluate_nelbo(model, images_of, training_labels(data, device), rows)
-        images, classes = data.images(rows), data.classes(rows)[:, 1:]
+        images, classes = data.images(rows), np.asarray(data.factors(rows), np.int64)
         recon, codes = run.reconstruct_with_codes(images, classes)
-        leakage = probe_leakage(codes, classes, seed=seed)
+        leakage = probe_leakage(codes, classes, seed=seed, sizes=schema.size_of)
         with torch.no_grad():
-            logits = model.classify(torch.as_tensor(images[chosen]).float()[:, None].to(device))
+            logits = model.classify(as_images(images[chosen], schema).to(device))
         argmax = torch.stack([lg.argmax(-1) for lg in logits], -1).cpu().numpy()
         posterior = run.infer(images[chosen], top=1)
+        truth = classes[chosen]
         readout = Readout(
             num_images=len(argmax),
-            classifier=readout_accuracy(argmax, classes[chosen], images[chosen]),
-            posterior=readout_accuracy(posterior.mode, classes[chosen], images[chosen]),
+            classifier=readout_accuracy(argmax, truth, images[chosen])
+            if dsprites
+            else exact_readout(argmax, truth, schema.names),
+            posterior=readout_accuracy(posterior.mode, truth, images[chosen])
+            if dsprites
+            else exact_readout(posterior.mode, truth, schema.names),
             num_stopped_on_budget=int((~posterior.complete).sum()),
             weak_readout=run.weak_readout,
         )
-        return RunScores(
+        if dsprites:
+            return RunScores(
+                **nelbo,
+                num_test_images=len(rows),
+                recon_iou=summarize(iou(recon, images)),
+                recon_pixel_error=summarize(pixel_error(recon, images)),
+                z_leakage=leakage,
+                readout=readout,
+            )
+        scale = 255 if schema.binary else 1  # errors on the 0-255 scale
+        return ImageRunScores(
             **nelbo,
+            test_bits_per_dim=bits_per_dim(nelbo["test_nelbo"], int(np.prod(schema.image_shape))),
             num_test_images=len(rows),
-            recon_iou=summarize(iou(recon, images)),
-            recon_pixel_error=summarize(pixel_error(recon, images)),
+            recon_mae=summarize(mean_abs_error(recon * scale, images * scale)),
+            recon_psnr=summarize(psnr(recon * scale, images * scale)),
+            recon_iou=summarize(iou(recon, images)) if schema.binary else None,
             z_leakage=leakage,
             readout=readout,
         )
@@ -417,4 +445,5 @@ def as_json(score: Callable[Params, Scores]) -> Callable[Params, dict[str, Any]]
 
 evaluate = as_json(score_run)
 evaluate_counterfactuals = as_json(score_counterfactuals)
+evaluate_image_counterfactuals = as_json(score_image_counterfactuals)
 evaluate_distributions = as_json(score_distributions)

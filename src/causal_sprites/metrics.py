@@ -37,6 +37,25 @@ def pixel_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (np.asarray(a).astype(bool) != np.asarray(b).astype(bool)).sum(axis=(-2, -1))
 
 
+#: PSNR (dB) of an image equal to its reference (MSE 0), so that a per-image mean stays finite.
+PSNR_CAP: Final = 100.0
+
+
+def mean_abs_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean absolute difference per image pair (B, ...) -> (B,), in the images' own units (the
+    0-255 scale for 8-bit images)."""
+    diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    return diff.reshape(len(diff), -1).mean(1)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> np.ndarray:
+    """Peak signal-to-noise ratio (B,) in dB of image pairs (B, ...), capped at PSNR_CAP."""
+    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    mse = (diff**2).reshape(len(diff), -1).mean(1)
+    with np.errstate(divide="ignore"):
+        return np.minimum(10 * np.log10(peak**2 / mse), PSNR_CAP)
+
+
 def accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
     """Fraction of equal entries."""
     predicted, truth = np.asarray(predicted), np.asarray(truth)
@@ -44,19 +63,25 @@ def accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
 
 
 def probe_leakage(
-    codes: np.ndarray, labels: np.ndarray, num_steps: int = 300, seed: int = 0
+    codes: np.ndarray,
+    labels: np.ndarray,
+    num_steps: int = 300,
+    seed: int = 0,
+    sizes: Mapping[str, int] | None = None,
 ) -> dict[str, float]:
-    """How well a linear probe predicts each factor from codes (N, d), on a held-out half.
+    """How well a linear probe predicts each factor (`sizes`: {factor: classes} in column order,
+    default dSprites') from codes (N, d), on a held-out half.
 
     Returns, per factor, (accuracy - majority rate) / (1 - majority rate): 0 when z tells nothing
     about the factor beyond chance, 1 when it gives it away.
     """
+    sizes = sizes or dict(zip(FACTORS, SIZES, strict=True))
     with single_thread():
-        return _probe_leakage(codes, labels, num_steps, seed)
+        return _probe_leakage(codes, labels, num_steps, seed, sizes)
 
 
 def _probe_leakage(
-    codes: np.ndarray, labels: np.ndarray, num_steps: int, seed: int
+    codes: np.ndarray, labels: np.ndarray, num_steps: int, seed: int, sizes: Mapping[str, int]
 ) -> dict[str, float]:
     codes_t = torch.as_tensor(np.asarray(codes), dtype=torch.float32)
     codes_t = (codes_t - codes_t.mean(0)) / (codes_t.std(0) + 1e-6)
@@ -65,7 +90,7 @@ def _probe_leakage(
     fit_rows, test_rows = order[:half], order[half:]
     generator = torch.Generator().manual_seed(seed)
     leakage = {}
-    for i, (name, size) in enumerate(zip(FACTORS, SIZES, strict=True)):
+    for i, (name, size) in enumerate(sizes.items()):
         target = torch.as_tensor(np.asarray(labels)[:, i], dtype=torch.long)
         weight = torch.zeros(codes_t.shape[1], size, requires_grad=True)
         bias = torch.zeros(size, requires_grad=True)
@@ -280,6 +305,30 @@ def readout_accuracy(
         if hearts.any()
         else float("nan"),
     }
+
+
+def exact_readout(predicted: np.ndarray, truth: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """How well factors (B, K) read off images match the true ones (B, K), on any dataset:
+    `exact` accuracy per factor and `all_exact` (every factor of an image right)."""
+    predicted, truth = np.asarray(predicted), np.asarray(truth)
+    return {
+        "exact": {name: accuracy(predicted[:, i], truth[:, i]) for i, name in enumerate(names)},
+        "all_exact": float((predicted == truth).all(1).mean()) if len(truth) else float("nan"),
+    }
+
+
+def combination_rows(factors: np.ndarray, sizes: Sequence[int]) -> np.ndarray | None:
+    """The row (prod(sizes),) of each combination of factor classes (N, K), in
+    `np.ravel_multi_index` order, when every combination is there exactly once; else None."""
+    total = int(np.prod(sizes, dtype=np.float64))
+    if len(factors) != total:
+        return None
+    keys = np.ravel_multi_index(np.asarray(factors, np.int64).T, tuple(sizes))
+    if len(np.unique(keys)) != total:
+        return None
+    rows = np.empty(total, np.int64)
+    rows[keys] = np.arange(total)
+    return rows
 
 
 def distribution_tv(first: np.ndarray, second: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -22,17 +22,19 @@ import numpy as np
 import torch
 from jinja2 import Environment, PackageLoader
 
+from causal_sprites.data.dataset import Dataset
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import FACTORS, SIZES
+from causal_sprites.data.schema import Factor, Schema
 from causal_sprites.data.variants import variant_of
 from causal_sprites.discovery import discover, discover_from_images
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.evaluation import evaluate, evaluate_counterfactuals
-from causal_sprites.figures import write_run_figures
+from causal_sprites.figures import query_titles, write_run_figures
 from causal_sprites.oracle import load_oracle
 from causal_sprites.runs import PRETRAINED_DIR, read_metrics, write_text_atomic
 from causal_sprites.scm.queries import CausalModel, load_run
-from causal_sprites.scores import readout_warning
+from causal_sprites.scores import readout_warning, score_image_counterfactuals
 
 REPORT_FILE = "report.html"
 #: Section ids and titles, in page order (the browser test checks each is there).
@@ -57,10 +59,6 @@ CAPTIONS = {
     "reconstructions": "Images (top) and their reconstructions (bottom).",
     "edit": "An edit: the same z decoded with other labels.",
     "traversals": "Traversals: one factor swept, the others and z fixed.",
-    "condition": "Conditioning on scale = 5: the exact posterior over the factors, and samples.",
-    "intervene": "Intervention do(posX = 31): the factors' marginals, and samples.",
-    "counterfactual": "Counterfactuals under do(shape = heart): factual | counterfactual | "
-    "difference (red removed, green added).",
 }
 PACKAGES = ("causal-sprites", "torch", "pyro-ppl", "chirho", "numpy", "matplotlib", "jinja2")
 
@@ -79,6 +77,38 @@ class Embedded:
 
     uri: str
     caption: str
+
+
+def captions(schema: Schema) -> dict[str, str]:
+    """Every figure's caption, the queries' from `figures.query_titles` (on dSprites:
+    conditioning on scale = 5, do(posX = 31), do(shape = heart))."""
+    titles = query_titles(schema)
+    change = "red removed, green added" if schema.binary else "each pixel's change in red"
+    return {
+        **CAPTIONS,
+        "condition": f"Conditioning on {titles['condition']}: the exact posterior over the "
+        "factors, and samples.",
+        "intervene": f"Intervention {titles['intervene']}: the factors' marginals, and samples.",
+        "counterfactual": f"Counterfactuals under {titles['counterfactual']}: factual | "
+        f"counterfactual | difference ({change}).",
+    }
+
+
+def data_summary(data: DSprites | Dataset) -> str:
+    """One sentence on the data: image count, size and kind, and each factor's classes."""
+    schema = data.schema
+    if isinstance(data, DSprites):
+        sizes = ", ".join(f"{n} ({k})" for n, k in zip(FACTORS, SIZES, strict=True))
+        return f"{len(data):,} images of 64x64 binary pixels; factors {sizes}."
+    height, width, channels = schema.image_shape
+    kind = "binary" if schema.binary else ("colour" if channels == 3 else "grey")
+
+    def classes(factor: Factor) -> str:
+        names = ", ".join(factor.classes[:6]) + (", ..." if factor.size > 6 else "")
+        return f"{factor.name} ({factor.size}: {names})"
+
+    factors = "; ".join(classes(f) for f in schema.factors)
+    return f"{schema.name}: {len(data):,} images of {height}x{width} {kind} pixels; {factors}."
 
 
 def default_path(model: CausalModel) -> Path:
@@ -105,15 +135,17 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def metric_tables(scores: Mapping[str, Any]) -> tuple[Table, Table | None]:
+def metric_tables(
+    scores: Mapping[str, Any], names: Sequence[str] = FACTORS
+) -> tuple[Table, Table | None]:
     """Metrics as two tables: scalars (nested dicts flattened as `a.b`), and one row per metric
-    given per factor ({factor: value}, or {factor: {metric: value}}), with its overall value,
-    when there is one, in an `overall` column."""
+    given per factor of `names` ({factor: value}, or {factor: {metric: value}}), with its
+    overall value, when there is one, in an `overall` column."""
     scalars: dict[str, Any] = {}
     per_factor: dict[str, dict[str, Any]] = {}
 
     def visit(prefix: str, value: Any) -> None:
-        if isinstance(value, Mapping) and value and set(value) <= {*FACTORS, "overall"}:
+        if isinstance(value, Mapping) and value and set(value) <= {*names, "overall"}:
             if all(isinstance(v, Mapping) for v in value.values()):
                 for factor, metrics in value.items():
                     for name, v in metrics.items():
@@ -133,7 +165,7 @@ def metric_tables(scores: Mapping[str, Any]) -> tuple[Table, Table | None]:
     cells = Table(["metric", "value"], [[k, _cell(v)] for k, v in scalars.items()])
     if not per_factor:
         return cells, None
-    columns = [c for c in (*FACTORS, "overall") if any(c in row for row in per_factor.values())]
+    columns = [c for c in (*names, "overall") if any(c in row for row in per_factor.values())]
     rows = [[name, *(fmt(row.get(c, "")) for c in columns)] for name, row in per_factor.items()]
     return cells, Table(["metric", *columns], rows)
 
@@ -147,17 +179,17 @@ def _cell(value: Any) -> str:
     return json.dumps(np.asarray(value).round(4).tolist())
 
 
-def graph_svg(edges: list[dict[str, Any]], uid: str) -> str:
-    """The factor graph as inline SVG: the five factors on a circle, `edges` [{from, to,
+def graph_svg(edges: list[dict[str, Any]], uid: str, names: Sequence[str] = FACTORS) -> str:
+    """The factor graph as inline SVG: the factors `names` on a circle, `edges` [{from, to,
     directed}] as arrows or plain lines (undirected CPDAG edges)."""
     width, height, radius, rx, ry = 340, 300, 112, 46, 18
     centre = (width / 2, height / 2)
     spots = {
         name: (
-            centre[0] + radius * math.sin(2 * math.pi * k / len(FACTORS)),
-            centre[1] - radius * math.cos(2 * math.pi * k / len(FACTORS)),
+            centre[0] + radius * math.sin(2 * math.pi * k / len(names)),
+            centre[1] - radius * math.cos(2 * math.pi * k / len(names)),
         )
-        for k, name in enumerate(FACTORS)
+        for k, name in enumerate(names)
     }
 
     def rim(x: float, y: float, dx: float, dy: float) -> tuple[float, float]:
@@ -278,9 +310,17 @@ def environment_table(model: CausalModel, records: list[dict[str, Any]], seconds
     return Table(["", ""], rows)
 
 
-def soundness_metrics(model: CausalModel, data: DSprites, seed: int) -> dict[str, Any] | str:
+def soundness_metrics(
+    model: CausalModel, data: DSprites | Dataset, seed: int
+) -> dict[str, Any] | str:
     """Counterfactual soundness read back by the shipped oracle (on a causal variant, against the
-    truth from its recorded noise), or why it cannot be measured."""
+    truth from its recorded noise); on other data, against the data's own image at the changed
+    factors where it holds every factor combination once; or why it cannot be measured."""
+    if not isinstance(data, DSprites):
+        try:
+            return score_image_counterfactuals(model, data, seed=seed).to_json()
+        except CausalSpritesError as error:
+            return str(error)
     try:
         oracle = load_oracle("pretrained")
     except CausalSpritesError as error:
@@ -288,24 +328,28 @@ def soundness_metrics(model: CausalModel, data: DSprites, seed: int) -> dict[str
     return evaluate_counterfactuals(model, data, oracle, variant_of(model.config.data), seed=seed)
 
 
-def _discoveries(model: CausalModel, data: DSprites, seed: int) -> list[dict[str, Any]]:
+def _discoveries(model: CausalModel, data: DSprites | Dataset, seed: int) -> list[dict[str, Any]]:
     """PC on the data's factor labels, and on factors drawn from the run's posterior p(y | x)
-    of each image: the pixels alone."""
+    of each image: the pixels alone; each, where it cannot run, with the reason (`missing`)."""
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(data), min(len(data), DISCOVERY_IMAGES), replace=False))
     runs = [
         ("From the factor labels", "labels"),
         ("From the pixels alone (factors drawn from the model's posterior p(y | x))", "pixels"),
     ]
-    out = []
+    out: list[dict[str, Any]] = []
     for title, uid in runs:
-        if uid == "labels":
-            labels = data.factors(slice(None))
-            result = discover(
-                labels, max_samples=DISCOVERY_SAMPLES, seed=seed, names=data.schema.names
-            )
-        else:
-            result = discover_from_images(model, data.images(rows), seed=seed)
+        try:
+            if uid == "labels":
+                labels = data.factors(slice(None))
+                result = discover(
+                    labels, max_samples=DISCOVERY_SAMPLES, seed=seed, names=data.schema.names
+                )
+            else:
+                result = discover_from_images(model, data.images(rows), seed=seed)
+        except CausalSpritesError as error:  # too few rows, say: the section says why
+            out.append({"title": title, "missing": str(error)})
+            continue
         tests = Table(
             ["a", "b", "p-value", "Cramér's V"],
             [[t["a"], t["b"], fmt(t["p_value"]), fmt(t["cramers_v"])] for t in result["tests"]],
@@ -322,15 +366,14 @@ def _discoveries(model: CausalModel, data: DSprites, seed: int) -> list[dict[str
                 f" The factors of {result['num_stopped_on_budget']} of {len(rows)} images were "
                 "read by a search that stopped on its budget: this graph is not to be trusted."
             )
-        out.append(
-            {"title": title, "graph": graph_svg(edges, uid), "tests": tests, "summary": summary}
-        )
+        graph = graph_svg(edges, uid, data.schema.names)
+        out.append({"title": title, "graph": graph, "tests": tests, "summary": summary})
     return out
 
 
 def write_report(
     run: CausalModel | str | Path,
-    data: DSprites,
+    data: DSprites | Dataset,
     out: Path | None = None,
     *,
     scores: Mapping[str, Any] | None = None,
@@ -341,7 +384,9 @@ def write_report(
     """Write the report of a run (a CausalModel, a run directory or `pretrained`) on `data` to
     `out` (default: `default_path`) atomically; returns its path. `scores` (`evaluate`) and
     `soundness` (`evaluate_counterfactuals`) reuse metrics already computed, else they are computed
-    here; `bench` is bench/results (default: `default_bench_dir()`)."""
+    here; `bench` is bench/results (default: `default_bench_dir()`). On data other than dSprites
+    the sections that need dSprites (the generator's fidelity, the training benchmarks, soundness
+    where the data does not hold its own truth) say why they are not available."""
     start = time.perf_counter()
     model = run if isinstance(run, CausalModel) else load_run(run)
     out = out if out is not None else default_path(model)
@@ -351,11 +396,13 @@ def write_report(
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_run_figures(model, data, Path(tmp), seed=seed)
         pngs = {name: path.read_bytes() for name, path in paths.items()}
-    figures = {name: Embedded(png_uri(png), CAPTIONS.get(name, name)) for name, png in pngs.items()}
+    texts = captions(model.schema)
+    figures = {name: Embedded(png_uri(png), texts.get(name, name)) for name, png in pngs.items()}
     if scores is None:
         scores = evaluate(model, data, seed=seed)
     measured = soundness if soundness is not None else soundness_metrics(model, data, seed)
-    scalars, factors = metric_tables(scores)
+    names = model.schema.names
+    scalars, factors = metric_tables(scores, names)
     warning = readout_warning(scores["readout"]) if "readout" in scores else None
     if warning is not None:
         notes["readout"] = f"Reading factors off the pixels: {warning}."
@@ -363,25 +410,31 @@ def write_report(
     if isinstance(measured, str):
         notes["soundness"] = measured
     else:
-        sound_scalars, sound_factors = metric_tables(measured)
+        sound_scalars, sound_factors = metric_tables(measured, names)
         sound = {"scalars": sound_scalars, "factors": sound_factors}
     discoveries = _discoveries(model, data, seed)
     elapsed = time.perf_counter() - start
     env = Environment(loader=PackageLoader("causal_sprites", "templates"), autoescape=True)
     name = model.run_dir.name if model.run_dir is not None else "model"
-    sizes = ", ".join(f"{n} ({k})" for n, k in zip(FACTORS, SIZES, strict=True))
+    dsprites = isinstance(data, DSprites)
+    if not dsprites:
+        notes["fidelity"] = (
+            "the generator's fidelity to real frames is measured for dSprites only (bench/data.py)"
+        )
+        notes["baselines"] = "the training benchmarks (bench/train.py) are dSprites'"
     html = env.get_template("report.html.j2").render(
         run_name=name,
         written=datetime.now().strftime("%Y-%m-%d %H:%M"),
         seconds=elapsed,
         sections=SECTIONS,
-        data_summary=f"{len(data):,} images of 64x64 binary pixels; factors {sizes}.",
+        data_summary=data_summary(data),
         figures=figures,
         notes=notes,
-        fidelity=fidelity_table(bench),
+        fidelity=fidelity_table(bench) if dsprites else None,
         run_table=run_table(model, records),
         evaluation={"scalars": scalars, "factors": factors},
-        baselines=baseline_tables(bench),
+        baselines=baseline_tables(bench) if dsprites else [],
+        soundness_kind="dsprites" if dsprites else "data",
         soundness=sound,
         discoveries=discoveries,
         environment=environment_table(model, records, elapsed),

@@ -17,13 +17,20 @@ from causal_sprites.cli.common import (
     load_run_and_data,
 )
 from causal_sprites.config import parse_graph
+from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.variants import load_spec, variant_of
 from causal_sprites.discovery import discover_file, discover_from_images
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.evaluation import score_counterfactuals, score_distributions, score_run
 from causal_sprites.oracle import load_oracle
 from causal_sprites.report import write_report
-from causal_sprites.scores import Evaluation
+from causal_sprites.scores import (
+    CounterfactualScores,
+    Evaluation,
+    ImageCounterfactualScores,
+    score_image_counterfactuals,
+    truth_rows,
+)
 from causal_sprites.train import rewrite_graph
 
 
@@ -36,20 +43,28 @@ def evaluate(
         bool, typer.Option("--counterfactual", help="Also score counterfactual soundness.")
     ] = False,
     oracle: Annotated[
-        str, typer.Option(help="Oracle classifier directory, or `pretrained`.")
+        str, typer.Option(help="Oracle classifier directory, or `pretrained` (dSprites only).")
     ] = "pretrained",
     num_counterfactuals: Annotated[
         int, typer.Option(min=2, help="Images per intervened factor (with --counterfactual).")
     ] = 128,
     json_out: JsonOption = False,
 ) -> None:
-    """Test NELBO (recon, KL), reconstruction IoU, classifier accuracy and z-leakage; with
-    --counterfactual also ground-truth fidelity, effectiveness, preservation, composition and
-    reversibility (Monteiro et al. 2023)."""
+    """Test NELBO (recon, KL; on your own images also bits per dimension), reconstruction IoU
+    (binary images) or MAE and PSNR (grey or colour), classifier accuracy, z-leakage and the
+    readout; with --counterfactual also ground-truth fidelity, effectiveness, preservation,
+    composition and reversibility (Monteiro et al. 2023): on dSprites and its variants, or on a
+    dataset holding every factor combination exactly once (its own truth)."""
     model, store = load_run_and_data(run, data)
+    dsprites = isinstance(store, DSprites)
+    if counterfactual and not dsprites:
+        truth_rows(store, model.schema)  # refuse data without a known truth before scoring
     scores = score_run(model, store, num_images)
-    counterfactuals = distributions = None
-    if counterfactual:
+    counterfactuals: CounterfactualScores | ImageCounterfactualScores | None = None
+    distributions = None
+    if counterfactual and not dsprites:
+        counterfactuals = score_image_counterfactuals(model, store, num_counterfactuals)
+    elif counterfactual:
         variant = variant_of(data or (Path(model.config.data) if model.config.data else None))
         judge = load_oracle(oracle)
         counterfactuals = score_counterfactuals(model, store, judge, variant, num_counterfactuals)
@@ -158,7 +173,8 @@ def report(
         Path | None, typer.Option(help="HTML to write (default: RUN/report.html).")
     ] = None,
 ) -> None:
-    """One self-contained HTML page with every figure and metric of a run."""
+    """One self-contained HTML page with every figure and metric of a run (on your own images,
+    the sections that need dSprites say why they are not available)."""
     model, store = load_run_and_data(run, data)
     typer.echo(write_report(model, store, out))
 
@@ -172,7 +188,8 @@ def web_app(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 7860,
     data: DataOption = None,
 ) -> None:
-    """Serve the web UI of a run (needs the `app` extra: pip install 'causal-sprites\\[app]')."""
+    """Serve the web UI of a run, with its data's factors and images (needs the `app` extra:
+    pip install 'causal-sprites\\[app]')."""
     try:
         from causal_sprites.app import launch
     except ImportError:
