@@ -53,7 +53,11 @@ app.add_typer(data_app, name="data")
 
 DataOption = Annotated[
     Path | None,
-    typer.Option("--data", help="dSprites .npz or .hdf5 (default: the default data)."),
+    typer.Option(
+        "--data",
+        help="A dataset file (`data import`) or a dSprites .npz/.hdf5 (default: the run's data, "
+        "else the default dSprites data).",
+    ),
 ]
 OutDirOption = Annotated[
     Path | None, typer.Option("--out", help="Directory (default: the data directory).")
