@@ -137,9 +137,4 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, int]:
 
 def normalize_assignments(assignments: Mapping[str, str | int]) -> dict[str, int]:
     """Class indices of a mapping of factor names to values (names or indices)."""
-    return {name: parse_factor_value(name, value) for name, value in assignments.items()}
-
-
-def format_classes(classes: np.ndarray) -> dict[str, int]:
-    """A (5,) class tuple as {factor: index}, for JSON output."""
-    return {name: int(c) for name, c in zip(FACTORS, np.asarray(classes)[-5:], strict=True)}
+    return SCHEMA.classes(assignments)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,6 +44,13 @@ def number_names(values: np.ndarray) -> list[str]:
     return [repr(float(v)) for v in values]
 
 
+def _refuse_unknown(mapping: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    """One line naming the first key of `mapping` not among `known` (a typo must not pass)."""
+    unknown = sorted(set(mapping) - set(known))
+    if unknown:
+        raise CausalSpritesError(f"{where} unknown key {unknown[0]!r}; keys are {', '.join(known)}")
+
+
 def read_spec(path: Path) -> dict[str, Any]:
     """FACTORS.yaml as a checked mapping (unknown keys refused: a typo must not pass silently)."""
     if not path.is_file():
@@ -54,11 +61,7 @@ def read_spec(path: Path) -> dict[str, Any]:
         raise CausalSpritesError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(raw, Mapping):
         raise CausalSpritesError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
-    unknown = sorted(set(raw) - set(SPEC_KEYS))
-    if unknown:
-        raise CausalSpritesError(
-            f"{path}: unknown key {unknown[0]!r}; keys are {', '.join(SPEC_KEYS)}"
-        )
+    _refuse_unknown(raw, SPEC_KEYS, f"{path}:")
     columns = raw.get("columns")
     if columns is not None and not (
         isinstance(columns, list) and all(isinstance(c, str) for c in columns)
@@ -70,12 +73,7 @@ def read_spec(path: Path) -> dict[str, Any]:
     for name, decl in declared.items():
         if not isinstance(decl, Mapping):
             raise CausalSpritesError(f"{path}: factor {name!r} must be a mapping")
-        unknown = sorted(set(decl) - set(FACTOR_KEYS))
-        if unknown:
-            raise CausalSpritesError(
-                f"{path}: factor {name!r} has unknown key {unknown[0]!r}; "
-                f"keys are {', '.join(FACTOR_KEYS)}"
-            )
+        _refuse_unknown(decl, FACTOR_KEYS, f"{path}: factor {name!r} has")
         if decl.get("kind", "categorical") not in ("categorical", "continuous"):
             raise CausalSpritesError(
                 f"{path}: factor {name!r} has kind {decl['kind']!r}; "

@@ -290,10 +290,6 @@ class Schema:
             out[name] = self.parse_value(name, value)
         return out
 
-    def normalize(self, assignments: Mapping[str, str | int | float]) -> dict[str, int | float]:
-        """Parsed values of a mapping of factor names to values (names, indices or numbers)."""
-        return {name: self.parse_value(name, value) for name, value in assignments.items()}
-
     def classes(self, assignments: Mapping[str, str | int | float]) -> dict[str, int]:
         """Class indices of a mapping of categorical factors to values (names or indices)."""
         for name in assignments:

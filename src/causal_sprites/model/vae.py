@@ -33,7 +33,7 @@ from causal_sprites.model.nets import (
     one_hot_factors,
     split_factor_logits,
 )
-from causal_sprites.model.pixels import PixelLikelihood, get_likelihood
+from causal_sprites.model.pixels import Bernoulli, PixelLikelihood, get_likelihood
 from causal_sprites.scm.graph import FactorGraph, parents_from_edges
 from causal_sprites.scm.graph import topological_order as factor_order
 from causal_sprites.scm.mechanisms import pixel_mechanism, pixel_noise_posterior
@@ -236,11 +236,10 @@ class ConditionalVAE(nn.Module):
         return torch.sigmoid(params) if self.likelihood is None else params
 
     def noise_prior(self, device: torch.device) -> dist.TorchDistribution:
-        """The pixel noise u_x's prior, one coordinate per sub-pixel (an event)."""
-        if self.likelihood is None:
-            low = torch.zeros(self.x_event, device=device)
-            return dist.Uniform(low, low + 1.0, validate_args=False).to_event(2)
-        return self.likelihood.noise_prior(self.x_event, device).to_event(3)
+        """The pixel noise u_x's prior, one coordinate per sub-pixel (an event): dSprites' is
+        the Bernoulli likelihood's, Uniform(0, 1)."""
+        likelihood = self.likelihood or Bernoulli()
+        return likelihood.noise_prior(self.x_event, device).to_event(len(self.x_event))
 
     def x_mechanism(self, params: Tensor, noise: Tensor) -> Tensor:
         """The image (..., *x_event) float that mechanism parameters and pixel noise give."""
