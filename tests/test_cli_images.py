@@ -96,6 +96,18 @@ def test_discovery_from_the_labels_and_from_the_pixels(
     assert pixels["labels"] == "posterior" and pixels["factors"] == ["hue", "side", "left"]
 
 
+def test_data_show_draws_from_the_dataset(
+    trained: tuple[Path, Path, np.ndarray], tmp_path: Path
+) -> None:
+    root, _, _ = trained
+    out, _ = run("data", "show", "--data", root / "squares.npz", "--given", "hue=blue",
+                 "--num", 4, "--out", tmp_path / "blue.png")  # fmt: skip
+    assert out.strip() == str(tmp_path / "blue.png")
+    _, err = run("data", "show", "--data", root / "squares.npz", "--given", "shape=1",
+                 "--out", tmp_path / "no.png", code=1)  # fmt: skip
+    assert "unknown factor 'shape'; factors are hue, side, left" in err
+
+
 def test_bad_input_on_your_own_images_fails_in_one_line(
     trained: tuple[Path, Path, np.ndarray], tmp_path: Path
 ) -> None:

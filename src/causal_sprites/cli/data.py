@@ -20,14 +20,17 @@ from causal_sprites.cli.common import (
     write_png,
 )
 from causal_sprites.data import dsprites
-from causal_sprites.data.dataset import describe, load_dataset
-from causal_sprites.data.factors import parse_assignments
+from causal_sprites.data.dataset import Dataset, describe, load_dataset
+from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.importers import import_source
+from causal_sprites.data.load import load_data
 from causal_sprites.data.variants import load_spec, sample_variant
 from causal_sprites.viz import sample_grid_figure
 
 
-def _sample_grid(data: dsprites.DSprites, rows: np.ndarray, num: int, seed: int, out: Path) -> Path:
+def _sample_grid(
+    data: DSprites | Dataset, rows: np.ndarray, num: int, seed: int, out: Path
+) -> Path:
     """Write a labelled grid of up to `num` random images among `rows` to `out`."""
     chosen = np.random.default_rng(seed).choice(rows, size=min(num, len(rows)), replace=False)
     figure = sample_grid_figure(data.images(chosen), data.factors(chosen), data.schema)
@@ -81,10 +84,15 @@ def data_show(
     num: Annotated[int, typer.Option(min=1, help="Number of images.")] = 16,
     seed: Annotated[int, typer.Option(help="Random seed of the choice.")] = 0,
 ) -> None:
-    """A PNG grid of random images (or of those matching --given), labelled with factors."""
-    assignments = parse_assignments(given or [])
-    store = dsprites.DSprites.load(data)
-    rows = store.find(**assignments)
+    """A PNG grid of random images (or of those matching --given), labelled with factors; any
+    dataset file, or dSprites'."""
+    store = load_data(data)
+    assignments = store.schema.parse_assignments(given or [])
+    factors = store.factors(slice(None))
+    match = np.ones(len(factors), dtype=bool)
+    for name, value in assignments.items():
+        match &= factors[:, store.schema.index(name)] == value
+    rows = np.flatnonzero(match)
     if not len(rows):
         fail(f"no images match {' '.join(given or [])}")
     typer.echo(_sample_grid(store, rows, num, seed, out))
