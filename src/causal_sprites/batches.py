@@ -38,8 +38,10 @@ def training_images(data: DSprites | Dataset, device: torch.device) -> TrainingI
 
 
 def training_labels(data: DSprites | Dataset, device: torch.device) -> torch.Tensor:
-    """Every row's factor classes (N, K) int64 on the device."""
-    return torch.as_tensor(np.asarray(data.factors(slice(None))), device=device).long()
+    """Every row's factors (N, K) on the device: int64 classes where every factor is
+    categorical, else float32 (a class index or a value per column)."""
+    factors = torch.as_tensor(np.asarray(data.factors(slice(None))), device=device)
+    return factors.long() if data.schema.categorical else factors.float()
 
 
 class Batches:
@@ -119,13 +121,17 @@ def split_rows(data: DSprites | Dataset, config: RunConfig) -> tuple[np.ndarray,
 
 
 def learned_mechanisms(data: DSprites | Dataset, config: RunConfig) -> tuple[str, ...]:
-    """The factors whose conditional table has more cells than the training rows can fill
-    (`scm.graph.needs_network`): their mechanisms are learned as networks of their parents."""
-    size_of = data.schema.size_of
-    parents = parents_from_edges(config.graph, data.schema.names)
+    """The categorical factors whose conditional table has more cells than the training rows can
+    fill (`scm.graph.needs_network`): their mechanisms are learned as networks of their parents.
+    (A factor with a continuous parent, and a continuous factor, is always learned.)"""
+    schema = data.schema
+    parents = parents_from_edges(config.graph, schema.names)
     num_rows = len(split_rows(data, config)[0])
-    return tuple(
-        name
-        for name, size in size_of.items()
-        if needs_network([size_of[p] for p in parents[name]], size, num_rows)
-    )
+    learned = []
+    for factor in schema.factors:
+        parent_factors = [schema.factor(p) for p in parents[factor.name]]
+        if factor.kind != "categorical" or any(p.kind != "categorical" for p in parent_factors):
+            continue
+        if needs_network([p.size for p in parent_factors], factor.size, num_rows):
+            learned.append(factor.name)
+    return tuple(learned)

@@ -100,6 +100,11 @@ class Factor:
             raise CausalSpritesError(f"factor {self.name!r} is continuous: it has no classes")
         return len(self.classes)
 
+    @property
+    def width(self) -> int:
+        """Width of the factor's code for the networks: its classes one-hot, or one value."""
+        return len(self.classes) if self.kind == "categorical" else 1
+
     def parse(self, text: str | int | float) -> int | float:
         """A value as the user writes it: a class by name, else by index; a continuous value
         as a number in the factor's unit, within its range."""
@@ -257,6 +262,11 @@ class Schema:
     def categorical(self) -> bool:
         """Whether every factor is categorical."""
         return all(f.kind == "categorical" for f in self.factors)
+
+    @property
+    def continuous(self) -> tuple[str, ...]:
+        """The continuous factors' names, in factor order."""
+        return tuple(f.name for f in self.factors if f.kind == "continuous")
 
     def factor(self, name: str) -> Factor:
         """The factor of that name (one-line error naming the factors otherwise)."""

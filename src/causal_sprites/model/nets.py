@@ -8,13 +8,13 @@ expressed in the sprite's own frame (translation, rotation and zoom read off the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from causal_sprites.data.schema import Schema
+from causal_sprites.data.schema import Factor, Schema
 from causal_sprites.errors import CausalSpritesError
 
 IMAGE_SIZE = 64
@@ -26,6 +26,19 @@ def one_hot_factors(y: Tensor, sizes: tuple[int, ...]) -> Tensor:
     """(B, K) class indices of factors with `sizes` classes -> (B, sum(sizes)) concatenated
     one-hot codes."""
     return torch.cat([F.one_hot(y[:, i], size) for i, size in enumerate(sizes)], dim=-1).float()
+
+
+def encode_factors(y: Tensor, factors: Sequence[Factor]) -> Tensor:
+    """(B, K) factor values -> (B, sum of widths) codes: a categorical factor's class one-hot,
+    a continuous factor's value scaled to [0, 1] by its range (what the networks read)."""
+    codes = []
+    for i, factor in enumerate(factors):
+        if factor.kind == "categorical":
+            codes.append(F.one_hot(y[:, i].long(), factor.size).float())
+        else:
+            assert factor.low is not None and factor.high is not None
+            codes.append(((y[:, i].float() - factor.low) / (factor.high - factor.low))[:, None])
+    return torch.cat(codes, dim=-1)
 
 
 def split_factor_logits(logits: Tensor, sizes: tuple[int, ...]) -> list[Tensor]:

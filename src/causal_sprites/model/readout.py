@@ -26,6 +26,7 @@ from torch.distributions import kl_divergence
 from torch.nn import functional as F
 
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model import refine
 from causal_sprites.model.search import SearchSpace
 from causal_sprites.model.vae import ConditionalVAE
 
@@ -67,17 +68,25 @@ class SearchBudget:
 
 @dataclass(frozen=True)
 class FactorPosterior:
-    """The posterior over factor tuples of B images, best first: `classes` (B, K, 5),
-    `probabilities` (B, K) (the K most probable of all scored tuples; rows may sum below 1 when
-    more were scored), `log_likelihood` (B,) the ELBO of log p(x | y) at the mode,
-    `num_scored` (B,) tuples the decoder scored and `complete` (B,) bool: False where the
-    budget ended the search while the mode still explained its image badly."""
+    """The posterior over factor tuples of B images, best first: `classes` (B, T, K) (int64
+    classes; float where a factor is continuous, its columns holding the refined value in every
+    candidate), `probabilities` (B, T) (the T most probable of all scored tuples; rows may sum
+    below 1 when more were scored), `log_likelihood` (B,) the ELBO of log p(x | y) at the mode,
+    `num_scored` (B,) tuples the decoder scored, `complete` (B,) bool: False where the budget
+    ended the search while the mode still explained its image badly, and `spread` (B, K) a
+    continuous factor's posterior standard deviation in its unit (NaN for categorical ones)."""
 
     classes: np.ndarray
     probabilities: np.ndarray
     log_likelihood: np.ndarray
     num_scored: np.ndarray
     complete: np.ndarray
+    spread: np.ndarray = None  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.spread is None:  # every factor categorical: no spread
+            batch, _, count = self.classes.shape
+            object.__setattr__(self, "spread", np.full((batch, count), np.nan))
 
     @classmethod
     def concatenate(cls, parts: list[FactorPosterior]) -> FactorPosterior:
@@ -96,17 +105,31 @@ class FactorPosterior:
         return self.classes[:, 0]
 
     def sample(self, num_samples: int, generator: np.random.Generator) -> np.ndarray:
-        """Factor tuples (S, B, 5) drawn from each image's (top-K, renormalised) posterior."""
+        """Factor tuples (S, B, K) drawn from each image's (top-T, renormalised) posterior; a
+        continuous factor's value from a normal of its spread around its mode."""
         probs = self.probabilities / self.probabilities.sum(1, keepdims=True)
         cumulative = probs.cumsum(1)
         draws = generator.random((num_samples, len(probs), 1))
         picks = (draws > cumulative[None]).sum(-1).clip(max=probs.shape[1] - 1)
-        return self.classes[np.arange(len(probs))[None], picks]
+        tuples = self.classes[np.arange(len(probs))[None], picks]
+        continuous = ~np.isnan(self.spread[0]) if len(self.spread) else np.zeros(0, bool)
+        if continuous.any():
+            noise = generator.standard_normal(tuples[..., continuous].shape)
+            tuples[..., continuous] += noise * self.spread[None][..., continuous]
+        return tuples
 
 
 def log_prior(vae: ConditionalVAE, tuples: Tensor) -> Tensor:
-    """log p(y) (N,) of factor tuples (N, 5) under the model's factor tables."""
-    return vae.factors.log_prob(tuples)
+    """log p(y) (N,) of factor tuples (N, K) under the model's mechanisms (its tables where
+    every factor is categorical; a continuous factor's density in its unit)."""
+    if not vae.schema.continuous:
+        return vae.factors.log_prob(tuples)
+    values = {name: tuples[:, i] for i, name in enumerate(vae.names)}
+    total = torch.zeros(len(tuples), device=tuples.device)
+    for i, name in enumerate(vae.names):
+        value = tuples[:, i] if name in vae.flows else tuples[:, i].long()
+        total = total + vae.factor_dist(name, values).log_prob(value)
+    return total
 
 
 def elbo(vae: ConditionalVAE, images: Tensor, features: Tensor, tuples: Tensor) -> Tensor:
@@ -160,7 +183,12 @@ def infer_posterior(
     likely = [[_likely_classes(p[b]) for p in probs] for b in range(len(images))]
     starts = [tuple(int(p[b].argmax()) for p in probs) for b in range(len(images))]
     scored: list[dict[tuple[int, ...], tuple[float, float]]] = [{} for _ in images]
-    search = _Search(vae, space, images, features, likely, scored, budget.max_scored)
+    rows = None
+    if vae.schema.continuous:  # categorical tuples are scored at the proposed values
+        values, scales = refine.propose(vae, images, features)
+        rows = torch.zeros(len(images), len(vae.names), device=images.device)
+        rows[:, _columns(vae, continuous=True)] = values
+    search = _Search(vae, space, images, features, likely, scored, budget.max_scored, rows)
     modes = search.climb(
         {b: ({start} | space.proposals(start, likely[b])) for b, start in enumerate(starts)}
     )
@@ -172,7 +200,52 @@ def infer_posterior(
         if stuck:
             modes.update(search.climb({b: widen(modes[b], likely[b]) for b in stuck}))
     stopped = [b in search.cut and scored[b][modes[b]][1] < budget.escalate_below for b in modes]
-    return _normalise(scored, top, ~np.array(stopped, dtype=bool))
+    posterior = _normalise(scored, top, ~np.array(stopped, dtype=bool))
+    if rows is None:
+        return posterior
+    return _with_continuous(vae, images, features, posterior, rows, scales)
+
+
+def _columns(vae: ConditionalVAE, continuous: bool) -> list[int]:
+    """The columns of the continuous (or the categorical) factors."""
+    kinds = [f.kind == "continuous" for f in vae.schema.factors]
+    return [i for i, kind in enumerate(kinds) if kind == continuous]
+
+
+def _with_continuous(
+    vae: ConditionalVAE,
+    images: Tensor,
+    features: Tensor,
+    posterior: FactorPosterior,
+    rows: Tensor,
+    scales: Tensor,
+) -> FactorPosterior:
+    """The categorical search's posterior completed by the continuous factors, refined at its
+    mode (`model/refine.py`): every candidate holds the refined values."""
+    categorical = _columns(vae, continuous=False)
+    rows[:, categorical] = torch.as_tensor(
+        posterior.classes[:, 0], dtype=rows.dtype, device=rows.device
+    )
+    index = torch.arange(len(images), device=images.device)
+
+    def score(candidates: Tensor) -> tuple[Tensor, Tensor]:
+        batch, count = candidates.shape[:2]
+        flat = candidates.reshape(-1, candidates.shape[-1])
+        joint, likelihood = _score(vae, images, features, index.repeat_interleave(count), flat)
+        return joint.view(batch, count), likelihood.view(batch, count)
+
+    refined, spreads, _, likelihood = refine.refine(vae, rows, scales, score)
+    classes = refined[:, None].repeat(1, posterior.classes.shape[1], 1).cpu().double().numpy()
+    classes[..., categorical] = posterior.classes
+    spread = np.full(refined.shape, np.nan)
+    spread[:, _columns(vae, continuous=True)] = spreads.cpu().numpy()
+    return dataclasses.replace(
+        posterior,
+        classes=classes,
+        log_likelihood=likelihood.cpu().numpy(),
+        num_scored=posterior.num_scored + 2 * refine.GRID * len(vae.schema.continuous),
+        spread=spread,
+    )
 
 
 @dataclass
@@ -186,6 +259,9 @@ class _Search:
     likely: list[list[list[int]]]
     scored: list[dict[tuple[int, ...], tuple[float, float]]]
     max_scored: int
+    #: Each image's full factor rows (B, K) whose categorical columns a tuple fills (the
+    #: continuous ones hold the proposals), or None where every factor is categorical.
+    rows: Tensor | None = None
     #: Images whose search stopped on `max_scored` (or, set by the caller, on the budget).
     cut: set[int] = dataclasses.field(default_factory=set)
 
@@ -223,13 +299,13 @@ class _Search:
         rows = [b for b, todo in pending.items() for _ in todo]
         tuples = [t for todo in pending.values() for t in todo]
         device = self.images.device
-        joint, likelihood = _score(
-            self.vae,
-            self.images,
-            self.features,
-            torch.tensor(rows, device=device),
-            torch.tensor(tuples, device=device),
-        )
+        index = torch.tensor(rows, device=device)
+        candidates = torch.tensor(tuples, device=device).view(len(tuples), -1)
+        if self.rows is not None:
+            full = self.rows[index].clone()
+            full[:, _columns(self.vae, continuous=False)] = candidates.to(full.dtype)
+            candidates = full
+        joint, likelihood = _score(self.vae, self.images, self.features, index, candidates)
         for b, t, s, ll in zip(rows, tuples, joint.tolist(), likelihood.tolist(), strict=True):
             self.scored[b][t] = (s, ll)
 

@@ -47,11 +47,12 @@ class SearchSpace:
 
     @classmethod
     def of(cls, schema: Schema) -> SearchSpace:
-        """The search space of a categorical schema, with its dataset's hints if it has any."""
+        """The search space of a schema's categorical factors (its columns number them in
+        order; continuous factors are refined apart), with its dataset's hints if it has any."""
         equivalents, wide = HINTS.get(schema.name, (_no_equivalents, None))
-        columns = list(enumerate(schema.factors))
+        columns = list(enumerate(f for f in schema.factors if f.kind == "categorical"))
         return cls(
-            schema.sizes,
+            tuple(f.size for _, f in columns),
             tuple(i for i, f in columns if f.ordered),
             tuple(i for i, f in columns if f.cyclic),
             equivalents,

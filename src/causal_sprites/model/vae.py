@@ -9,7 +9,6 @@ come without factors.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
@@ -17,7 +16,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import kl_divergence
 from torch.nn import functional as F
 
@@ -25,22 +24,21 @@ from causal_sprites.config import ModelConfig
 from causal_sprites.data.schema import Schema
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model import convnets
+from causal_sprites.model.factor_mechanisms import FactorMechanisms
 from causal_sprites.model.nets import (
     ConvEncoder,
     MLPDecoder,
     MLPEncoder,
     PoseDecoder,
-    one_hot_factors,
+    encode_factors,
     split_factor_logits,
 )
 from causal_sprites.model.pixels import Bernoulli, PixelLikelihood, get_likelihood
-from causal_sprites.scm.graph import FactorGraph, parents_from_edges
+from causal_sprites.scm.graph import parents_from_edges
 from causal_sprites.scm.graph import topological_order as factor_order
 from causal_sprites.scm.mechanisms import pixel_mechanism, pixel_noise_posterior
 
 Graph = Sequence[tuple[str, str]]
-#: Hidden units of a learned factor mechanism (`ConditionalVAE.mechanism_nets`).
-MECHANISM_HIDDEN = 64
 #: The reconstruction term's weighting in training on 8-bit images (beta-NLL, `model/pixels.py`);
 #: the reported NELBO is always the plain bound.
 TRAINING_BETA = 1.0
@@ -72,7 +70,7 @@ def topological_order(graph: Graph, names: Sequence[str]) -> list[str]:
     return list(factor_order(parents, cycle="graph has a cycle among"))
 
 
-class ConditionalVAE(nn.Module):
+class ConditionalVAE(FactorMechanisms):
     """Factors y -> image x <- style z, with q(z | x, y) and q(y | x); see the module docstring.
     The factors' names and sizes are the `schema`'s."""
 
@@ -80,7 +78,12 @@ class ConditionalVAE(nn.Module):
         super().__init__()
         self.config = config
         self.schema = schema
-        self.names, self.sizes = schema.names, schema.sizes
+        self.names = schema.names
+        #: Each factor's code width: a categorical factor's classes, a continuous factor's 1.
+        self.widths = tuple(f.width for f in schema.factors)
+        #: What q(y | x)'s head gives per factor: a categorical factor's logits, a continuous
+        #: factor's loc and raw scale of its range-scaled value.
+        self.head_dims = tuple(2 if f.kind == "continuous" else f.width for f in schema.factors)
         self.graph = tuple((str(a), str(b)) for a, b in graph)
         self.parents = parents_from_edges(self.graph, self.names)
         self.order = topological_order(self.graph, self.names)
@@ -92,10 +95,10 @@ class ConditionalVAE(nn.Module):
             self.likelihood = get_likelihood(
                 "bernoulli" if schema.binary else "discretised_logistic"
             )
-            codes, hidden = sum(self.sizes), config.encoder_hidden
+            codes, hidden = sum(self.widths), config.encoder_hidden
             channels = config.conv_channels
             self.encoder = convnets.ConvEncoder(
-                schema.image_shape, self.sizes, codes, config.z_dim, channels, hidden
+                schema.image_shape, self.head_dims, codes, config.z_dim, channels, hidden
             )
             self.decoder = convnets.ConvDecoder(
                 schema.image_shape,
@@ -105,9 +108,14 @@ class ConditionalVAE(nn.Module):
                 self.likelihood.params_per_channel,
                 hidden,
             )
+        elif schema.continuous:
+            raise CausalSpritesError(
+                f"the {config.decoder} decoder reads categorical factors only; "
+                f"{schema.continuous[0]!r} is continuous: use the conv decoder"
+            )
         elif config.decoder == "pose":
             self.encoder = ConvEncoder(
-                config.z_dim, config.encoder_channels, config.encoder_hidden, self.sizes
+                config.z_dim, config.encoder_channels, config.encoder_hidden, self.widths
             )
             self.decoder = PoseDecoder(
                 schema,
@@ -119,77 +127,13 @@ class ConditionalVAE(nn.Module):
                 config.scale_windows,
             )
         elif config.decoder == "mlp":
-            self.encoder = MLPEncoder(config.z_dim, config.mlp_hidden, self.sizes)
-            self.decoder = MLPDecoder(config.z_dim, config.mlp_hidden, self.sizes)
+            self.encoder = MLPEncoder(config.z_dim, config.mlp_hidden, self.widths)
+            self.decoder = MLPDecoder(config.z_dim, config.mlp_hidden, self.widths)
         else:
             raise CausalSpritesError(
                 f"unknown decoder {config.decoder!r}; use 'pose', 'mlp' or 'conv'"
             )
-        size_of = schema.size_of
-        #: Learned mechanisms: logits of a factor from its parents' one-hot codes, for the
-        #: factors with too many parent rows to count (`config.network_mechanisms`).
-        self.mechanism_nets = nn.ModuleDict()
-        for name, size in size_of.items():
-            sizes = [size_of[p] for p in self.parents[name]]
-            if name in config.network_mechanisms:
-                self.mechanism_nets[name] = nn.Sequential(
-                    nn.Linear(sum(sizes), MECHANISM_HIDDEN), nn.SiLU(),
-                    nn.Linear(MECHANISM_HIDDEN, size),
-                )  # fmt: skip
-                grid = torch.cartesian_prod(*(torch.arange(k) for k in sizes)).view(-1, len(sizes))
-                self.register_buffer(f"rows_{name}", grid, persistent=False)
-            else:
-                self.register_buffer(f"cpt_{name}", torch.full((*sizes, size), -math.log(size)))
-
-    def fit_tables(self, y: Tensor, smoothing: float = 0.1) -> None:
-        """Set every factor's table to smoothed frequencies of training labels y (N, K).
-
-        `smoothing` is the Dirichlet pseudo-count per cell: it keeps every log-probability finite
-        (a user's image may show a combination training never saw) while adding at most 4 pseudo
-        observations to a row of 40 classes; add-one smoothing added 40 and visibly flattened rare
-        rows (TV 0.041 against 0.026 for P(shape | posY = 31) on the collider variant)."""
-        fitted = FactorGraph.fit(self.schema.size_of, self.parents, y, smoothing)
-        for name in self.names:
-            if name not in self.mechanism_nets:
-                self.cpt(name).copy_(fitted.log_tables[name].float())
-
-    # -- one conditional per variable -------------------------------------------------------
-    def cpt(self, name: str) -> Tensor:
-        """Log-probability table of a factor, (*parent sizes, K): the storage of `factors`; a
-        learned mechanism's is its network evaluated at every parent row."""
-        if name in self.mechanism_nets:
-            sizes = [self.sizes[self.names.index(p)] for p in self.parents[name]]
-            rows = self._parent_codes(name, getattr(self, f"rows_{name}"))
-            logits = self.mechanism_nets[name](rows).float()
-            return torch.log_softmax(logits, -1).view(*sizes, -1)
-        table: Tensor = getattr(self, f"cpt_{name}")
-        return table
-
-    def _parent_codes(self, name: str, parents: Tensor) -> Tensor:
-        """One-hot codes (N, sum of parent sizes) of a factor's parents' classes (N, P)."""
-        sizes = tuple(self.sizes[self.names.index(p)] for p in self.parents[name])
-        return one_hot_factors(parents, sizes)
-
-    def mechanism_loss(self, y: Tensor) -> Tensor:
-        """-log p(y_f | parents) (B,) summed over the learned mechanisms, for labels (B, K):
-        what trains their networks (the tables are counted, not trained)."""
-        total = torch.zeros(len(y), device=y.device)
-        for name, net in self.mechanism_nets.items():
-            columns = [self.names.index(p) for p in self.parents[name]]
-            logits = net(self._parent_codes(name, y[:, columns])).float()
-            target = y[:, self.names.index(name)]
-            total = total + F.cross_entropy(logits, target, reduction="none")
-        return total
-
-    @property
-    def factors(self) -> FactorGraph:
-        """The factor-level SCM: the graph with the learned tables (live, on the model's device;
-        `.exact()` for a float64 copy)."""
-        return FactorGraph(self.parents, {name: self.cpt(name) for name in self.names})
-
-    def factor_dist(self, name: str, values: dict[str, Tensor]) -> dist.Categorical:
-        """p(factor | its parents) for parent classes in `values`: a table row per image."""
-        return dist.Categorical(logits=self.factors.logits(name, values))
+        self.build_mechanisms(config.network_mechanisms)
 
     def z_dist(self, batch_size: int) -> dist.TorchDistribution:
         """p(z) = Normal(0, I)."""
@@ -200,7 +144,7 @@ class ConditionalVAE(nn.Module):
         """The decoder's parameters of p(x | y, z): logits (B, 64, 64) on dSprites, else the
         likelihood's (B, P * C, H, W); `keep` see `PoseDecoder.forward`."""
         if isinstance(self.decoder, convnets.ConvDecoder):
-            return self.decoder(one_hot_factors(y, self.sizes), z).float()
+            return self.decoder(encode_factors(y, self.schema.factors), z).float()
         if keep is not None and isinstance(self.decoder, PoseDecoder):
             return self.decoder(y, z, keep).float()
         return self.decoder(y, z).float()
@@ -276,25 +220,39 @@ class ConditionalVAE(nn.Module):
         """q(z | x, y) for images (B, C, H, W) and labels (B, K); `features` skips the trunk."""
         features = self.features(x) if features is None else features
         if isinstance(self.encoder, convnets.ConvEncoder):
-            loc, scale = self.encoder.z_params(features, one_hot_factors(y, self.sizes))
+            loc, scale = self.encoder.z_params(features, encode_factors(y, self.schema.factors))
         else:
             loc, scale = self.encoder.z_params(features, y)
         return dist.Normal(loc.float(), scale.float()).to_event(1)
 
-    def classify(self, x: Tensor, features: Tensor | None = None) -> list[Tensor]:
-        """q(y | x): one (B, K_i) logit tensor per factor for images (B, C, H, W)."""
-        features = self.features(x) if features is None else features
+    def _head(self, x: Tensor, features: Tensor | None) -> list[Tensor]:
+        """q(y | x)'s outputs per factor (`head_dims`) for images (B, C, H, W)."""
         if isinstance(self.encoder, convnets.ConvEncoder):  # q(y | x) has a trunk of its own
-            return [logits.float() for logits in self.encoder.classify(self.network_input(x))]
-        return split_factor_logits(self.encoder.classify(features).float(), self.sizes)
+            return [out.float() for out in self.encoder.classify(self.network_input(x))]
+        features = self.features(x) if features is None else features
+        return split_factor_logits(self.encoder.classify(features).float(), self.widths)
+
+    def classify(self, x: Tensor, features: Tensor | None = None) -> list[Tensor]:
+        """q(y | x): one (B, K_i) logit tensor per categorical factor (in factor order) for
+        images (B, C, H, W)."""
+        outputs = self._head(x, features)
+        factors = self.schema.factors
+        return [out for f, out in zip(factors, outputs, strict=True) if f.kind == "categorical"]
+
+    def regress(self, x: Tensor, features: Tensor | None = None) -> dict[str, dist.Normal]:
+        """q(y | x) of each continuous factor of images (B, C, H, W): a normal over its value
+        scaled to [0, 1] by its range (the readout's proposal)."""
+        outputs = self._head(x, features)
+        return {
+            f.name: _scaled_normal(out)
+            for f, out in zip(self.schema.factors, outputs, strict=True)
+            if f.kind == "continuous"
+        }
 
     def features(self, x: Tensor) -> Tensor:
         """The encoder's features (B, hidden) of images (B, C, H, W), shared by q(y | x) and
         q(z | x, y)."""
         return self.encoder.features(self.network_input(x))
-
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     # -- Pyro model and guide --------------------------------------------------------------
     def model(
@@ -319,7 +277,7 @@ class ConditionalVAE(nn.Module):
             for name in self.order:
                 obs = None if y is None else y[:, self.names.index(name)]
                 factors[name] = pyro.sample(name, self.factor_dist(name, factors), obs=obs)
-            labels = torch.stack([factors[n] for n in self.names], dim=-1)
+            labels = self.stack(factors)
             z = pyro.sample("z", self.z_dist(batch_size))
             obs_x = x if x is None or self.likelihood else x.reshape(batch_size, 64, 64)
             image: Tensor = pyro.sample("x", self.x_dist(labels, z, keep), obs=obs_x)
@@ -408,9 +366,21 @@ class ConditionalVAE(nn.Module):
         return recon, kl
 
     def classifier_loss(self, x: Tensor, y: Tensor, features: Tensor | None = None) -> Tensor:
-        """Per-image cross-entropy of q(y | x) summed over the factors, (B,)."""
-        logits = self.classify(x, features)
-        return sum(
-            (F.cross_entropy(lg, y[:, i], reduction="none") for i, lg in enumerate(logits)),
-            torch.zeros(x.shape[0], device=x.device),
-        )
+        """Per-image -log q(y | x) summed over the factors, (B,): cross-entropy of the
+        categorical ones, the normal's negative log density of the continuous ones (scaled)."""
+        total = torch.zeros(x.shape[0], device=x.device)
+        scaled = encode_factors(y, self.schema.factors)
+        offsets = torch.tensor((0, *self.widths)).cumsum(0).tolist()
+        outputs = self._head(x, features)
+        for i, (factor, out) in enumerate(zip(self.schema.factors, outputs, strict=True)):
+            if factor.kind == "continuous":
+                total = total - _scaled_normal(out).log_prob(scaled[:, offsets[i]])
+            else:
+                total = total + F.cross_entropy(out, y[:, i].long(), reduction="none")
+        return total
+
+
+def _scaled_normal(out: Tensor) -> dist.Normal:
+    """A normal over a range-scaled value from q(y | x)'s two outputs (B, 2): loc, raw scale."""
+    loc, raw_scale = out.unbind(-1)
+    return dist.Normal(loc, F.softplus(raw_scale) + 1e-3)

@@ -70,14 +70,20 @@ def exact_noise(
     vae: ConditionalVAE, x: Tensor, labels: Tensor, probs: Tensor, num_samples: int
 ) -> dict[str, Tensor]:
     """The exact noise posterior of images (B, *x_event) with labels (B, K) and the image
-    mechanism's parameters `probs` (decoder means on dSprites): truncated Gumbels per factor,
+    mechanism's parameters `probs` (decoder means on dSprites): truncated Gumbels per categorical
+    factor, a continuous factor's flow inverted,
     each pixel's noise given its value (Uniform(0, p) / Uniform(p, 1) for binary pixels, the
     noise of the observed 8-bit bin otherwise); S samples."""
     noise = {}
     values = {name: labels[:, i] for i, name in enumerate(vae.names)}
     for i, name in enumerate(vae.names):
+        if name in vae.flows:  # a flow is invertible: one noise gives the value
+            u = vae.flow(name).abduct(labels[:, i], vae.parent_codes(name, values))
+            noise[f"u_{name}"] = u.expand(num_samples, -1)
+            continue
         logits = vae.factor_dist(name, values).logits
-        noise[f"u_{name}"] = gumbel_posterior(logits, labels[:, i], num_samples=num_samples)
+        observed = labels[:, i].long()
+        noise[f"u_{name}"] = gumbel_posterior(logits, observed, num_samples=num_samples)
     shape = (num_samples, *x.shape)
     noise["u_x"] = vae.abduct_pixels(probs, x, torch.rand(shape, device=x.device))
     return noise

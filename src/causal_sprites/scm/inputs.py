@@ -14,7 +14,7 @@ from torch import Tensor
 from causal_sprites.data.schema import Schema
 from causal_sprites.errors import CausalSpritesError
 
-Value = str | int
+Value = str | int | float
 Interventions = Mapping[str, Value | Sequence[Value] | np.ndarray | Tensor]
 Method = Literal["exact", "generic"]
 Style = Literal["mean", "sample"]
@@ -61,9 +61,11 @@ def site_to_user(x: Tensor, channels_first: bool) -> Tensor:
 
 
 def as_labels(y: np.ndarray | Tensor, batch: int, schema: Schema) -> Tensor:
-    """Factor classes (B, K) of the schema's K factors, or (B, K + 1) with a leading constant
-    column (dSprites' color) -> (B, K) int64, range-checked."""
-    labels = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    """Factor values (B, K) of the schema's K factors, or (B, K + 1) with a leading constant
+    column (dSprites' color) -> (B, K): int64 class indices where every factor is categorical,
+    else float (a class index or a value per column); range-checked."""
+    kind = torch.long if schema.categorical else torch.float32
+    labels = torch.as_tensor(np.asarray(y, dtype=np.float64))
     count = len(schema.factors)
     if labels.dim() == 1:
         labels = labels[None]
@@ -72,14 +74,23 @@ def as_labels(y: np.ndarray | Tensor, batch: int, schema: Schema) -> Tensor:
     labels = labels[:, -count:]
     if labels.shape[0] != batch:
         raise CausalSpritesError(f"{labels.shape[0]} labels for {batch} images")
-    for i, (name, size) in enumerate(zip(schema.names, schema.sizes, strict=True)):
-        if bool(((labels[:, i] < 0) | (labels[:, i] >= size)).any()):
-            raise CausalSpritesError(f"label for {name} out of range 0..{size - 1}")
-    return labels
+    for i, factor in enumerate(schema.factors):
+        column = labels[:, i]
+        if factor.kind == "continuous":
+            low, high = factor.low, factor.high
+            assert low is not None and high is not None
+            if not bool(((column >= low) & (column <= high)).all()):
+                raise CausalSpritesError(
+                    f"value of {factor.name} out of its range {low:g}..{high:g}"
+                )
+        elif not bool(((column >= 0) & (column < factor.size) & (column == column.round())).all()):
+            raise CausalSpritesError(f"label for {factor.name} out of range 0..{factor.size - 1}")
+    return labels.to(kind)
 
 
 def as_interventions(do: Interventions | None, batch: int, schema: Schema) -> dict[str, Tensor]:
-    """do() values by name or index, one for all images or one per image -> {factor: (B,) int64}."""
+    """do() values by name or index (a value for a continuous factor), one for all images or one
+    per image -> {factor: (B,)}: int64 classes, or float32 values of a continuous factor."""
     actions: dict[str, Tensor] = {}
     for name, value in (do or {}).items():
         given = np.asarray(value.cpu() if isinstance(value, Tensor) else value).reshape(-1)
@@ -88,10 +99,11 @@ def as_interventions(do: Interventions | None, batch: int, schema: Schema) -> di
         if given.size != batch:
             raise CausalSpritesError(f"{given.size} values of {name} for {batch} images")
         unique, inverse = np.unique(given, return_inverse=True)
-        classes = np.array(
-            [int(schema.parse_value(name, v)) for v in unique.tolist()], dtype=np.int64
-        )
-        actions[name] = torch.from_numpy(classes[inverse].reshape(-1))
+        if schema.factor(name).kind == "continuous":
+            values = np.array([schema.parse_value(name, v) for v in unique.tolist()], np.float32)
+        else:
+            values = np.array([int(schema.parse_value(name, v)) for v in unique.tolist()], np.int64)
+        actions[name] = torch.from_numpy(values[inverse].reshape(-1))
     return actions
 
 

@@ -25,7 +25,9 @@ class StructuralModel:
     """The SCM over a trained VAE as a Pyro model: exogenous noise at sample sites, endogenous
     variables at deterministic sites computed by their mechanisms.
 
-    u_<factor> ~ Gumbel(0, 1)^K, <factor> = argmax(log pi(k | parents) + u) (Gumbel-max);
+    u_<factor> ~ Gumbel(0, 1)^K, <factor> = argmax(log pi(k | parents) + u) (Gumbel-max) for a
+    categorical factor; u_<factor> ~ Normal(0, 1), <factor> = f(u; parents) (its flow,
+    `model/flows.py`) for a continuous one;
     u_z ~ Normal(0, I), z = u_z; u_x ~ Uniform(0, 1)^(64 x 64), x = 1[u_x < p(y, z)].
     Queries wrap it in handlers (condition on noise, do, twin worlds) and never change it.
     """
@@ -44,17 +46,22 @@ class StructuralModel:
             pyro.plate("data", batch_size, dim=-1),
         ):
             for name in vae.order:
-                zeros = torch.zeros(vae.sizes[vae.names.index(name)], device=device)
-                noise = pyro.sample(
-                    f"u_{name}", dist.Gumbel(zeros, 1.0, validate_args=False).to_event(1)
-                )
-                logits = vae.factor_dist(name, values).logits
-                values[name] = pyro.deterministic(name, gumbel_max(logits, noise), event_dim=0)
+                if name in vae.flows:
+                    zero = torch.zeros((), device=device)
+                    noise = pyro.sample(f"u_{name}", dist.Normal(zero, 1.0, validate_args=False))
+                    value = vae.flow(name)(noise, vae.parent_codes(name, values))
+                else:
+                    zeros = torch.zeros(vae.widths[vae.names.index(name)], device=device)
+                    noise = pyro.sample(
+                        f"u_{name}", dist.Gumbel(zeros, 1.0, validate_args=False).to_event(1)
+                    )
+                    value = gumbel_max(vae.factor_dist(name, values).logits, noise)
+                values[name] = pyro.deterministic(name, value, event_dim=0)
             zeros = torch.zeros(vae.config.z_dim, device=device)
             u_z = pyro.sample("u_z", dist.Normal(zeros, 1.0, validate_args=False).to_event(1))
             values["z"] = pyro.deterministic("z", u_z, event_dim=1)
             u_x = pyro.sample("u_x", vae.noise_prior(device))
-            labels = torch.stack(torch.broadcast_tensors(*(values[n] for n in vae.names)), -1)
+            labels = vae.stack(values)
             x = vae.x_mechanism(self.pixel_probs(labels, values["z"]), u_x)
             values["x"] = pyro.deterministic("x", x, event_dim=len(vae.x_event))
         return values
