@@ -124,3 +124,27 @@ def test_a_continuous_value_out_of_range_is_refused(run: CausalModel) -> None:
     images, factors, _ = sliding(2, seed=3)
     with pytest.raises(CausalSpritesError, match="out of its range"):
         run.counterfactual(images, factors, do={"left": 99.0})
+
+
+def test_intervening_on_a_continuous_parent_moves_the_child_as_its_flow_says(
+    run: CausalModel,
+) -> None:
+    result = run.intervene_query({"left": 25.0}, num_samples=4, seed=0)
+    assert result.images.shape == (4, 32, 48, 3)
+    np.testing.assert_allclose(result.classes[:, 1], 25.0)
+    summary = result.continuous["side"]
+    assert summary["draws"] == 20_000 and summary["q05"] <= summary["q50"] <= summary["q95"]
+    flow = run.model.flow("side")
+    with torch.no_grad():  # the flow's own median at left = 25: its noise's median is 0
+        median = flow(torch.zeros(1), torch.full((1, 1), 21.0 / 26.0))
+    assert abs(summary["q50"] - float(median)) < 0.1 * summary["sd"] + 0.05
+    np.testing.assert_allclose(result.marginals["hue"].sum(), 1.0)
+
+
+def test_conditioning_on_a_continuous_range_keeps_only_rows_inside_it(run: CausalModel) -> None:
+    result = run.condition_query({"side": (8.0, 10.0)}, num_samples=3, seed=0)
+    assert ((result.classes[:, 2] >= 8.0) & (result.classes[:, 2] <= 10.0)).all()
+    summary = result.continuous["side"]
+    assert 8.0 <= summary["q05"] and summary["q95"] <= 10.0
+    with pytest.raises(CausalSpritesError, match="is too rare"):
+        run.condition_query({"side": (15.999, 16.0), "left": (4.0, 4.01)}, num_samples=1)

@@ -171,14 +171,28 @@ def query_samples_figure(
     marginals: dict[str, np.ndarray],
     title: str,
     schema: Schema,
+    continuous: dict[str, dict[str, float]] | None = None,
 ) -> Figure:
-    """Bars of the exact per-factor marginals {factor: (K,)} (ticked with class names where a
-    factor has a few named ones) next to a grid of the sampled images (N, H, W) or (N, H, W, 3)
-    with their factors (N, K): a conditioning or intervention query."""
+    """Bars of the per-factor marginals {factor: (K,)} (ticked with class names where a factor
+    has a few named ones) and a continuous factor's quantiles (5-95 % line, 25-75 % box, median)
+    next to a grid of the sampled images (N, H, W) or (N, H, W, 3) with their factors (N, K): a
+    conditioning or intervention query."""
     fig = Figure(figsize=(11, 6), layout="constrained")
     fig.suptitle(title, fontsize=10)
     left, right = fig.subfigures(1, 2, width_ratios=(1, 1.6), squeeze=False)[0]
-    for ax, (name, probs) in zip(left.subplots(len(marginals), 1), marginals.items(), strict=True):
+    continuous = continuous or {}
+    axes = left.subplots(len(marginals) + len(continuous), 1, squeeze=False)[:, 0]
+    for ax, (name, summary) in zip(axes[len(marginals) :], continuous.items(), strict=True):
+        factor = schema.factor(name)
+        ax.hlines(0, summary["q05"], summary["q95"], color="tab:blue")
+        ax.barh(0, summary["q75"] - summary["q25"], left=summary["q25"], height=0.5, alpha=0.6)
+        ax.vlines(summary["q50"], -0.3, 0.3, color="black")
+        ax.set_xlim(factor.low, factor.high)
+        ax.set_yticks([])
+        ax.set_ylabel(name, fontsize=8)
+        ax.set_xlabel(factor.unit, fontsize=6)
+        ax.tick_params(labelsize=6)
+    for ax, (name, probs) in zip(axes, marginals.items(), strict=False):
         probs = np.asarray(probs)
         ax.bar(np.arange(len(probs)), probs, color="tab:blue", width=0.8)
         ax.set_ylim(0, max(1e-9, float(probs.max())) * 1.1)

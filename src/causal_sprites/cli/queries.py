@@ -29,6 +29,7 @@ from causal_sprites.data.schema import Schema
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.runs import atomic_path
 from causal_sprites.scm.batch import Question, answer
+from causal_sprites.scm.factor_sampling import evidence_text, parse_evidence
 from causal_sprites.scm.queries import load_run
 from causal_sprites.viz import (
     counterfactual_distribution_figure,
@@ -100,9 +101,9 @@ def condition(
 ) -> None:
     """Images given factor values: the exact posterior over the other factors, then images."""
     model = load_run(run)
-    evidence = model.schema.classes(model.schema.parse_assignments(given or []))
+    evidence = parse_evidence(model.schema, given or [])
     result = model.condition_query(evidence, samples, seed)
-    title = f"p(x | {assignment_text(evidence, model.schema)})" if evidence else "p(x)"
+    title = f"p(x | {evidence_text(evidence, model.schema)})" if evidence else "p(x)"
     _show_samples(model, result, title, out, {"given": evidence}, "posterior", json_out)
 
 
@@ -118,7 +119,7 @@ def intervene(
     """Images under do(factor=value): intervened factors cut from their parents, the rest
     sampled through the model."""
     model = load_run(run)
-    actions = model.schema.classes(model.schema.parse_assignments(do))
+    actions = model.schema.parse_assignments(do)
     result = model.intervene_query(actions, samples, seed)
     title = f"p(x | do({assignment_text(actions, model.schema)}))"
     _show_samples(model, result, title, out, {"do": actions}, "marginals", json_out)
@@ -137,7 +138,12 @@ def _show_samples(
     (the query, the marginals under `name`, the sampled classes, timing, output path)."""
     shown = slice(0, FIGURE_IMAGES)
     figure = query_samples_figure(
-        result.images[shown], result.classes[shown], result.marginals, title, model.schema
+        result.images[shown],
+        result.classes[shown],
+        result.marginals,
+        title,
+        model.schema,
+        result.continuous,
     )
     write_png(figure, out)
     if not json_out:
@@ -146,6 +152,7 @@ def _show_samples(
     record = {
         **query,
         name: _marginals_json(result.marginals),
+        **({"continuous": result.continuous} if result.continuous else {}),
         "samples": [model.schema.format(c) for c in result.classes],
         "seconds": result.seconds,
         "out": str(out),
@@ -159,10 +166,10 @@ class _Query:
 
     index: int | None
     image: Path | None
-    do: dict[str, int]
+    do: dict[str, int | float]
 
 
-def read_queries(path: Path, default_do: dict[str, int], schema: Schema) -> list[_Query]:
+def read_queries(path: Path, default_do: dict[str, int | float], schema: Schema) -> list[_Query]:
     """Parse a JSON-lines query file: {"index": I} or {"image": PNG} (relative to the file), with
     an optional "do" object (else the command line's --do); errors name the line."""
     queries = []
@@ -193,7 +200,7 @@ def read_queries(path: Path, default_do: dict[str, int], schema: Schema) -> list
         if not do:
             raise CausalSpritesError(f'{where}: no do(); give "do" or --do')
         try:
-            actions = schema.classes(do)
+            actions = {name: schema.parse_value(name, value) for name, value in do.items()}
         except CausalSpritesError as error:
             raise CausalSpritesError(f"{where}: {error}") from None
         queries.append(_Query(index, None if image is None else path.parent / image, actions))
@@ -243,7 +250,7 @@ def counterfactual(
     if sum(source is not None for source in (index, image, queries)) != 1:
         raise typer.BadParameter("give exactly one", param_hint="--index, --image or --queries")
     model = load_run(run)
-    actions = model.schema.classes(model.schema.parse_assignments(do or []))
+    actions = model.schema.parse_assignments(do or [])
     if queries is not None:
         if not queries.is_file():
             raise CausalSpritesError(f"query file {queries} does not exist")
@@ -332,6 +339,14 @@ def counterfactual(
             typer.echo(path)
 
 
+def _spread(schema: Schema, spread: np.ndarray) -> dict[str, dict[str, float]]:
+    """`spread`: each continuous factor's posterior standard deviation in its unit (none
+    where every factor is categorical)."""
+    if not schema.continuous:
+        return {}
+    return {"spread": {n: float(spread[schema.index(n)]) for n in schema.continuous}}
+
+
 @app.command("infer")
 def infer(
     run: RunArgument,
@@ -379,6 +394,7 @@ def infer(
                 for c, p in zip(posterior.classes[b], posterior.probabilities[b], strict=True)
                 if p > 0
             ],
+            **_spread(model.schema, posterior.spread[b]),
             "log_likelihood": float(posterior.log_likelihood[b]),
             "out_of_distribution": bool(flagged[b]),
             "num_scored": int(posterior.num_scored[b]),
@@ -405,6 +421,8 @@ def infer(
         for candidate in record["candidates"]:
             text = assignment_text(candidate["factors"], model.schema)
             typer.echo(f"  {candidate['probability']:7.4f}  {text}")
+        for name, spread in record.get("spread", {}).items():
+            typer.echo(f"  {name}: +- {spread:.3g} {model.schema.factor(name).unit}".rstrip())
     if len(records) > 20:
         typer.echo(f"... and {len(records) - 20} more")
     if usual is None:

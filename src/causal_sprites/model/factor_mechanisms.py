@@ -30,6 +30,7 @@ class FactorMechanisms(nn.Module):
 
     schema: Schema
     names: tuple[str, ...]
+    order: list[str]
     parents: dict[str, tuple[str, ...]]
 
     def build_mechanisms(self, learned: Sequence[str]) -> None:
@@ -154,6 +155,22 @@ class FactorMechanisms(nn.Module):
         if self.schema.continuous:
             columns = tuple(c.float() for c in columns)
         return torch.stack(columns, dim=-1)
+
+    def sample_factors(self, num: int, do: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Factor rows (num, K) drawn through the mechanisms with fresh noise (torch's RNG),
+        the factors in `do` set to their (num,) or scalar values: the factor-level SCM alone."""
+        device, values = self.device(), {}
+        for name in self.order:
+            if do is not None and name in do:
+                values[name] = do[name].to(device).expand(num)
+            elif name in self.flows:
+                codes = self.parent_codes(name, values) if self.parents[name] else None
+                codes = torch.zeros(num, 0, device=device) if codes is None else codes
+                values[name] = self.flow(name)(torch.randn(num, device=device), codes)
+            else:
+                logits = cast(dist.Categorical, self.factor_dist(name, values)).logits
+                values[name] = dist.Categorical(logits=logits.expand(num, -1)).sample()
+        return self.stack(values)
 
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -22,11 +22,11 @@ class Question:
     """A counterfactual question: an image ((64, 64) 0/1 on dSprites; (H, W) or (H, W, C) as the
     run's data holds them), its factor classes (K,) or None (then
     read off the pixels by the posterior: `posterior`, the image's own, when already read), and
-    the interventions {factor: class}."""
+    the interventions {factor: class, or a continuous factor's value}."""
 
     image: np.ndarray
     labels: np.ndarray | None
-    do: dict[str, int]
+    do: dict[str, int | float]
     posterior: FactorPosterior | None = None
 
 

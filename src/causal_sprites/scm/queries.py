@@ -30,9 +30,9 @@ from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.progress import progress_bar
 from causal_sprites.runs import load_model, read_likelihood_range, resolve_run
 from causal_sprites.runtime import choose_device
-from causal_sprites.scm import distribution
+from causal_sprites.scm import distribution, sampling
 from causal_sprites.scm.abduction import REFINE_STEPS, abduct_noise
-from causal_sprites.scm.graph import FactorGraph, marginals, restrict, sample_grid
+from causal_sprites.scm.graph import FactorGraph, marginals, restrict
 from causal_sprites.scm.inputs import (
     Interventions,
     Method,
@@ -49,7 +49,6 @@ from causal_sprites.scm.inputs import (
 from causal_sprites.scm.results import (
     Abduction,
     CounterfactualResult,
-    SampleResult,
 )
 from causal_sprites.scm.structural import CHUNK, StructuralModel, world_slice
 
@@ -215,26 +214,10 @@ class CausalModel:
         names = self.schema.names
         return marginals(restrict(self.factor_graph.log_joint(), given, names), names)
 
-    @torch.no_grad()
-    def condition_query(
-        self,
-        evidence: Mapping[str, Value] | None = None,
-        num_samples: int = 16,
-        seed: int | None = None,
-    ) -> SampleResult:
-        """Samples of p(x | evidence): factors from the exact posterior, then the image
-        mechanism with fresh style and pixel noise (pyro.condition on the factor sites)."""
-        start = time.perf_counter()
-        check_count(num_samples)
-        given, names = self.schema.classes(evidence or {}), self.schema.names
-        log_joint = restrict(self.factor_graph.log_joint(), given, names)
-        with seeded(seed):
-            classes = sample_grid(log_joint, num_samples).to(self.device)
-            data = {name: classes[:, i] for i, name in enumerate(names)}
-            values = poutine.condition(self.scm, data=data)(num_samples)
-        images = self.user_images(values["x"][0]).numpy()
-        elapsed = time.perf_counter() - start
-        return SampleResult(images, classes.cpu().numpy(), marginals(log_joint, names), elapsed)
+    #: Samples of p(x | evidence) and of p(x | do(...)) with their factors' answers:
+    #: `scm/sampling.py`'s functions, as methods.
+    condition_query = sampling.condition_query
+    intervene_query = sampling.intervene_query
 
     def condition(
         self,
@@ -244,24 +227,6 @@ class CausalModel:
     ) -> np.ndarray:
         """Images (N, 64, 64) uint8 sampled given factor values, e.g. {"scale": 5}."""
         return self.condition_query(evidence, num_samples, seed).images
-
-    @torch.no_grad()
-    def intervene_query(
-        self, do: Mapping[str, Value], num_samples: int = 16, seed: int | None = None
-    ) -> SampleResult:
-        """Samples of p(x | do(...)): the SCM under ChiRho's `do`, intervened factors cut from
-        their parents, descendants resampled; marginals by enumerating the mutilated network."""
-        start = time.perf_counter()
-        check_count(num_samples)
-        actions, names = self.schema.classes(do), self.schema.names
-        log_joint = restrict(self.factor_graph.log_joint(actions), {}, names)
-        tensors = {name: torch.tensor(v, device=self.device) for name, v in actions.items()}
-        with seeded(seed):
-            values = chirho_do(self.scm, actions=tensors)(num_samples)
-        classes = torch.stack([values[name].expand(1, num_samples)[0] for name in names], -1).cpu()
-        images = self.user_images(values["x"][0]).numpy()
-        elapsed = time.perf_counter() - start
-        return SampleResult(images, classes.numpy(), marginals(log_joint, names), elapsed)
 
     def intervene(
         self, do: Mapping[str, Value], num_samples: int = 16, seed: int | None = None

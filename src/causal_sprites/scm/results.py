@@ -3,7 +3,7 @@ images, and counterfactual distributions."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch import Tensor
@@ -25,13 +25,16 @@ class Abduction:
 
 @dataclass(frozen=True)
 class SampleResult:
-    """Images (N, 64, 64) uint8 with their classes (N, 5), the exact per-factor marginals
-    {factor: (K,)} they are drawn from, and the seconds the query took."""
+    """Images (N, H, W[, C]) uint8 with their factors (N, K), the per-factor marginals
+    {factor: (K,)} they are drawn from (exact where every factor is categorical, else the
+    frequencies of `continuous`' draws), the seconds the query took, and each continuous
+    factor's summary {factor: {mean, sd, q05, ..., q95, draws}} (`scm/factor_sampling.py`)."""
 
     images: np.ndarray
     classes: np.ndarray
     marginals: dict[str, np.ndarray]
     seconds: float
+    continuous: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
