@@ -55,9 +55,12 @@ def read_off(model: CausalModel, data: DSprites, num_images: int, seed: int) -> 
     flagged = model.out_of_distribution(posterior)
     return {
         "num_images": len(rows),
-        "argmax": {**readout_accuracy(argmax, truth, images), "seconds": argmax_seconds},
+        "argmax": {
+            **readout_accuracy(argmax, truth, images, model.schema),
+            "seconds": argmax_seconds,
+        },
         "posterior": {
-            **readout_accuracy(posterior.mode, truth, images),
+            **readout_accuracy(posterior.mode, truth, images, model.schema),
             "seconds": seconds,
             "images_per_s": len(rows) / seconds,
             "tuples_scored_per_image": float(posterior.num_scored.mean()),

@@ -548,7 +548,7 @@ def score_dsprites(args: argparse.Namespace) -> dict[str, Any]:
         "psnr": float(per_image_psnr(recon * 255, images * 255).mean()),
     }
     read = readout(model, images, classes)
-    equivalent = readout_accuracy(read.pop("mode"), classes, images)
+    equivalent = readout_accuracy(read.pop("mode"), classes, images, model.schema)
     # A square turned a quarter draws the same sprite: orientation's class is not in the pixels.
     read["image_equivalent"] = equivalent["image_equivalent"]
     read["all_image_equivalent"] = equivalent["all_image_equivalent"]

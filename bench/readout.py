@@ -61,7 +61,9 @@ def searches(model: CausalModel, data: DSprites, num_images: int) -> dict[str, A
             "seconds_per_image": seconds[name] / len(rows),
             "mean_scored": float(scored.mean()),
             "num_stopped_on_budget": int((~complete).sum()),
-            "image_equivalent": readout_accuracy(modes, truth, images)["image_equivalent"],
+            "image_equivalent": readout_accuracy(modes, truth, images, model.schema)[
+                "image_equivalent"
+            ],
             "modes": modes,
         }
     same = out["unbounded"].pop("modes") == out["bounded"].pop("modes")

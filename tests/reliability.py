@@ -8,22 +8,31 @@ import json
 import pickle
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 from typer.testing import CliRunner
 
 from causal_sprites.cli import app
+from causal_sprites.config import PRESETS
+from causal_sprites.data import pendulum
+from causal_sprites.data.dataset import write_dataset
+from causal_sprites.data.load import load_data
+from causal_sprites.data.schema import Factor, Schema, categorical
+from causal_sprites.train import fit
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
 Maker = Callable[[Path, Path, Path], str]
+#: Paths a case's args may name besides {tmp} and {bad}: what `make_fixtures` wrote.
+Fixtures = dict[str, Path]
 
 
 @dataclass(frozen=True)
 class Case:
-    """A bad input: `args` may hold {tmp}, {data}, {run} and {bad} (what `make` wrote)."""
+    """A bad input: `args` may hold {tmp}, {bad} (what `make` wrote) and `Fixtures` names."""
 
     area: str
     what: str
@@ -39,7 +48,7 @@ def _write(name: str, content: bytes) -> Maker:
     return make
 
 
-def _npz(name: str, change: Callable[[dict[str, np.ndarray]], None]) -> Maker:
+def _npz(name: str, change: Callable[[dict[str, np.ndarray]], object]) -> Maker:
     def make(tmp: Path, data: Path, run: Path) -> str:
         with np.load(data, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -68,7 +77,7 @@ def _pickled(arrays: dict[str, np.ndarray]) -> None:
     arrays["imgs"] = evil
 
 
-def _run_copy(change: Callable[[Path], None]) -> Maker:
+def _run_copy(change: Callable[[Path], object]) -> Maker:
     def make(tmp: Path, data: Path, run: Path) -> str:
         copy = tmp / "copy"
         copy.mkdir()
@@ -160,20 +169,24 @@ def _h5(**arrays: np.ndarray) -> Maker:
 
 def _arrays(name: str, **arrays: np.ndarray) -> Maker:
     def make(tmp: Path, data: Path, run: Path) -> str:
-        np.savez(tmp / name, **arrays)
+        np.savez(tmp / name, allow_pickle=False, **arrays)
         return str(tmp / name)
 
     return make
 
 
-BAD_CLASS_DATASET = _arrays(
-    "dataset.npz",
-    images=np.zeros((2, 28, 28), np.uint8),
-    factors=np.array([[0.0], [2.0]]),
-    schema=np.array(
-        '{"factors": [{"name": "size", "classes": ["4", "8"]}], "image_shape": [28, 28, 1]}'
-    ),
-)
+def _one_factor_set(name: str, side: int, classes: list[float]) -> Maker:
+    """A dataset file of side x side grey images, one per class index, of one factor 'size'."""
+    schema = {"factors": [{"name": "size", "classes": ["4", "8"]}], "image_shape": [side, side, 1]}
+    images = np.zeros((len(classes), side, side), np.uint8)
+    return _arrays(
+        name, images=images, factors=np.array(classes)[:, None], schema=np.array(json.dumps(schema))
+    )
+
+
+def _pendulum(tmp: Path, data: Path, run: Path) -> str:
+    """A dataset file of 40 images of the pendulum."""
+    return str(pendulum.write(tmp / "pendulum.npz", 40, progress=False)[0])
 
 
 SHOW = ("data", "show", "--data", "{data}", "--out", "{tmp}/grid.png")
@@ -186,6 +199,8 @@ DECLARED = (*IMPORT, "--factors", "{tmp}/factors.yaml")
 #: Two 8x8 squares far apart: each is a sprite, together no dSprites image.
 TWO_SPRITES = np.zeros((64, 64))
 TWO_SPRITES[8:16, 8:16] = TWO_SPRITES[44:52, 40:48] = 1
+SQUARES = ("{squares_run}", "--out", "{tmp}/q.png")
+PENDULUM = ("data", "generate", "--dataset", "pendulum", "--out", "{tmp}/pendulum.npz")
 BAD_TABLE = "edges: [[shape, scale]]\nmechanisms:\n  scale:\n    parents: [shape]\n    table: "
 
 CASES: list[Case] = [
@@ -194,43 +209,14 @@ CASES: list[Case] = [
     Case("data file", "text named .npz", ("data", "verify", "{bad}"), _write("t.npz", b"hello")),
     Case("data file", "truncated npz", ("data", "verify", "{bad}"), _cut),
     Case("data file", "truncated hdf5", ("data", "verify", "{bad}"), _cut_hdf5),
-    Case(
-        "data file",
-        "a key missing",
-        ("data", "verify", "{bad}"),
-        _npz("keys.npz", lambda a: a.pop("latents_values")),
-    ),
-    Case(
-        "data file",
-        "images of the wrong shape",
-        ("data", "verify", "{bad}"),
-        _npz("shape.npz", lambda a: a.update(imgs=a["imgs"][:, :32, :32])),
-    ),
-    Case(
-        "data file",
-        "images of the wrong dtype",
-        ("data", "verify", "{bad}"),
-        _npz("dtype.npz", lambda a: a.update(imgs=a["imgs"].astype(np.float32))),
-    ),
-    Case(
-        "data file",
-        "non-binary pixels",
-        ("data", "verify", "{bad}"),
-        _npz("gray.npz", lambda a: a.update(imgs=a["imgs"] * 2)),
-    ),
+    Case("data file", "a key missing", ("data", "verify", "{bad}"), _npz("keys.npz", lambda a: a.pop("latents_values"))),
+    Case("data file", "images of the wrong shape", ("data", "verify", "{bad}"), _npz("shape.npz", lambda a: a.update(imgs=a["imgs"][:, :32, :32]))),
+    Case("data file", "images of the wrong dtype", ("data", "verify", "{bad}"), _npz("dtype.npz", lambda a: a.update(imgs=a["imgs"].astype(np.float32)))),
+    Case("data file", "non-binary pixels", ("data", "verify", "{bad}"), _npz("gray.npz", lambda a: a.update(imgs=a["imgs"] * 2))),
     Case("data file", "pickled arrays", ("data", "verify", "{bad}"), _npz("pickle.npz", _pickled)),
     Case("data file", "a subset is not the full official file", ("data", "verify", "{data}")),
-    Case(
-        "data file",
-        "checksum mismatch",
-        ("data", "verify", "{data}", "--sha256", "0" * 64),
-    ),
-    Case(
-        "data file",
-        "classes out of range",
-        ("data", "show", "--data", "{bad}", "--out", "{tmp}/grid.png"),
-        _npz("range.npz", lambda a: a["latents_classes"].__setitem__((0, 1), 7)),
-    ),
+    Case("data file", "checksum mismatch", ("data", "verify", "{data}", "--sha256", "0" * 64)),
+    Case("data file", "classes out of range", ("data", "show", "--data", "{bad}", "--out", "{tmp}/grid.png"), _npz("range.npz", lambda a: a["latents_classes"].__setitem__((0, 1), 7))),
     Case("data file", "no file for --data", ("data", "show", "--data", "{tmp}/no.npz", "--out", "{tmp}/g.png")),
     Case("data download", "no network", ("data", "download", "--out", "{tmp}", "--url", "http://127.0.0.1:9/x.npz")),
     Case("factor values", "unknown shape name", (*SHOW, "--given", "shape=circle")),
@@ -312,23 +298,46 @@ CASES: list[Case] = [
     Case("import", ".npz of an unknown layout", IMPORT, _arrays("other.npz", pixels=np.zeros(3))),
     Case("import", "--out not an .npz", ("data", "import", "{data}", "--out", "{tmp}/out.zip")),
     Case("dataset file", "info on a file that is no dataset", ("data", "info", "{data}")),
-    Case("dataset file", "a class out of range", ("data", "info", "{bad}"), BAD_CLASS_DATASET),
+    Case("dataset file", "a class out of range", ("data", "info", "{bad}"), _one_factor_set("dataset.npz", 28, [0.0, 2.0])),
+    Case("factor values", "do() a class the data lacks", ("counterfactual", "{squares_run}", "--index", "0", "--do", "hue=purple", "--out", "{tmp}/cf.png")),
+    Case("factor values", "do() a class index out of range", ("intervene", "{squares_run}", "--do", "hue=3", "--out", "{tmp}/i.png")),
+    Case("factor values", "data show given a class the data lacks", ("data", "show", "--data", "{squares}", "--given", "hue=purple", "--out", "{tmp}/grid.png")),
+    Case("uploaded image", "not the run's image size", ("counterfactual", *SQUARES, "--image", "{bad}", "--do", "hue=red"), _png("other.png", np.zeros((40, 40)))),
+    Case("uploaded image", "the run's size turned on its side", ("counterfactual", *SQUARES, "--image", "{bad}", "--do", "hue=red"), _png("turned.png", np.zeros((48, 32)))),
+    Case("uploaded image", "infer: not the run's image size", ("infer", "{squares_run}", "--image", "{bad}"), _png("other.png", np.zeros((40, 40)))),
+    Case("dataset file", "train on images of a side no model is built for", ("train", "--out", "{tmp}/new", "--data", "{bad}", "--steps", "1", "--no-progress"), _one_factor_set("small.npz", 20, [0.0, 1.0])),
+    Case("import", "images of a side no model is built for", IMPORT, _images_csv(SQUARES_CSV.replace("img0", "img2").replace("img1", "img2"), odd=np.zeros((20, 20, 3), np.uint8))),
+    Case("continuous factor", "do() out of range", ("intervene", *SQUARES, "--do", "left=99")),
+    Case("continuous factor", "do() not a number", ("intervene", *SQUARES, "--do", "left=wide")),
+    Case("continuous factor", "do() NaN", ("counterfactual", *SQUARES, "--index", "0", "--do", "left=nan")),
+    Case("continuous factor", "do() infinite", ("intervene", *SQUARES, "--do", "left=-inf")),
+    Case("continuous factor", "edit to a value out of range", ("edit", *SQUARES, "--index", "0", "--set", "side=3.5")),
+    Case("continuous factor", "a fraction for a categorical factor", ("intervene", *SQUARES, "--do", "hue=0.5")),
+    Case("continuous factor", "an empty range", ("condition", *SQUARES, "--given", "side=12..9")),
+    Case("continuous factor", "a range beyond the factor's range", ("condition", *SQUARES, "--given", "side=12..99")),
+    Case("continuous factor", "a range on a categorical factor", ("condition", *SQUARES, "--given", "hue=1..2")),
+    Case("continuous factor", "evidence too rare", ("condition", *SQUARES, "--given", "side=15.99..16", "--given", "left=4..4.01")),
+    Case("continuous factor", "values as evidence (each within 1 % of its range) too rare", ("condition", *SQUARES, "--given", "side=16", "--given", "left=4")),
+    Case("continuous factor", "a query file's do() out of range", ("counterfactual", *SQUARES, "--queries", "{bad}"), _queries(['{"index": 0, "do": {"left": 99}}'])),
+    Case("continuous factor", "data show given a value out of range", ("data", "show", "--data", "{bad}", "--given", "pendulum_angle=50", "--out", "{tmp}/grid.png"), _pendulum),
+    Case("pendulum", "a size other than 64 or 96", (*PENDULUM, "--size", "50")),
+    Case("pendulum", "negative shadow noise", (*PENDULUM, "--shadow-noise", "-1")),
+    Case("pendulum", "a grid and a number of images", (*PENDULUM, "--grid", "causalvae", "--num-samples", "10")),
+    Case("pendulum", "unknown dataset", ("data", "generate", "--dataset", "nope", "--out", "{tmp}/pendulum.npz")),
+    Case("pendulum", "no --out", ("data", "generate", "--dataset", "pendulum")),
+    Case("pendulum", "a pendulum option for dSprites", ("data", "generate", "--size", "96")),
 ]  # fmt: skip
 
 runner = CliRunner()
 
 
-def make_fixtures(scratch: Path) -> tuple[Path, Path]:
-    """A tiny official-format data file (600 rows) and a run trained 2 steps on it."""
-    from dataclasses import replace
-
-    import torch
-
-    from causal_sprites.config import PRESETS
+def make_fixtures(scratch: Path) -> Fixtures:
+    """What the cases name: {data}, a tiny official-format data file (600 rows); {squares}, 36
+    colour squares (32x48) of a categorical hue and a continuous left and side (pixels), side
+    following left; {run} and {squares_run}, runs trained 2 steps on them (left -> side)."""
     from causal_sprites.data.dsprites import DSprites
     from causal_sprites.data.factors import NUM_IMAGES, classes_to_values, index_to_classes
     from causal_sprites.data.render import render
-    from causal_sprites.train import fit
 
     classes = index_to_classes(np.sort(np.random.default_rng(1).choice(NUM_IMAGES, 600, False)))
     data = scratch / "tiny.npz"
@@ -342,7 +351,28 @@ def make_fixtures(scratch: Path) -> tuple[Path, Path]:
     config = replace(tiny, data=str(data), train=replace(tiny.train, max_steps=2))
     run = scratch / "run"
     fit(run, config, DSprites.load(data), torch.device("cpu"), progress=False)
-    return data, run
+    left = np.random.default_rng(0).uniform(4.0, 30.0, 36)
+    rows = np.stack([np.arange(36) % 3, left, np.clip(5.0 + 0.3 * (left - 4.0), 4.0, 16.0)], 1)
+    images = np.full((36, 32, 48, 3), 120, np.uint8)
+    for image, (hue, start, side) in zip(images, rows.astype(int), strict=True):
+        image[8 : 8 + side, start : start + side] = np.eye(3, dtype=np.uint8)[hue] * 200
+    factors = (
+        categorical("hue", ["red", "green", "blue"]),
+        Factor("left", "continuous", low=4.0, high=30.0, unit="px"),
+        Factor("side", "continuous", low=4.0, high=16.0, unit="px"),
+    )
+    schema = Schema("squares", factors, (32, 48, 3))
+    squares = write_dataset(scratch / "squares.npz", images, rows, schema)
+    preset = PRESETS["images"]
+    config = replace(
+        preset,
+        data=str(squares),
+        graph=(("left", "side"),),
+        model=replace(preset.model, conv_channels=8, encoder_hidden=32),
+        train=replace(preset.train, max_steps=2, bf16=False, batch_size=16, num_eval_images=16),
+    )
+    fit(scratch / "squares_run", config, load_data(squares), torch.device("cpu"), progress=False)
+    return dict(data=data, run=run, squares=squares, squares_run=scratch / "squares_run")
 
 
 @dataclass(frozen=True)
@@ -354,18 +384,19 @@ class Outcome:
     created: list[str]
 
 
-def run_case(case: Case, tmp: Path, data: Path, run: Path) -> Outcome:
+def run_case(case: Case, tmp: Path, fixtures: Fixtures) -> Outcome:
     """Make the case's bad input in `tmp`, run the CLI; the message has paths replaced."""
-    bad = case.make(tmp, data, run) if case.make else ""
-    fields = {"tmp": str(tmp), "data": str(data), "run": str(run), "bad": bad}
-    before = set(tmp.rglob("*")) | set(run.rglob("*"))
+    bad = case.make(tmp, fixtures["data"], fixtures["run"]) if case.make else ""
+    fields = {"tmp": str(tmp), "bad": bad} | {name: str(path) for name, path in fixtures.items()}
+    watched = [tmp, *(path for path in fixtures.values() if path.is_dir())]
+    before = {path for root in watched for path in root.rglob("*")}
     result = runner.invoke(app, [arg.format(**fields) for arg in case.args])
-    after = set(tmp.rglob("*")) | set(run.rglob("*"))
+    after = {path for root in watched for path in root.rglob("*")}
     created = sorted(str(p) for p in after - before if p.is_file())
     message = result.stderr.strip()
-    for name in ("bad", "tmp", "data", "run"):
-        if fields[name]:
-            message = message.replace(fields[name], "{" + name + "}")
+    for name, path in sorted(fields.items(), key=lambda field: -len(field[1])):
+        if path:  # longest first: {bad} lies inside {tmp}
+            message = message.replace(path, "{" + name + "}")
     return Outcome(result.exit_code, message, created)
 
 
@@ -398,12 +429,12 @@ def main() -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:
-        data, run = make_fixtures(Path(scratch))
+        fixtures = make_fixtures(Path(scratch))
         outcomes = []
         for number, case in enumerate(CASES, 1):
             tmp = Path(scratch) / f"case{number}"
             tmp.mkdir()
-            outcomes.append((case, run_case(case, tmp, data, run)))
+            outcomes.append((case, run_case(case, tmp, fixtures)))
     write_doc(table_rows(outcomes))
     print(f"wrote {len(outcomes)} cases to {DOC}", file=sys.stderr)
 

@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.data.factors import FACTORS
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.scm.queries import CausalModel
@@ -38,7 +37,7 @@ def request(**fields: object) -> dict[str, object]:
         "posY": 16,
         "index": 0,
         "upload": None,
-        **{f"do_{name}": "keep" for name in FACTORS},
+        **{f"do_{name}": "keep" for name in DSprites.schema.names},
     }
     row.update(fields)
     return row
@@ -129,7 +128,7 @@ def test_uploads_take_the_classifiers_labels_and_bad_input_gets_a_message(
     inferred = model.infer_labels(sprite)[0]
     table = str(out[0]["table"])
     assert "factual (posterior mode)" in table and "Read off the pixels, p(y | x)" in table
-    for name, value in zip(FACTORS[1:], inferred[1:], strict=True):
+    for name, value in zip(DSprites.schema.names[1:], inferred[1:], strict=True):
         assert f"| {name} | {value} |" in table
     cf = model.counterfactual(sprite, None, {"posX": 3}, seed=SEED)
     assert np.array_equal(out[0]["counterfactual"], cf[0] * 255)

@@ -19,7 +19,6 @@ import pytest
 from PIL import Image
 
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.data.factors import FACTORS
 from causal_sprites.data.render import render
 from causal_sprites.report import SECTIONS, write_report
 from causal_sprites.scm.queries import CausalModel
@@ -119,10 +118,10 @@ def test_counterfactual_upload_and_bad_upload_in_the_page(
         expect(table).to_contain_text("posterior mode")
         inferred = model.infer_labels(sprite)[0]
         rows = table.locator("tbody tr")
-        for i, name in enumerate(FACTORS):
+        for i, name in enumerate(DSprites.schema.names):
             cells = rows.nth(i).locator("td")
             expect(cells.nth(0)).to_have_text(name)
-            expect(cells.nth(1)).to_have_text(value_text(name, int(inferred[i])))
+            expect(cells.nth(1)).to_have_text(value_text(name, int(inferred[i]), DSprites.schema))
         cf = model.counterfactual(sprite, None, {"shape": "heart"}, seed=SEED)
         assert np.array_equal(shown_image(page, "#counterfactual"), cf[0] * 255)
 

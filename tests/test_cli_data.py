@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from cli_run import PNG, run
 
-from causal_sprites.data import dsprites
+from causal_sprites.data import dsprites, pendulum
+from causal_sprites.data.dataset import load_dataset
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.demo import shortfalls
 
@@ -166,3 +167,46 @@ def test_console_script_prints_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr == f"error: no such file: {missing}\n" and result.stdout == ""
+
+
+def test_generate_the_pendulum(tmp_path: Path) -> None:
+    path = tmp_path / "sets" / "pendulum.npz"
+    args = ("data", "generate", "--dataset", "pendulum", "--out", path)
+    out, _ = run(*args, "--num-samples", 7, "--shadow-noise", 0.2, "--size", 96, "--seed", 4)
+    assert out == f"{path}: 7 images of the pendulum (96x96, shadow noise 0.2 world units)\n"
+    summary = json.loads(run("data", "info", path, "--json")[0])
+    assert summary["num_images"] == 7 and summary["image_shape"] == [96, 96, 3]
+    schema = summary["schema"]
+    assert [f["name"] for f in schema["factors"]] == list(pendulum.FACTOR_NAMES)
+    assert schema["graph"] == [list(edge) for edge in pendulum.EDGES]
+    assert schema["shadow_noise"] == 0.2 and schema["factors"][2]["low"] == pytest.approx(2.2)
+    data = load_dataset(path)
+    same = pendulum.generate(num_samples=7, size=96, shadow_noise=0.2, seed=4)
+    assert np.array_equal(data.images(slice(None)), same.images(slice(None)))
+    assert np.array_equal(data.extra["noise_shadow_position"], same.extra["noise_shadow_position"])
+    assert "factor pendulum_angle: continuous, -36..38.7 degrees" in run("data", "info", path)[0]
+    bad = tmp_path / "bad.npz"
+    for flags, message in [
+        (("--size", 32), "64 or 96 pixels a side, not 32"),
+        (("--shadow-noise", -1), "shadow noise -1 is outside 0..0.75"),
+        (("--num-samples", 0), "at least 1, got 0"),
+        (("--grid", "causalvae", "--num-samples", 5), "drop --num-samples"),
+        (("--grid", "mnist"), "unknown grid 'mnist'"),
+    ]:
+        err = run("data", "generate", "--dataset", "pendulum", "--out", bad, *flags, code=1)[1]
+        assert message in err
+    assert "needs --out" in run("data", "generate", "--dataset", "pendulum", code=1)[1]
+    assert "unknown dataset 'mnist'" in run("data", "generate", "--dataset", "mnist", code=1)[1]
+    err = run("data", "generate", "--size", 96, "--out", tmp_path, code=1)[1]
+    assert "--size is for --dataset pendulum" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sets"]
+
+
+@pytest.mark.slow
+def test_generate_the_causalvae_grid(tmp_path: Path) -> None:
+    path = tmp_path / "grid.npz"
+    run("data", "generate", "--dataset", "pendulum", "--grid", "causalvae", "--out", path)
+    summary = json.loads(run("data", "info", path, "--json")[0])
+    assert summary["num_images"] == 7308
+    assert summary["ranges"]["light_angle"] == pytest.approx([54.0, 132.3])
+    assert summary["ranges"]["shadow_length"][0] == 3.0

@@ -145,6 +145,6 @@ def test_conditioning_on_a_continuous_range_keeps_only_rows_inside_it(run: Causa
     result = run.condition_query({"side": (8.0, 10.0)}, num_samples=3, seed=0)
     assert ((result.classes[:, 2] >= 8.0) & (result.classes[:, 2] <= 10.0)).all()
     summary = result.continuous["side"]
-    assert 8.0 <= summary["q05"] and summary["q95"] <= 10.0
+    assert summary["q05"] >= 8.0 and summary["q95"] <= 10.0
     with pytest.raises(CausalSpritesError, match="is too rare"):
         run.condition_query({"side": (15.999, 16.0), "left": (4.0, 4.01)}, num_samples=1)

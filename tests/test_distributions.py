@@ -63,6 +63,7 @@ class Rendered:
 
     def __init__(self, model: CausalModel) -> None:
         self.model = model
+        self.schema = model.schema
         self.seen: dict[bytes, np.ndarray] = {}
 
     def _render(self, result: SampleResult) -> SampleResult:
@@ -251,17 +252,21 @@ def test_empirical_conditional_perfect_useless_duplicated() -> None:
     rng = np.random.default_rng(0)
     labels = np.stack([rng.integers(0, size, 5000) for size in SIZES], -1)
     labels[:, 1] = np.minimum(labels[:, 0] * 2 + rng.integers(0, 2, 5000), 5)  # scale from shape
-    given = empirical_conditional(labels, "scale", {"shape": 1})
+    given = empirical_conditional(labels, "scale", {"shape": 1}, sizes=SCHEMA.size_of)
     np.testing.assert_allclose(given, label_distribution(labels[labels[:, 0] == 1, 1], 6))
     assert set(np.flatnonzero(given)) == {2, 3}
     np.testing.assert_allclose(
-        empirical_conditional(np.tile(labels, (2, 1)), "scale"),
-        empirical_conditional(labels, "scale"),
+        empirical_conditional(np.tile(labels, (2, 1)), "scale", sizes=SCHEMA.size_of),
+        empirical_conditional(labels, "scale", sizes=SCHEMA.size_of),
     )
     with_color = np.concatenate([np.zeros((5000, 1), np.int64), labels], 1)
-    np.testing.assert_allclose(empirical_conditional(with_color, "scale", {"shape": 1}), given)
+    np.testing.assert_allclose(
+        empirical_conditional(with_color, "scale", {"shape": 1}, sizes=SCHEMA.size_of), given
+    )
     with pytest.raises(CausalSpritesError, match="no rows"):
-        empirical_conditional(labels[labels[:, 0] != 2], "scale", {"shape": 2})
+        empirical_conditional(
+            labels[labels[:, 0] != 2], "scale", {"shape": 2}, sizes=SCHEMA.size_of
+        )
 
 
 def test_sampling_floor_shrinks_as_one_over_root_n() -> None:

@@ -24,6 +24,8 @@ from causal_sprites.errors import CausalSpritesError
 from causal_sprites.scm.graph import FactorGraph, parents_from_edges
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "variants"
+#: The example specs over dSprites' factors.
+DSPRITES_EXAMPLES = ("chain", "collider", "fork")
 #: Two parents, a table with zero weights and two `shift` mechanisms: every path of the SCM.
 PINNED = parse_spec(
     {
@@ -56,7 +58,7 @@ PINNED_DIGESTS = (
 
 
 def _specs() -> list[VariantSpec]:
-    return [PINNED, *(load_spec(path) for path in sorted(EXAMPLES.glob("*.yaml")))]
+    return [PINNED, *(load_spec(EXAMPLES / f"{name}.yaml") for name in DSPRITES_EXAMPLES)]
 
 
 def _graph(spec: VariantSpec) -> FactorGraph:

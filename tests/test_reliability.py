@@ -4,7 +4,7 @@ exit code and message, and leaves no output or temporary file behind."""
 from pathlib import Path
 
 import pytest
-from reliability import CASES, DOC, make_fixtures, run_case, usage_line
+from reliability import CASES, DOC, Fixtures, make_fixtures, run_case, usage_line
 
 
 def documented_rows() -> list[list[str]]:
@@ -18,7 +18,7 @@ def documented_rows() -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def fixtures(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Fixtures:
     return make_fixtures(tmp_path_factory.mktemp("reliability"))
 
 
@@ -31,11 +31,10 @@ def test_the_table_lists_every_case_and_at_least_forty() -> None:
 
 @pytest.mark.parametrize("number", range(len(CASES)))
 def test_each_bad_input_gives_its_documented_answer(
-    number: int, fixtures: tuple[Path, Path], tmp_path: Path
+    number: int, fixtures: Fixtures, tmp_path: Path
 ) -> None:
-    data, run = fixtures
     case, row = CASES[number], documented_rows()[number]
-    outcome = run_case(case, tmp_path, data, run)
+    outcome = run_case(case, tmp_path, fixtures)
     assert str(outcome.code) == row[4]
     shown = outcome.message if outcome.code == 1 else usage_line(outcome.message)
     assert f"`{shown.replace('|', '/')}` |" == row[5]

@@ -18,7 +18,13 @@ from causal_sprites.data.factors import (
     classes_to_values,
     index_to_classes,
 )
-from causal_sprites.data.render import FILENAME, remove_dead_writers_parts, render, write_npz
+from causal_sprites.data.render import (
+    FILENAME,
+    remove_dead_writers_parts,
+    render,
+    render_values,
+    write_npz,
+)
 from causal_sprites.errors import CausalSpritesError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dsprites_reference.npz"
@@ -41,8 +47,23 @@ def brute_force(classes: np.ndarray) -> np.ndarray:
     """Direct rasterisation on the whole image: every pixel against every edge, exact integers."""
     shape, scale, orientation, kx, ky = (int(c) for c in classes)
     dx, dy = render_module._offsets(shape)
-    x0 = np.rint((16 + 32 * VALUES["posX"][kx] + dx[scale, orientation]) * 256).astype(np.int64)
-    y0 = np.rint((16 + 32 * VALUES["posY"][ky] + dy[scale, orientation]) * 256).astype(np.int64)
+    return brute_force_outline(
+        16 + 32 * VALUES["posX"][kx] + dx[scale, orientation],
+        16 + 32 * VALUES["posY"][ky] + dy[scale, orientation],
+    )
+
+
+def brute_force_values(
+    shape: int, scale: float, orientation: float, pos_x: float, pos_y: float
+) -> np.ndarray:
+    """`brute_force` of a sprite at any values."""
+    dx, dy = render_module._turn(shape, scale, np.cos(orientation), np.sin(orientation))
+    return brute_force_outline(16 + 32 * pos_x + dx, 16 + 32 * pos_y + dy)
+
+
+def brute_force_outline(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The image of an outline (E,) in pixels, each pixel centre tested against every edge."""
+    x0, y0 = (np.rint(c * 256).astype(np.int64) for c in (x, y))
     x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
     py, px = (np.mgrid[0:64, 0:64].reshape(2, -1, 1) * 256) + 128
     cross = (px - x0) * (y1 - y0) - (py - y0) * (x1 - x0)
@@ -160,6 +181,75 @@ def test_centroid_moves_with_position(column: int) -> None:
 def test_bad_input_raises_one_line(classes: np.ndarray, message: str) -> None:
     with pytest.raises(CausalSpritesError, match=re.escape(message)) as error:
         render(classes)
+    assert "\n" not in str(error.value)
+
+
+def test_values_on_the_grid_render_bit_for_bit_as_classes() -> None:
+    classes = random_classes(600, seed=4)
+    shape, scale, orientation, kx, ky = classes.T
+    images = render_values(
+        shape,
+        VALUES["scale"][scale],
+        VALUES["orientation"][orientation],
+        VALUES["posX"][kx],
+        VALUES["posY"][ky],
+    )
+    np.testing.assert_array_equal(images, render(classes))
+    one = render_values(2, 1.0, 0.0, 1.0, 0.0)
+    np.testing.assert_array_equal(one, render(np.array([[2, 5, 0, 31, 0]])))
+
+
+def test_values_off_the_grid_agree_with_brute_force() -> None:
+    rng = np.random.default_rng(5)
+    num = 60
+    shape = rng.integers(0, 3, num)
+    scale = rng.uniform(0.3, 1.0, num)
+    scale[:12] = 1.0  # the largest sprites, at the positions furthest from their tile's centre
+    orientation = rng.uniform(-7.0, 7.0, num)
+    pos = rng.uniform(0, 1, (2, num))
+    pos[:, :12] = np.array([[0.0, 1.0, 0.5 / 32, 31.5 / 32, 15.5 / 32, 16.5 / 32] * 2] * 2)
+    pos[1, :12] = pos[1, :12][::-1]
+    images = render_values(shape, scale, orientation, pos[0], pos[1])
+    for k, image in enumerate(images):
+        values = (int(shape[k]), scale[k], orientation[k], pos[0, k], pos[1, k])
+        np.testing.assert_array_equal(image, brute_force_values(*values), err_msg=str(values))
+
+
+def test_values_move_smoothly_between_the_grids() -> None:
+    coords = np.arange(64) + 0.5
+    pos = np.linspace(0.0, 1.0, 125)  # four steps between neighbouring grid positions
+    images = render_values(2, 0.8, 0.3, pos, 0.4).astype(float)
+    centroid = (images.sum(axis=1) * coords).sum(axis=1) / images.sum(axis=(1, 2))
+    offset = centroid - 32 * pos  # a constant, but for the pixels' steps
+    assert np.abs(offset - offset.mean()).max() < 0.15 and (np.diff(centroid) > 0).all()
+    scale = np.linspace(0.5, 1.0, 26)  # five steps between grid scales
+    area = render_values(1, scale, 1.0, 0.5, 0.5).sum(axis=(1, 2), dtype=np.int64)
+    # The area grows as the scale squared, within a binary image's few pixels (74 at 0.5).
+    assert np.abs(area / scale**2 / area[-1] - 1).max() < 0.05 and (np.diff(area) >= 0).all()
+    turn = np.linspace(VALUES["orientation"][5], VALUES["orientation"][6], 9)
+    frames = render_values(0, 1.0, turn, 0.5, 0.5).astype(bool)
+    iou = (frames[1:] & frames[:-1]).sum(axis=(1, 2)) / (frames[1:] | frames[:-1]).sum(axis=(1, 2))
+    assert iou.min() > 0.9
+    assert (frames[4] != frames[0]).any() and (frames[4] != frames[-1]).any()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ((3, 1.0, 0.0, 0.5, 0.5), "shape class 3 is out of range 0..2"),
+        ((1.0, 1.0, 0.0, 0.5, 0.5), "shape must be a class index"),
+        ((0, 0.0, 0.0, 0.5, 0.5), "scale 0 is not in (0, 1]"),
+        ((0, 1.5, 0.0, 0.5, 0.5), "scale 1.5 is not in (0, 1]"),
+        ((0, 1.0, np.nan, 0.5, 0.5), "orientation nan is not a finite number of radians"),
+        ((0, 1.0, 0.0, -0.1, 0.5), "posX -0.1 is not in [0, 1]"),
+        ((0, 1.0, 0.0, 0.5, np.inf), "posY inf is not in [0, 1]"),
+        ((np.zeros(2, int), 1.0, 0.0, np.zeros(3), 0.5), "do not broadcast"),
+        ((np.zeros((2, 2), int), 1.0, 0.0, 0.5, 0.5), "numbers or (B,) arrays"),
+    ],
+)
+def test_bad_values_raise_one_line(values: tuple, message: str) -> None:
+    with pytest.raises(CausalSpritesError, match=re.escape(message)) as error:
+        render_values(*values)
     assert "\n" not in str(error.value)
 
 

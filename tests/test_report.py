@@ -104,6 +104,8 @@ def test_every_section_is_there_with_its_figures_and_nothing_external(page: str)
         assert uri.startswith("data:image/png;base64,")
         picture = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
         assert picture.format == "PNG" and min(picture.size) > 50
+    summary = "dSprites: 108 images of 64x64 binary pixels; shape (3: square, ellipse, heart); "
+    assert summary + "scale (6); orientation (40); posX (32); posY (32)." in page
     assert page.count("<svg") == 2  # the discovered graphs: from labels, from pixels
     assert not re.search(r'(src|href)="(?!data:|#)', page)
     assert "Not available" not in page
@@ -180,7 +182,8 @@ def test_metric_tables_split_scalars_and_factors() -> None:
             "curve": [0.123456, 1.0],
             "identified_factors": ["posX", "posY"],
             "extra": {"seconds": 3},
-        }
+        },
+        DSprites.schema.names,
     )
     assert scalars.rows == [
         ["effectiveness", "0.75"],
@@ -196,7 +199,7 @@ def test_metric_tables_split_scalars_and_factors() -> None:
         "overall",
     ]
     assert factors.rows == [["iou", "0.25", "", "1", "0.5"], ["accuracy", "1", "0.5", "", ""]]
-    assert metric_tables({"a": 1.5})[1] is None
+    assert metric_tables({"a": 1.5}, DSprites.schema.names)[1] is None
 
 
 def test_graph_svg_draws_arrows_for_directed_edges_only() -> None:
@@ -204,7 +207,10 @@ def test_graph_svg_draws_arrows_for_directed_edges_only() -> None:
         {"from": "shape", "to": "scale", "directed": True},
         {"from": "posX", "to": "posY", "directed": False},
     ]
-    svg = graph_svg(edges, "g")
+    svg = graph_svg(edges, "g", DSprites.schema.names)
     assert svg.count("<line") == 2 and svg.count('marker-end="url(#arrow-g)"') == 1
     assert svg.count("<ellipse") == 5 and "no edges" not in svg
-    assert "no edges" in graph_svg([], "h")
+    assert (
+        "no edges" in graph_svg([], "h", ("a", "b"))
+        and graph_svg([], "h", ("a",)).count("<ellipse") == 1
+    )

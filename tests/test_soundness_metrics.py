@@ -6,7 +6,7 @@ on itself must not move any score."""
 import numpy as np
 import pytest
 
-from causal_sprites.data.factors import FACTORS, SIZES
+from causal_sprites.data.factors import FACTORS, SCHEMA, SIZES
 from causal_sprites.data.render import render
 from causal_sprites.metrics import (
     class_distance,
@@ -61,31 +61,31 @@ def test_ground_truth_fidelity(batch: tuple[np.ndarray, np.ndarray]) -> None:
 def test_effectiveness(batch: tuple[np.ndarray, np.ndarray], factor: str) -> None:
     classes, _ = batch
     intended, mask = _intervene(classes, factor)
-    perfect = effectiveness(intended, intended, mask)
+    perfect = effectiveness(intended, intended, mask, SCHEMA)
     assert perfect == {factor: 1.0, "overall": 1.0}
-    assert effectiveness(classes, intended, mask)[factor] == 0.0  # identity: never effective
-    assert effectiveness(*_twice(intended, intended, mask)) == perfect
+    assert effectiveness(classes, intended, mask, SCHEMA)[factor] == 0.0  # identity: never
+    assert effectiveness(*_twice(intended, intended, mask), SCHEMA) == perfect
     column = FACTORS.index(factor)
     off_by_one = intended.copy()
     values = off_by_one[:, column]
     off_by_one[:, column] = np.where(values + 1 < SIZES[column], values + 1, values - 1)
-    assert effectiveness(off_by_one, intended, mask, tolerance=None)["overall"] == 0.0
+    assert effectiveness(off_by_one, intended, mask, SCHEMA, tolerance=None)["overall"] == 0.0
     expected = 1.0 if factor in ("orientation", "posX", "posY") else 0.0
-    assert effectiveness(off_by_one, intended, mask)["overall"] == expected
+    assert effectiveness(off_by_one, intended, mask, SCHEMA)["overall"] == expected
 
 
 def test_preservation(batch: tuple[np.ndarray, np.ndarray]) -> None:
     classes, _ = batch
     intended, mask = _intervene(classes, "shape")
-    keep = preserved_mask(mask, [("shape", "scale")])
+    keep = preserved_mask(mask, [("shape", "scale")], FACTORS)
     assert not keep[:, :2].any() and keep[:, 2:].all()
-    perfect = preservation(intended, classes, keep)
+    perfect = preservation(intended, classes, keep, SCHEMA)
     assert perfect["overall"] == 1.0 and set(perfect) == {"orientation", "posX", "posY", "overall"}
-    useless = preservation((classes + 7) % np.array(SIZES), classes, keep)
+    useless = preservation((classes + 7) % np.array(SIZES), classes, keep, SCHEMA)
     assert useless["overall"] == 0.0
-    assert preservation(classes, classes, keep)["overall"] == 1.0  # identity preserves all
-    assert preservation(*_twice(intended, classes, keep)) == perfect
-    nothing = preservation(classes, classes, np.zeros_like(keep))
+    assert preservation(classes, classes, keep, SCHEMA)["overall"] == 1.0  # identity: all kept
+    assert preservation(*_twice(intended, classes, keep), SCHEMA) == perfect
+    nothing = preservation(classes, classes, np.zeros_like(keep), SCHEMA)
     assert np.isnan(nothing["overall"]) and set(nothing) == {"overall"}
 
 
@@ -94,7 +94,7 @@ def test_preserved_mask_follows_descendants() -> None:
     intervened[0, 0] = True  # do(shape) in row 0, do(posX) in row 1
     intervened[1, 3] = True
     chain = [("shape", "scale"), ("scale", "posX")]
-    keep = preserved_mask(intervened, chain)
+    keep = preserved_mask(intervened, chain, FACTORS)
     np.testing.assert_array_equal(keep[0], [False, False, True, False, True])
     np.testing.assert_array_equal(keep[1], [True, True, True, False, True])
 
@@ -130,28 +130,28 @@ def test_total_variation() -> None:
     assert total_variation([1, 1], [3, 1]) == pytest.approx(0.25)  # normalised first
 
 
-def test_class_distance_wraps_orientation_and_knows_symmetry() -> None:
-    assert class_distance("orientation", np.array([0]), np.array([39]))[0] == 0  # 0 = 2 pi
-    assert class_distance("orientation", np.array([1]), np.array([38]))[0] == 2
-    assert class_distance("posX", np.array([1]), np.array([31]))[0] == 30
-    square, heart = np.array([0]), np.array([2])
-    # A quarter turn is 9.75 steps: classes 0 and 10 draw (almost) the same square.
-    assert class_distance("orientation", np.array([0]), np.array([10]), square)[0] == 0.25
-    assert class_distance("orientation", np.array([0]), np.array([10]), heart)[0] == 10
-    predicted = np.array([[0, 0, 10, 5, 5]])
-    target = np.array([[0, 0, 0, 6, 7]])
+def test_class_distance_wraps_orientation_and_matches_know_symmetry() -> None:
+    orientation, posx = SCHEMA.factor("orientation"), SCHEMA.factor("posX")
+    assert class_distance(orientation, np.array([0]), np.array([39]))[0] == 0  # 0 = 2 pi
+    assert class_distance(orientation, np.array([1]), np.array([38]))[0] == 2
+    assert class_distance(posx, np.array([1]), np.array([31]))[0] == 30
+    # A quarter turn is 9.75 steps: classes 0 and 10 draw (almost) the same square, not heart.
+    predicted = np.array([[0, 0, 10, 5, 5], [2, 0, 10, 5, 5]])
+    target = np.array([[0, 0, 0, 6, 7], [2, 0, 0, 6, 7]])
     np.testing.assert_array_equal(
-        factor_matches(predicted, target, {"posX": 1}, symmetric=True),
-        [[True, True, True, True, False]],
+        factor_matches(predicted, target, SCHEMA, {"posX": 1}, symmetric=True),
+        [[True, True, True, True, False], [True, True, False, True, False]],
     )
+    assert not factor_matches(predicted, target, SCHEMA)[:, 2].any()  # not without symmetry
 
 
 def test_oracle_accuracy(batch: tuple[np.ndarray, np.ndarray]) -> None:
     classes, _ = batch
-    perfect = oracle_accuracy(classes, classes)
+    perfect = oracle_accuracy(classes, classes, SCHEMA)
     assert set(perfect.values()) == {1.0}
     near = classes.copy()
     near[:, 3] = np.clip(near[:, 3] + 1, 0, 31)
-    scores = oracle_accuracy(near, classes)
+    scores = oracle_accuracy(near, classes, SCHEMA)
     assert scores["posX_within_1"] == 1.0 and scores["posX"] < 0.1 and scores["shape"] == 1.0
-    assert oracle_accuracy(*_twice(near, classes)) == scores
+    assert "orientation_mod_symmetry" in scores and "scale_within_1" not in scores
+    assert oracle_accuracy(*_twice(near, classes), SCHEMA) == scores

@@ -11,7 +11,7 @@ import yaml
 from scipy import stats
 
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.data.factors import FACTORS, SIZES
+from causal_sprites.data.factors import FACTORS, SCHEMA, SIZES
 from causal_sprites.data.render import render
 from causal_sprites.data.variants import (
     VariantSpec,
@@ -83,12 +83,13 @@ def test_tables_are_normalised_and_unlisted_nodes_uniform(chain: VariantSpec) ->
 
 
 def test_shift_helper_moves_its_bump_with_the_parent() -> None:
-    table = shift_table(["shape"], "posX", 2.0)
+    sizes = SCHEMA.size_of
+    table = shift_table(["shape"], "posX", 2.0, sizes)
     assert table.shape == (3, 32)
     np.testing.assert_allclose(table.sum(-1), 1.0)
     assert list(np.argmax(table, -1)) == sorted(np.argmax(table, -1)) and table[0, 0] > table[2, 0]
-    np.testing.assert_allclose(shift_table(["shape"], "posX", 0.0), 1 / 32)
-    assert shift_table(["shape", "scale"], "posY", 2.0).shape == (3, 6, 32)
+    np.testing.assert_allclose(shift_table(["shape"], "posX", 0.0, sizes), 1 / 32)
+    assert shift_table(["shape", "scale"], "posY", 2.0, sizes).shape == (3, 6, 32)
 
 
 BAD_SPECS = {

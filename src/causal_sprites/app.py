@@ -5,6 +5,7 @@ posterior. Menus and tables follow the run's factor schema."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from causal_sprites.app_text import (
     binary_upload,
     candidates_text,
     distribution_text,
+    factor_label,
     factor_table,
     upload_help,
     value_choices,
@@ -31,10 +33,9 @@ from causal_sprites.app_text import (
 )
 from causal_sprites.data.dataset import Dataset
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.data.factors import SCHEMA as DSPRITES_SCHEMA
-from causal_sprites.data.factors import SHAPE_NAMES, SIZES
-from causal_sprites.data.schema import Schema
+from causal_sprites.data.schema import Factor, Schema
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.figures import bounds, classes_are_indices, start_values
 from causal_sprites.model.readout import DRAW_TOP
 from causal_sprites.scm.batch import Question, answer
 from causal_sprites.scm.queries import CausalModel, load_run
@@ -63,7 +64,8 @@ COUNTERFACTUALS = (
 )
 #: Images are PNGs scaled up in the page with square pixels, not smoothed.
 CSS = ".sprite img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
-UPLOAD_HELP = upload_help(DSPRITES_SCHEMA)
+#: Steps a continuous factor's slider has over its range (rounded to a power of ten).
+SLIDER_STEPS = 100
 
 
 def figure_array(fig: Figure) -> np.ndarray:
@@ -198,18 +200,21 @@ class Explorer(Requests):
             out[6][k] += f"; request handled in {elapsed * 1e3:.0f} ms."
         return tuple(out)
 
-    def title(self, values: dict[str, int]) -> str:
+    def title(self, values: dict[str, int | float]) -> str:
         """`shape=heart (2), scale=5`: the factor values of a query's title."""
         return ", ".join(f"{n}={value_text(n, v, self.schema)}" for n, v in values.items())
 
     def intervention_samples(self, *inputs: Any) -> tuple[np.ndarray | None, str]:
         """Samples of p(x | do(...)) with the mutilated network's marginals, as one figure."""
         *values, num = inputs
-        do = self.parse(values, KEEP)
-        if not do:
-            return None, "Choose a value for at least one factor."
-        with self.lock:
-            result = self.model.intervene_query(do, int(num), seed=SEED)
+        try:
+            do = self.parse(values, KEEP)
+            if not do:
+                return None, "Choose a value for at least one factor."
+            with self.lock:
+                result = self.model.intervene_query(do, int(num), seed=SEED)
+        except CausalSpritesError as error:
+            return None, f"**Not answered:** {error}"
         fig = query_samples_figure(
             result.images, result.classes, result.marginals, f"p(x | do({self.title(do)}))",
             self.schema,
@@ -219,8 +224,8 @@ class Explorer(Requests):
     def conditional_samples(self, *inputs: Any) -> tuple[np.ndarray | None, str]:
         """The exact posterior over factors given evidence, with images sampled from it."""
         *values, num = inputs
-        given = self.parse(values, ANY)
         try:
+            given = self.parse(values, ANY)
             with self.lock:
                 result = self.model.condition_query(given, int(num), seed=SEED)
         except CausalSpritesError as error:
@@ -246,27 +251,40 @@ def _sprite_image(label: str, elem_id: str, visible: bool = True) -> gr.Image:
     )
 
 
-def _factor_controls(explorer: Explorer) -> list[gr.components.Component]:
-    """The factors of the chosen image: dSprites' shape menu and sliders, else a menu of class
-    names per factor, set to the data's first image."""
-    schema = explorer.schema
-    if schema == DSPRITES_SCHEMA:
-        controls: list[gr.components.Component] = [
-            gr.Dropdown(list(SHAPE_NAMES), value="square", label="shape", elem_id="f-shape")
-        ]
-        for factor, value in {"scale": 5, "orientation": 0, "posX": 16, "posY": 16}.items():
-            top = SIZES[schema.index(factor)] - 1
-            controls.append(
-                gr.Slider(0, top, value=value, step=1, precision=0, label=factor,
-                          elem_id=f"f-{factor}")
-            )  # fmt: skip
-        return controls
-    assert explorer.data is not None
-    first = explorer.data.factors([0])[0].astype(int)
-    return [
-        gr.Dropdown(list(f.classes), value=f.classes[v], label=f.name, elem_id=f"f-{f.name}")
-        for f, v in zip(schema.factors, first, strict=True)
-    ]
+def slider_step(factor: Factor) -> float:
+    """A continuous factor's slider step: about 1/SLIDER_STEPS of its range, a power of ten."""
+    low, high = bounds(factor)
+    return float(10 ** math.floor(math.log10((high - low) / SLIDER_STEPS)))
+
+
+def factor_control(factor: Factor, value: float) -> gr.components.Component:
+    """The control of one factor of the chosen image, set to `value`: a menu of class names, a
+    slider over class indices where the classes are their indices (dSprites' scale and pose),
+    or a slider over a continuous factor's range with its unit in the label."""
+    label, elem_id = factor_label(factor), f"f-{factor.name}"
+    if factor.kind == "continuous":
+        low, high = bounds(factor)
+        step = slider_step(factor)
+        return gr.Slider(low, high, value=value, step=step, label=label, elem_id=elem_id)
+    if not classes_are_indices(factor):
+        return gr.Dropdown(list(factor.classes), value=factor.classes[int(value)], label=label,
+                           elem_id=elem_id)  # fmt: skip
+    return gr.Slider(0, factor.size - 1, value=int(value), step=1, precision=0, label=label,
+                     elem_id=elem_id)  # fmt: skip
+
+
+def value_menu(
+    factor: Factor, unset: str, template: str, schema: Schema, elem_id: str | None = None
+) -> gr.Dropdown:
+    """A menu of a factor's values for a query, `unset` first (the factor left out); a
+    continuous factor's menu takes any typed value too (the schema checks its range)."""
+    return gr.Dropdown(
+        [unset, *value_choices(factor.name, schema)],
+        value=unset,
+        label=factor_label(factor, template),
+        allow_custom_value=factor.kind == "continuous",
+        elem_id=elem_id,
+    )
 
 
 def build_app(model: CausalModel, data: DSprites | Dataset | None = None) -> gr.Blocks:
@@ -284,7 +302,8 @@ def build_app(model: CausalModel, data: DSprites | Dataset | None = None) -> gr.
         with gr.Tab("Counterfactual"), gr.Row():
             with gr.Column(scale=1):
                 source = gr.Radio(list(SOURCES), value="factors", label="Image", elem_id="source")
-                controls = _factor_controls(explorer)
+                start = start_values(schema, data)
+                controls = [factor_control(f, start[f.name]) for f in schema.factors]
                 index = gr.Number(
                     value=0,
                     precision=0,
@@ -307,13 +326,8 @@ def build_app(model: CausalModel, data: DSprites | Dataset | None = None) -> gr.
             with gr.Column(scale=1):
                 gr.Markdown("### Interventions\n`keep` leaves a factor to its mechanism.")
                 actions = [
-                    gr.Dropdown(
-                        [KEEP, *value_choices(f, schema)],
-                        value=KEEP,
-                        label=f"do({f})",
-                        elem_id=f"do-{f}",
-                    )
-                    for f in schema.names
+                    value_menu(f, KEEP, "do({})", schema, elem_id=f"do-{f.name}")
+                    for f in schema.factors
                 ]
                 run = gr.Button("Counterfactual", variant="primary", elem_id="run")
             with gr.Column(scale=2):
@@ -369,10 +383,7 @@ def _sampling_tab(
     a sample count and a button that shows `sample`'s figure of `query` and its note."""
     with gr.Tab(title):
         with gr.Row():
-            values = [
-                gr.Dropdown([unset, *value_choices(f, schema)], value=unset, label=label.format(f))
-                for f in schema.names
-            ]
+            values = [value_menu(f, unset, label, schema) for f in schema.factors]
         count = gr.Slider(4, 64, value=16, step=1, label="samples")
         run = gr.Button("Sample", variant="primary")
         figure = gr.Image(label=query, format="png", interactive=False)

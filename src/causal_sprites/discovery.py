@@ -1,13 +1,15 @@
-"""Causal discovery over a dataset's categorical factors: the PC algorithm (Spirtes, Glymour &
-Scheines 2000) of causal-learn (Zheng et al. 2024) and the structural Hamming distance between
-CPDAGs (Tsamardinos, Brown & Aliferis 2006).
+"""Causal discovery over a dataset's factors, categorical and continuous: the PC algorithm
+(Spirtes, Glymour & Scheines 2000) of causal-learn (Zheng et al. 2024) and the structural Hamming
+distance between CPDAGs (Tsamardinos, Brown & Aliferis 2006).
 
-The factors are categorical with up to 40 classes, so the conditional independence test is
+Between categorical factors (dSprites': up to 40 classes) the conditional independence test is
 Pearson's chi-square on the stratified contingency tables: it needs no distributional assumption
 (Fisher-z would assume linear-Gaussian data) and, unlike the G-square test, stays close to its
 chi-square reference distribution when tables are sparse (40 x 32 x 32 cells against tens of
 thousands of rows; Agresti 2013, sec. 3.2.4), so it does not invent edges there. `test="gsq"`
-is available as a cross-check.
+is available as a cross-check. Tests that involve a continuous factor are picked by the kinds
+involved (`discovery_tests`): the same tables over quantile bins where nothing continuous is
+conditioned on, the kernel test RCIT where something is; the result names each test PC ran.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from causallearn.search.ConstraintBased.PC import pc
+from causallearn.utils.PCUtils import Meek, SkeletonDiscovery, UCSepset
 from scipy import stats
 
 from causal_sprites.data.load import load_data
-from causal_sprites.data.schema import Schema
+from causal_sprites.data.schema import Kind, Schema
 from causal_sprites.data.variants import VariantSpec
+from causal_sprites.discovery_tests import FactorTest, binned, choose_test
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import DRAW_TOP
 from causal_sprites.scm.graph import topological_order
@@ -124,53 +127,109 @@ def structural_hamming_distance(found: Cpdag, truth: Cpdag) -> int:
 
 
 def pairwise_tests(
-    labels: np.ndarray, names: Sequence[str], factors: Sequence[str] | None = None
+    labels: np.ndarray,
+    names: Sequence[str],
+    factors: Sequence[str] | None = None,
+    *,
+    kinds: Sequence[Kind] | None = None,
 ) -> list[dict[str, Any]]:
     """Marginal independence test of every pair of `factors` (default: all): Pearson chi-square
     p-value and Cramer's V (0: independent, 1: one factor determines the other) of the
-    contingency table. Labels (N, K) of the factors `names`."""
-    labels = _as_labels(labels, len(names))
+    contingency table, a continuous factor cut into quantile bins (`test` says which). Labels
+    (N, K) of the factors `names` of the `kinds` (default: all categorical)."""
+    kinds = _kinds(kinds, names)
+    continuous = [kind == "continuous" for kind in kinds]
+    codes = binned(_as_labels(labels, names, kinds), continuous)
     tests = []
     for a, b in itertools.combinations(names if factors is None else factors, 2):
         i, j = list(names).index(a), list(names).index(b)
-        table = np.zeros((labels[:, i].max() + 1, labels[:, j].max() + 1))
-        np.add.at(table, (labels[:, i], labels[:, j]), 1)
+        table = np.zeros((codes[:, i].max() + 1, codes[:, j].max() + 1))
+        np.add.at(table, (codes[:, i], codes[:, j]), 1)
         table = table[table.sum(1) > 0][:, table.sum(0) > 0]  # unobserved classes carry no df
         if min(table.shape) < 2:
             p_value, v = 1.0, 0.0
         else:
             chi2, p_value, _, _ = stats.chi2_contingency(table, correction=False)
             v = float(np.sqrt(chi2 / (table.sum() * (min(table.shape) - 1))))
-        tests.append({"a": a, "b": b, "p_value": float(p_value), "cramers_v": v})
+        name = choose_test(continuous, i, j, (), "chisq")
+        tests.append({"a": a, "b": b, "p_value": float(p_value), "cramers_v": v, "test": name})
     return tests
 
 
-def _as_labels(labels: np.ndarray, count: int) -> np.ndarray:
-    """(N, K) classes of K factors, or (N, K + 1) with a leading constant column (dSprites'
-    color) -> (N, K) int64, checked."""
+def _kinds(kinds: Sequence[Kind] | None, names: Sequence[str]) -> list[Kind]:
+    """The factors' kinds, checked (default: all categorical)."""
+    if kinds is None:
+        return ["categorical"] * len(names)
+    if len(kinds) != len(names):
+        raise CausalSpritesError(
+            f"{len(kinds)} kinds given for {len(names)} factors ({', '.join(names)})"
+        )
+    unknown = [k for k in kinds if k not in ("categorical", "continuous")]
+    if unknown:
+        raise CausalSpritesError(
+            f"unknown factor kind {unknown[0]!r}: kinds are categorical and continuous"
+        )
+    return list(kinds)
+
+
+def _as_labels(labels: np.ndarray, names: Sequence[str], kinds: Sequence[Kind]) -> np.ndarray:
+    """(N, K) labels of the factors `names` (a categorical factor's class index, a continuous
+    one's value), or (N, K + 1) with a leading constant column (dSprites' color) -> (N, K)
+    float64, checked: classes non-negative integers, values finite."""
     array = np.asarray(labels)
+    count = len(names)
     if array.ndim != 2 or array.shape[1] not in (count, count + 1):
         raise CausalSpritesError(f"labels must have shape (N, {count}), got {array.shape}")
-    if np.issubdtype(array.dtype, np.floating) and np.array_equal(array, np.round(array)):
-        array = array.astype(np.int64)  # a dataset file stores classes as float64
-    if not np.issubdtype(array.dtype, np.integer) or (array.size and array.min() < 0):
-        raise CausalSpritesError("labels must be non-negative integer classes")
-    return array[:, -count:].astype(np.int64)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise CausalSpritesError(f"labels must be numbers, got {array.dtype}")
+    array = array[:, -count:].astype(np.float64)
+    for column, (name, kind) in enumerate(zip(names, kinds, strict=True)):
+        values = array[:, column]
+        bad = ~np.isfinite(values)
+        if kind == "categorical":
+            bad |= (values < 0) | (values != np.round(values))
+        if bad.any():
+            expected = "non-negative integer classes" if kind == "categorical" else "finite values"
+            raise CausalSpritesError(
+                f"factor {name} is {kind}: its labels must be {expected}, "
+                f"got {values[bad][0]:g} in row {int(np.argmax(bad))}"
+            )
+    return array
 
 
-def _run_pc(labels: np.ndarray, factors: Sequence[str], alpha: float, test: str) -> Cpdag:
-    """PC's CPDAG over the columns (N, F) of the named factors (in factor order)."""
-    # MIN_SAMPLES rows keep clear of causal-learn's one warning (more features than samples).
-    graph = pc(
-        labels, alpha, test, stable=True, show_progress=False, node_names=list(factors)
-    ).G.graph
+def _run_pc(
+    labels: np.ndarray,
+    factors: Sequence[str],
+    continuous: Sequence[bool],
+    alpha: float,
+    test: str,
+    seed: int,
+) -> tuple[Cpdag, list[dict[str, Any]]]:
+    """PC's CPDAG over the columns (N, F) of the named factors (in factor order), and every test
+    it ran: {a, b, given, test, p_value}. The steps of causal-learn's `pc` (stable skeleton,
+    colliders from the separating sets with existing ones kept, Meek's rules) with our test."""
+    tester = FactorTest(labels, continuous, test, seed)
+    skeleton = SkeletonDiscovery.skeleton_discovery(
+        labels, alpha, tester, stable=True, show_progress=False, node_names=list(factors)
+    )
+    graph = Meek.meek(UCSepset.uc_sepset(skeleton, 2)).G.graph
     cpdag: Cpdag = {}
     marks = {(-1, 1): "->", (1, -1): "<-", (-1, -1): "--", (1, 1): "<->"}
     for i, j in itertools.combinations(range(len(factors)), 2):
         mark = marks.get((int(graph[i, j]), int(graph[j, i])))
         if mark is not None:
             cpdag[(factors[i], factors[j])] = mark
-    return cpdag
+    ran = [
+        {
+            "a": factors[x],
+            "b": factors[y],
+            "given": [factors[s] for s in given],
+            "test": name,
+            "p_value": p_value,
+        }
+        for (x, y, given), (name, p_value) in tester.records.items()
+    ]
+    return cpdag, ran
 
 
 def edge_list(cpdag: Cpdag, names: Sequence[str]) -> list[dict[str, Any]]:
@@ -193,14 +252,18 @@ def discover(
     seed: int = 0,
     names: Sequence[str],
     factors: Sequence[str] | None = None,
+    kinds: Sequence[Kind] | None = None,
 ) -> dict[str, Any]:
-    """PC over factor classes (N, K) of the factors `names` (or (N, K + 1) with dSprites' color):
-    `edges` [{from, to, directed}], `tests` [{a, b, p_value, cramers_v}], `shd` to the truth's
-    CPDAG (None without a truth), plus `num_samples`, `factors`, `alpha`, `test`, `seconds`.
-    `max_samples` draws a seeded subsample; `factors` restricts the search to some factors (a
-    truth may not have edges to the others)."""
+    """PC over factor labels (N, K) of the factors `names` (or (N, K + 1) with dSprites' color)
+    of the `kinds` (default: all categorical; a class index or a value per factor): `edges`
+    [{from, to, directed}], `tests` [{a, b, p_value, cramers_v, test}], `ci_tests` (every test
+    PC ran: {a, b, given, test, p_value}), `shd` to the truth's CPDAG (None without a truth),
+    plus `num_samples`, `factors`, `kinds`, `alpha`, `test` (the categorical one), `seconds`.
+    `max_samples` draws a seeded subsample (the seed also draws the kernel test's features);
+    `factors` restricts the search to some factors (a truth may not have edges to the others)."""
     start = time.perf_counter()
-    labels = _as_labels(labels, len(names))
+    kinds = _kinds(kinds, names)
+    labels = _as_labels(labels, names, kinds)
     factors = names if factors is None else factors
     unknown = [f for f in factors if f not in names]
     if unknown or len(set(factors)) < 2:
@@ -218,13 +281,16 @@ def discover(
     if len(labels) < MIN_SAMPLES:
         raise CausalSpritesError(f"discovery needs at least {MIN_SAMPLES} rows, got {len(labels)}")
     columns = [list(names).index(f) for f in chosen]
-    found = _run_pc(labels[:, columns], chosen, alpha, test)
+    continuous = [kinds[c] == "continuous" for c in columns]
+    found, ran = _run_pc(labels[:, columns], chosen, continuous, alpha, test, seed)
     result: dict[str, Any] = {
         "edges": edge_list(found, names),
-        "tests": pairwise_tests(labels, names, chosen),
+        "tests": pairwise_tests(labels, names, chosen, kinds=kinds),
+        "ci_tests": ran,
         "shd": None,
         "num_samples": len(labels),
         "factors": chosen,
+        "kinds": [kinds[c] for c in columns],
         "labels": "given",
         "alpha": alpha,
         "test": test,
@@ -249,10 +315,12 @@ def discover_file(
     truth: VariantSpec | Sequence[tuple[str, str]] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """`discover` on the labels of a data file: a dataset file or dSprites' (default: the default
-    dSprites data)."""
+    """`discover` on the labels of a data file (a dataset file or dSprites'; default: the
+    default dSprites data), each factor tested as the file's schema declares its kind."""
     data = load_data(path)
-    return discover(data.factors(slice(None)), truth, names=data.schema.names, **options)
+    schema = data.schema
+    kinds = [f.kind for f in schema.factors]
+    return discover(data.factors(slice(None)), truth, names=schema.names, kinds=kinds, **options)
 
 
 def discover_from_images(
@@ -269,10 +337,14 @@ def discover_from_images(
     square at orientation k is drawn at k or at the turns that look the same, with their weights,
     and if the model is right the draws over all images follow the factors' true joint law
     (sum over x of p(y | x) p(x) = p(y)), so no edge appears that the data does not have. A mode,
-    or any canonical orientation per shape, would tie orientation's law to the shape."""
+    or any canonical orientation per shape, would tie orientation's law to the shape.
+    Continuous factors keep their drawn values; the kinds are the model's schema's."""
     posterior = model.infer(images, top=DRAW_TOP)
     labels = posterior.sample(1, np.random.default_rng(seed))[0]
-    names = model.schema.names
-    result = discover(labels, truth, names=names, factors=factors, seed=seed, **options)
+    schema = model.schema
+    kinds = [f.kind for f in schema.factors]
+    result = discover(
+        labels, truth, names=schema.names, factors=factors, seed=seed, kinds=kinds, **options
+    )
     stopped = int((~posterior.complete).sum())
     return {**result, "labels": "posterior", "num_stopped_on_budget": stopped}

@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from causal_sprites.data.factors import FACTORS, SIZES, classes_to_index
 from causal_sprites.data.render import render
+from causal_sprites.data.schema import Factor, Schema
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.search import SearchSpace
 from causal_sprites.runtime import single_thread
 from causal_sprites.scm.graph import FactorGraph
 
@@ -67,15 +68,15 @@ def probe_leakage(
     labels: np.ndarray,
     num_steps: int = 300,
     seed: int = 0,
-    sizes: Mapping[str, int] | None = None,
+    *,
+    sizes: Mapping[str, int],
 ) -> dict[str, float]:
-    """How well a linear probe predicts each factor (`sizes`: {factor: classes} in column order,
-    default dSprites') from codes (N, d), on a held-out half.
+    """How well a linear probe predicts each factor (`sizes`: {factor: classes} in column order)
+    from codes (N, d), on a held-out half.
 
     Returns, per factor, (accuracy - majority rate) / (1 - majority rate): 0 when z tells nothing
     about the factor beyond chance, 1 when it gives it away.
     """
-    sizes = sizes or dict(zip(FACTORS, SIZES, strict=True))
     with single_thread():
         return _probe_leakage(codes, labels, num_steps, seed, sizes)
 
@@ -116,70 +117,77 @@ def summarize(values: Tensor | np.ndarray) -> float:
     return float(np.asarray(values, dtype=np.float64).mean())
 
 
-#: Classes a read-back factor may be off by and still count: exact for shape and scale, one class
-#: for orientation and position (neighbouring classes differ by about a pixel).
+#: The dSprites oracle's tolerance, by factor name: classes a read-back factor may be off by and
+#: still count: exact for shape and scale, one class for orientation and position (neighbouring
+#: classes differ by about a pixel). Factors it does not name are exact.
 TOLERANCE: Final[dict[str, int]] = {"shape": 0, "scale": 0, "orientation": 1, "posX": 1, "posY": 1}
 
 
-#: Rotational symmetry of square, ellipse and heart: orientations a quarter, a half, a full turn
-#: apart draw the same image.
-SYMMETRY_FOLD: Final = (4, 2, 1)
+def period(factor: Factor) -> int:
+    """Classes in a full turn of a cyclic factor: its K classes, or K - 1 where its first and
+    last values are one angle (dSprites' orientation grid runs from 0 to 2 pi inclusive)."""
+    values = factor.values
+    turn = None if values is None else values[-1] - values[0]
+    same = turn is not None and any(np.isclose(turn, full) for full in (2 * np.pi, 360.0))
+    return factor.size - 1 if same else factor.size
 
 
-#: Distinct orientation angles: class k is 2 pi k / 39, so classes 0 and 39 are the same angle.
-_NUM_ANGLES: Final = SIZES[FACTORS.index("orientation")] - 1
-
-
-def class_distance(
-    factor: str, a: np.ndarray, b: np.ndarray, shapes: np.ndarray | None = None
-) -> np.ndarray:
-    """Distance in classes between class arrays (B,) of one factor. Orientation is circular and,
-    given the shapes (B,), taken modulo each shape's rotational symmetry (then fractional)."""
+def class_distance(factor: Factor, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance in classes between class arrays (B,) of one factor; around the circle (of
+    `period` classes) for a cyclic one."""
     diff = np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
-    if factor != "orientation":
+    if not factor.cyclic:
         return diff
-    period = np.full(diff.shape, float(_NUM_ANGLES))
-    if shapes is not None:
-        period = period / np.asarray(SYMMETRY_FOLD)[np.asarray(shapes)]
-    diff = np.mod(diff, period)
-    return np.minimum(diff, period - diff)
+    turn = period(factor)
+    diff = np.mod(diff, turn)
+    return np.minimum(diff, turn - diff)
 
 
 def factor_matches(
     predicted: np.ndarray,
     target: np.ndarray,
+    schema: Schema,
     tolerance: Mapping[str, int] | None = None,
     symmetric: bool = False,
 ) -> np.ndarray:
-    """(B, 5) bool: each predicted class is within `tolerance[factor]` classes (default 0) of the
-    target's; with `symmetric`, orientation counts modulo the target shape's symmetry."""
+    """(B, K) bool: each predicted class is within `tolerance[factor]` classes (default 0) of the
+    target's; with `symmetric`, also of any class the dataset knows draws the same image as the
+    target tuple (its hints: a symmetric sprite's equivalent turns on dSprites)."""
     predicted, target = np.asarray(predicted), np.asarray(target)
-    shapes = target[:, FACTORS.index("shape")] if symmetric else None
     tolerance = tolerance or {}
-    return np.stack(
+    limits = [tolerance.get(f.name, 0) + 0.5 for f in schema.factors]
+    matches = np.stack(
         [
-            class_distance(name, predicted[:, i], target[:, i], shapes)
-            <= tolerance.get(name, 0) + 0.5
-            for i, name in enumerate(FACTORS)
+            class_distance(f, predicted[:, i], target[:, i]) <= limits[i]
+            for i, f in enumerate(schema.factors)
         ],
         axis=-1,
     )
+    if symmetric:
+        equivalents = SearchSpace.of(schema).equivalents
+        for b, row in enumerate(target.tolist()):
+            for i, classes in equivalents(tuple(row)).items():
+                f, near = schema.factors[i], np.asarray(list(classes))
+                distance = class_distance(f, np.full(len(near), predicted[b, i]), near)
+                matches[b, i] |= bool(len(near)) and distance.min() <= limits[i]
+    return matches
 
 
 def _match_rates(
     predicted: np.ndarray,
     target: np.ndarray,
     mask: np.ndarray,
+    schema: Schema,
     tolerance: Mapping[str, int] | None,
     symmetric: bool,
 ) -> dict[str, float]:
-    """Fraction of masked entries (B, 5) that match, per factor (factors never masked left out)
+    """Fraction of masked entries (B, K) that match, per factor (factors never masked left out)
     and `overall` (nan when nothing is masked)."""
     mask = np.asarray(mask, dtype=bool)
-    matches = factor_matches(predicted, target, tolerance, symmetric) & mask
+    matches = factor_matches(predicted, target, schema, tolerance, symmetric) & mask
     rates = {
         name: float(matches[:, i].sum() / mask[:, i].sum())
-        for i, name in enumerate(FACTORS)
+        for i, name in enumerate(schema.names)
         if mask[:, i].any()
     }
     rates["overall"] = float(matches.sum() / mask.sum()) if mask.any() else float("nan")
@@ -190,34 +198,40 @@ def effectiveness(
     predicted: np.ndarray,
     intended: np.ndarray,
     intervened: np.ndarray,
+    schema: Schema,
     tolerance: Mapping[str, int] | None = TOLERANCE,
     symmetric: bool = False,
 ) -> dict[str, float]:
     """How often the oracle reads the intervened factors back as intended: oracle predictions on the
-    counterfactuals (B, 5), intended classes (B, 5), intervened mask (B, 5) bool. Per factor and
-    `overall`; `tolerance=None` asks for exact classes."""
-    return _match_rates(predicted, intended, intervened, tolerance, symmetric)
+    counterfactuals (B, K), intended classes (B, K), intervened mask (B, K) bool, factors of
+    `schema`. Per factor and `overall`; `tolerance=None` asks for exact classes."""
+    return _match_rates(predicted, intended, intervened, schema, tolerance, symmetric)
 
 
 def preservation(
     predicted: np.ndarray,
     factual: np.ndarray,
     preserved: np.ndarray,
+    schema: Schema,
     tolerance: Mapping[str, int] | None = TOLERANCE,
     symmetric: bool = False,
 ) -> dict[str, float]:
     """How often the oracle sees the factors that should not change unchanged: oracle predictions on
-    the counterfactuals (B, 5), factual classes (B, 5), mask (B, 5) bool of factors neither
+    the counterfactuals (B, K), factual classes (B, K), mask (B, K) bool of factors neither
     intervened on nor descending from one (see `preserved_mask`). Per factor and `overall`."""
-    return _match_rates(predicted, factual, preserved, tolerance, symmetric)
+    return _match_rates(predicted, factual, preserved, schema, tolerance, symmetric)
 
 
-def preserved_mask(intervened: np.ndarray, edges: Iterable[tuple[str, str]]) -> np.ndarray:
-    """(B, 5) bool: the factors neither intervened on (mask (B, 5)) nor descending from one."""
-    reach = np.eye(len(FACTORS), dtype=bool)
+def preserved_mask(
+    intervened: np.ndarray, edges: Iterable[tuple[str, str]], names: Sequence[str]
+) -> np.ndarray:
+    """(B, K) bool: the factors `names` neither intervened on (mask (B, K)) nor descending from
+    one along the (parent, child) `edges`."""
+    names = list(names)
+    reach = np.eye(len(names), dtype=bool)
     for parent, child in edges:
-        reach[FACTORS.index(parent), FACTORS.index(child)] = True
-    for _ in FACTORS:  # transitive closure by repeated squaring of a 5-node graph
+        reach[names.index(parent), names.index(child)] = True
+    for _ in names:  # transitive closure by repeated squaring
         reach = (reach.astype(int) @ reach.astype(int)) > 0
     intervened = np.asarray(intervened, dtype=bool)
     return ~((intervened.astype(int) @ reach.astype(int)) > 0)
@@ -254,49 +268,48 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * float(np.abs(p / p.sum() - q / q.sum()).sum())
 
 
-def oracle_accuracy(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Accuracy of predicted classes (B, 5) against the truth: exact per factor, within one class
-    for orientation and position, and orientation modulo each shape's rotational symmetry."""
-    exact = factor_matches(predicted, truth)
-    near = factor_matches(predicted, truth, TOLERANCE)
-    symmetric = factor_matches(predicted, truth, None, symmetric=True)
-    symmetric_near = factor_matches(predicted, truth, TOLERANCE, symmetric=True)
-    scores = {name: float(exact[:, i].mean()) for i, name in enumerate(FACTORS)}
-    for i, name in enumerate(FACTORS):
-        if TOLERANCE[name]:
+def oracle_accuracy(predicted: np.ndarray, truth: np.ndarray, schema: Schema) -> dict[str, float]:
+    """Accuracy of predicted classes (B, K) against the truth: exact per factor, within the
+    `TOLERANCE` for the factors it gives one (`<name>_within_1`), and a cyclic factor's modulo the
+    classes the dataset knows draw the same image (`<name>_mod_symmetry`: dSprites' orientation
+    modulo each shape's rotational symmetry)."""
+    exact = factor_matches(predicted, truth, schema)
+    near = factor_matches(predicted, truth, schema, TOLERANCE)
+    symmetric = factor_matches(predicted, truth, schema, None, symmetric=True)
+    symmetric_near = factor_matches(predicted, truth, schema, TOLERANCE, symmetric=True)
+    scores = {name: float(exact[:, i].mean()) for i, name in enumerate(schema.names)}
+    for i, name in enumerate(schema.names):
+        if TOLERANCE.get(name):
             scores[f"{name}_within_1"] = float(near[:, i].mean())
-    o = FACTORS.index("orientation")
-    scores["orientation_mod_symmetry"] = float(symmetric[:, o].mean())
-    scores["orientation_mod_symmetry_within_1"] = float(symmetric_near[:, o].mean())
+    for i, factor in enumerate(schema.factors):
+        if factor.cyclic:
+            scores[f"{factor.name}_mod_symmetry"] = float(symmetric[:, i].mean())
+            scores[f"{factor.name}_mod_symmetry_within_1"] = float(symmetric_near[:, i].mean())
     return scores
 
 
-HEART, ORIENTATION = 2, FACTORS.index("orientation")
-
-
 def readout_accuracy(
-    predicted: np.ndarray, truth: np.ndarray, images: np.ndarray
+    predicted: np.ndarray, truth: np.ndarray, images: np.ndarray, schema: Schema
 ) -> dict[str, Any]:
-    """How well factors (B, 5) read off images (B, 64, 64) match the true ones (B, 5): `exact`
-    and `image_equivalent` accuracy per factor (the predicted value, swapped into the true
-    tuple, draws the same dSprites image: IoU >= 0.98), `all_image_equivalent` (the whole
-    predicted tuple draws it) and `heart_orientation_exact` (0 and 2 pi counted as one)."""
+    """dSprites' readout: how well factors (B, 5) of `schema` (dSprites') read off images
+    (B, 64, 64) match the true ones (B, 5): `exact` and `image_equivalent` accuracy per factor
+    (the predicted value, swapped into the true tuple, draws the same dSprites image: IoU >=
+    0.98), `all_image_equivalent` (the whole predicted tuple draws it) and
+    `heart_orientation_exact` (0 and 2 pi counted as one)."""
 
     def draw(classes: np.ndarray) -> np.ndarray:
         return render(np.concatenate([np.zeros((len(classes), 1), np.int64), classes], 1))
 
     exact, equivalent = {}, {}
-    for i, name in enumerate(FACTORS):
+    for i, name in enumerate(schema.names):
         swapped = truth.copy()
         swapped[:, i] = predicted[:, i]
         exact[name] = float((predicted[:, i] == truth[:, i]).mean())
         equivalent[name] = float((iou(draw(swapped), images) >= 0.98).mean())
-    hearts = truth[:, 0] == HEART
-    last = SIZES[ORIENTATION] - 1
-    turns = [
-        np.where(t[hearts, ORIENTATION] == last, 0, t[hearts, ORIENTATION])
-        for t in (predicted, truth)
-    ]
+    shape, turn = schema.index("shape"), schema.index("orientation")
+    hearts = truth[:, shape] == schema.parse_value("shape", "heart")
+    last = schema.factors[turn].size - 1
+    turns = [np.where(t[hearts, turn] == last, 0, t[hearts, turn]) for t in (predicted, truth)]
     return {
         "exact": exact,
         "image_equivalent": equivalent,
@@ -332,18 +345,15 @@ def combination_rows(factors: np.ndarray, sizes: Sequence[int]) -> np.ndarray | 
 
 
 def distribution_tv(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Total variation (B,) between two samples (S, B, 5) and (S', B, 5) of factor tuples, image by
+    """Total variation (B,) between two samples (S, B, K) and (S', B, K) of factor tuples, image by
     image: half the summed absolute difference of their empirical tuple frequencies."""
     first, second = np.asarray(first), np.asarray(second)
     out = np.zeros(first.shape[1])
     for b in range(first.shape[1]):
-        keys_a, counts_a = np.unique(classes_to_index(first[:, b]), return_counts=True)
-        keys_b, counts_b = np.unique(classes_to_index(second[:, b]), return_counts=True)
-        keys = np.union1d(keys_a, keys_b)
-        p = np.zeros(len(keys))
-        q = np.zeros(len(keys))
-        p[np.searchsorted(keys, keys_a)] = counts_a / counts_a.sum()
-        q[np.searchsorted(keys, keys_b)] = counts_b / counts_b.sum()
+        both = np.concatenate([first[:, b], second[:, b]])
+        keys = np.unique(both, axis=0, return_inverse=True)[1].reshape(-1)
+        p = np.bincount(keys[: len(first)], minlength=keys.max() + 1) / len(first)
+        q = np.bincount(keys[len(first) :], minlength=keys.max() + 1) / len(second)
         out[b] = 0.5 * np.abs(p - q).sum()
     return out
 
@@ -373,19 +383,24 @@ def counterfactual_tv(
 
 
 def empirical_conditional(
-    labels: np.ndarray, target: str, given: Mapping[str, int] | None = None
+    labels: np.ndarray,
+    target: str,
+    given: Mapping[str, int] | None = None,
+    *,
+    sizes: Mapping[str, int],
 ) -> np.ndarray:
-    """Empirical P(target | given) (K,) from factor classes (N, 5) (or (N, 6) with color): the
-    target's label distribution among the rows that match every given {factor: class}; rows
-    repeated alike leave it unchanged. No matching row is refused."""
-    labels = np.asarray(labels)[:, -len(FACTORS) :]
+    """Empirical P(target | given) (K,) from factor classes (N, K) of the factors `sizes`
+    {factor: classes} (or (N, K + 1) with dSprites' color first): the target's label
+    distribution among the rows that match every given {factor: class}; rows repeated alike
+    leave it unchanged. No matching row is refused."""
+    names = list(sizes)
+    labels = np.asarray(labels)[:, -len(names) :]
     rows = np.ones(len(labels), dtype=bool)
     for name, value in (given or {}).items():
-        rows &= labels[:, FACTORS.index(name)] == value
+        rows &= labels[:, names.index(name)] == value
     if not rows.any():
         raise CausalSpritesError(f"no rows with {given}: the conditional is undefined")
-    column = FACTORS.index(target)
-    return label_distribution(labels[rows, column], SIZES[column])
+    return label_distribution(labels[rows, names.index(target)], sizes[target])
 
 
 def sampling_floor(p: np.ndarray, num_samples: int, repeats: int = 200, seed: int = 0) -> float:

@@ -179,7 +179,9 @@ def train_oracle(
             print(f"step {step + 1}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)")
     eval_rows = np.sort(rng.permutation(test_rows)[:num_eval])
     oracle = Oracle(net, config)
-    scores = oracle_accuracy(oracle.predict(data.images(eval_rows)), data.factors(eval_rows))
+    scores = oracle_accuracy(
+        oracle.predict(data.images(eval_rows)), data.factors(eval_rows), data.schema
+    )
     oracle.info = {
         "accuracy": scores,
         "num_eval": len(eval_rows),

@@ -24,13 +24,12 @@ from jinja2 import Environment, PackageLoader
 
 from causal_sprites.data.dataset import Dataset
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.data.factors import FACTORS, SIZES
 from causal_sprites.data.schema import Factor, Schema
 from causal_sprites.data.variants import variant_of
 from causal_sprites.discovery import discover, discover_from_images
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.evaluation import evaluate, evaluate_counterfactuals
-from causal_sprites.figures import query_titles, write_run_figures
+from causal_sprites.figures import classes_are_indices, query_titles, write_run_figures
 from causal_sprites.oracle import load_oracle
 from causal_sprites.runs import PRETRAINED_DIR, read_metrics, write_text_atomic
 from causal_sprites.scm.queries import CausalModel, load_run
@@ -94,20 +93,24 @@ def captions(schema: Schema) -> dict[str, str]:
     }
 
 
+def factor_summary(factor: Factor) -> str:
+    """`hue (3: red, green, blue)`, `scale (6)` where classes are their indices, or
+    `angle (-40..44 degrees)` for a continuous factor."""
+    if factor.kind == "continuous":
+        unit = f" {factor.unit}" if factor.unit else ""
+        return f"{factor.name} ({factor.low:g}..{factor.high:g}{unit})"
+    if classes_are_indices(factor):
+        return f"{factor.name} ({factor.size})"
+    names = ", ".join(factor.classes[:6]) + (", ..." if factor.size > 6 else "")
+    return f"{factor.name} ({factor.size}: {names})"
+
+
 def data_summary(data: DSprites | Dataset) -> str:
-    """One sentence on the data: image count, size and kind, and each factor's classes."""
+    """One sentence on the data: image count, size and kind, and each factor of its schema."""
     schema = data.schema
-    if isinstance(data, DSprites):
-        sizes = ", ".join(f"{n} ({k})" for n, k in zip(FACTORS, SIZES, strict=True))
-        return f"{len(data):,} images of 64x64 binary pixels; factors {sizes}."
     height, width, channels = schema.image_shape
     kind = "binary" if schema.binary else ("colour" if channels == 3 else "grey")
-
-    def classes(factor: Factor) -> str:
-        names = ", ".join(factor.classes[:6]) + (", ..." if factor.size > 6 else "")
-        return f"{factor.name} ({factor.size}: {names})"
-
-    factors = "; ".join(classes(f) for f in schema.factors)
+    factors = "; ".join(factor_summary(f) for f in schema.factors)
     return f"{schema.name}: {len(data):,} images of {height}x{width} {kind} pixels; {factors}."
 
 
@@ -135,9 +138,7 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def metric_tables(
-    scores: Mapping[str, Any], names: Sequence[str] = FACTORS
-) -> tuple[Table, Table | None]:
+def metric_tables(scores: Mapping[str, Any], names: Sequence[str]) -> tuple[Table, Table | None]:
     """Metrics as two tables: scalars (nested dicts flattened as `a.b`), and one row per metric
     given per factor of `names` ({factor: value}, or {factor: {metric: value}}), with its
     overall value, when there is one, in an `overall` column."""
@@ -179,7 +180,7 @@ def _cell(value: Any) -> str:
     return json.dumps(np.asarray(value).round(4).tolist())
 
 
-def graph_svg(edges: list[dict[str, Any]], uid: str, names: Sequence[str] = FACTORS) -> str:
+def graph_svg(edges: list[dict[str, Any]], uid: str, names: Sequence[str]) -> str:
     """The factor graph as inline SVG: the factors `names` on a circle, `edges` [{from, to,
     directed}] as arrows or plain lines (undirected CPDAG edges)."""
     width, height, radius, rx, ry = 340, 300, 112, 46, 18

@@ -148,6 +148,30 @@ class ImageCounterfactualScores(Scores):
 
 
 @dataclass(frozen=True)
+class VariantImageCounterfactualScores(ImageCounterfactualScores):
+    """Counterfactuals on a causal variant of a dataset that holds every factor combination
+    (`variant_image_scores.score_variant_image_counterfactuals`): as `ImageCounterfactualScores`,
+    against the base's image at the true counterfactual classes (from the recorded noise) with
+    the sample's recorded nuisance; `truth_unique` is the fraction of queries whose truth is one
+    image (the rest are scored against the closest of the base's images with the true classes
+    that its records cannot tell apart).
+    Beside them, as on dSprites' variants: a perfect model's `_ceiling`, the pooled error of the
+    `identified_factors` only, the counterfactual factor distribution's TV and its floor, and
+    preservation judged against the true graph (`preservation_graph`)."""
+
+    ground_truth_mae_ceiling: float
+    ground_truth_mae_identified: float
+    counterfactual_classes_correct_ceiling: float
+    reversibility_mae_ceiling: float
+    counterfactual_tv: float
+    counterfactual_tv_floor: float
+    num_noise_samples: int
+    identified_factors: list[str]
+    preservation_graph: str
+    truth_unique: float
+
+
+@dataclass(frozen=True)
 class FactorCounterfactualScores(Scores):
     """Counterfactual soundness of interventions on one factor, with the perfect model's
     `_ceiling` on the same queries and whether the answer is `identified` from the image."""
@@ -233,7 +257,8 @@ class DistributionEntry(Scores):
 @dataclass(frozen=True)
 class DistributionScores(Scores):
     """Conditional and interventional distributions against the truth
-    (`evaluation.score_distributions`): the largest TVs over `entries` and their sampling floor."""
+    (`evaluation.score_distributions`): the largest TVs over `entries` and their sampling floor;
+    `reader` says what read the generated images back (the oracle, or the run's own posterior)."""
 
     tv_intervention: float
     tv_condition: float
@@ -243,6 +268,7 @@ class DistributionScores(Scores):
     num_samples: int
     truth: str
     entries: list[DistributionEntry]
+    reader: str = "oracle"
 
     def to_json(self) -> dict[str, Any]:
         """As `Scores.to_json`, each entry by its own `to_json`."""

@@ -35,6 +35,7 @@ from causal_sprites.data.dataset import Dataset
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import SearchBudget, elbo, infer_posterior, likelihood_range
+from causal_sprites.model.refine import propose
 from causal_sprites.model.vae import ConditionalVAE, topological_order
 from causal_sprites.optim import lr_factor, parameter_groups
 from causal_sprites.runs import (
@@ -83,13 +84,16 @@ def evaluate_nelbo(
     rows: np.ndarray,
     batch_size: int = 512,
 ) -> dict[str, Any]:
-    """Mean test NELBO, reconstruction and KL (nats/image) and classifier accuracy per factor.
+    """Mean test NELBO, reconstruction and KL (nats/image), q(y | x)'s accuracy per categorical
+    factor and its mean absolute error per continuous one (in the factor's unit).
 
     Always in float32, whatever precision training used, so numbers compare across runs.
     """
     device = labels.device
     totals = {"recon": 0.0, "kl": 0.0}
-    correct = torch.zeros(len(model.names))
+    categorical = [i for i, f in enumerate(model.schema.factors) if f.kind == "categorical"]
+    correct = torch.zeros(len(categorical))
+    errors = dict.fromkeys(model.schema.continuous, 0.0)
     was_training = model.training
     model.eval()
     with preserved_rng():
@@ -102,8 +106,13 @@ def evaluate_nelbo(
             logits = model.classify(x, features)
             totals["recon"] -= recon.sum().item()
             totals["kl"] += kl.sum().item()
-            for i, factor_logits in enumerate(logits):
-                correct[i] += (factor_logits.argmax(-1) == y[:, i]).sum().item()
+            for k, (i, factor_logits) in enumerate(zip(categorical, logits, strict=True)):
+                correct[k] += (factor_logits.argmax(-1) == y[:, i]).sum().item()
+            if errors:
+                values, _ = propose(model, x, features)
+                truth = y[:, [model.names.index(n) for n in errors]]
+                for k, name in enumerate(errors):
+                    errors[name] += (values[:, k] - truth[:, k]).abs().sum().item()
     model.train(was_training)
     count = max(len(rows), 1)
     return {
@@ -111,8 +120,9 @@ def evaluate_nelbo(
         "test_kl": totals["kl"] / count,
         "test_nelbo": (totals["recon"] + totals["kl"]) / count,
         "classifier_accuracy": {
-            n: float(c) / count for n, c in zip(model.names, correct, strict=True)
+            model.names[i]: float(c) / count for i, c in zip(categorical, correct, strict=True)
         },
+        **({"regression_mae": {n: e / count for n, e in errors.items()}} if errors else {}),
     }
 
 

@@ -18,10 +18,16 @@ from causal_sprites.cli.common import (
 )
 from causal_sprites.config import parse_graph
 from causal_sprites.data.dsprites import DSprites
-from causal_sprites.data.variants import load_spec, variant_of
+from causal_sprites.data.variant_spec import load_graph
+from causal_sprites.data.variants import variant_of
 from causal_sprites.discovery import discover_file, discover_from_images
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.evaluation import score_counterfactuals, score_distributions, score_run
+from causal_sprites.evaluation import (
+    PosteriorReader,
+    score_counterfactuals,
+    score_distributions,
+    score_run,
+)
 from causal_sprites.oracle import load_oracle
 from causal_sprites.report import write_report
 from causal_sprites.scores import (
@@ -53,23 +59,35 @@ def evaluate(
     """Test NELBO (recon, KL; on your own images also bits per dimension), reconstruction IoU
     (binary images) or MAE and PSNR (grey or colour), classifier accuracy, z-leakage and the
     readout; with --counterfactual also ground-truth fidelity, effectiveness, preservation,
-    composition and reversibility (Monteiro et al. 2023): on dSprites and its variants, or on a
-    dataset holding every factor combination exactly once (its own truth)."""
+    composition and reversibility (Monteiro et al. 2023): on dSprites and causal variants of any
+    dataset holding every factor combination (against the base's images; on such a variant the
+    distributions too, from --num-counterfactuals images per query read back by the run's own
+    posterior), or on a dataset holding every factor combination exactly once (its own truth)."""
     model, store = load_run_and_data(run, data)
     dsprites = isinstance(store, DSprites)
-    if counterfactual and not dsprites:
-        truth_rows(store, model.schema)  # refuse data without a known truth before scoring
+    variant = None
+    if counterfactual:
+        variant = variant_of(data or (Path(model.config.data) if model.config.data else None))
+        if variant is not None and variant[0].dataset is not None:
+            _ = variant[0].index  # refuse a missing or incomplete base before scoring
+        elif not dsprites:
+            truth_rows(store, model.schema)  # refuse data without a known truth before scoring
     scores = score_run(model, store, num_images)
     counterfactuals: CounterfactualScores | ImageCounterfactualScores | None = None
     distributions = None
-    if counterfactual and not dsprites:
-        counterfactuals = score_image_counterfactuals(model, store, num_counterfactuals)
-    elif counterfactual:
-        variant = variant_of(data or (Path(model.config.data) if model.config.data else None))
+    if counterfactual and dsprites:
         judge = load_oracle(oracle)
         counterfactuals = score_counterfactuals(model, store, judge, variant, num_counterfactuals)
         spec = variant[0] if variant else None
         distributions = score_distributions(model, judge, spec, store)
+    elif counterfactual and variant is not None:
+        counterfactuals = score_counterfactuals(model, store, None, variant, num_counterfactuals)
+        reader = PosteriorReader(model)
+        distributions = score_distributions(
+            model, reader, variant[0], store, num_counterfactuals, reader=reader.name
+        )
+    elif counterfactual:
+        counterfactuals = score_image_counterfactuals(model, store, num_counterfactuals)
     result = Evaluation(scores, counterfactuals, distributions)
     if json_out:
         typer.echo(json.dumps(result.to_json()))
@@ -124,7 +142,7 @@ def discover(
     json_out: JsonOption = False,
 ) -> None:
     """PC causal discovery over the factors, from a data file's labels or from the pixels."""
-    spec = load_spec(truth) if truth is not None else None
+    spec = load_graph(truth) if truth is not None else None
     options: dict[str, Any] = {"alpha": alpha, "test": test}
     if run is None:
         result = discover_file(data, spec, **options)
@@ -151,7 +169,11 @@ def discover(
             typer.echo(f"  {edge['from']} {arrow} {edge['to']}")
     for t in result["tests"]:
         pair = f"{t['a']:>11} ~ {t['b']:<11}"
-        typer.echo(f"  {pair} p {t['p_value']:<9.3g} V {t['cramers_v']:.3f}")
+        typer.echo(f"  {pair} p {t['p_value']:<9.3g} V {t['cramers_v']:.3f}  {t['test']}")
+    for t in result["ci_tests"]:
+        if t["given"] and t["p_value"] > result["alpha"]:
+            given = ", ".join(t["given"])
+            typer.echo(f"  {t['a']} _||_ {t['b']} | {given}: p {t['p_value']:.3g} ({t['test']})")
     if result["shd"] is not None:
         typer.echo(f"  SHD to {truth}: {result['shd']}")
     if any(not e["directed"] for e in result["edges"]):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import torch
 import typer
 
 from causal_sprites.cli.common import (
@@ -19,12 +20,13 @@ from causal_sprites.cli.common import (
     fail,
     write_png,
 )
-from causal_sprites.data import dsprites
+from causal_sprites.data import dsprites, pendulum
 from causal_sprites.data.dataset import Dataset, describe, load_dataset
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.importers import import_source
 from causal_sprites.data.load import load_data
 from causal_sprites.data.variants import load_spec, sample_variant
+from causal_sprites.scm.factor_sampling import holds, parse_evidence
 from causal_sprites.viz import sample_grid_figure
 
 
@@ -37,12 +39,57 @@ def _sample_grid(
     return write_png(figure, out)
 
 
+DATASETS = ("dsprites", "pendulum")
+
+
 @data_app.command("generate")
 def data_generate(
-    out: OutDirOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="dsprites: the directory (default: the data directory); pendulum: the dataset "
+            ".npz to write.",
+        ),
+    ] = None,
+    dataset: Annotated[str, typer.Option(help="dsprites or pendulum.")] = "dsprites",
+    num_samples: Annotated[
+        int | None,
+        typer.Option(help=f"Pendulum images (default {pendulum.DEFAULT_NUM_SAMPLES:,})."),
+    ] = None,
+    size: Annotated[int, typer.Option(help="Pendulum image side: 64 or 96 pixels.")] = 64,
+    shadow_noise: Annotated[
+        float, typer.Option(help="SD of the pendulum's shadow noise, world units (0: none).")
+    ] = 0.0,
+    grid: Annotated[
+        str | None, typer.Option(help="causalvae: CausalVAE's own 7,308-image pendulum grid.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (pendulum).")] = 0,
 ) -> None:
-    """Write the default data (the procedural generator) as an official-format .npz."""
-    typer.echo(dsprites.generate((out or dsprites.data_dir()) / dsprites.DEFAULT_FILENAME))
+    """Write the default data (dSprites' procedural generator, an official-format .npz), or the
+    pendulum of CausalVAE as a dataset file with its shadow noise recorded."""
+    if dataset not in DATASETS:
+        fail(f"unknown dataset {dataset!r}; datasets are {', '.join(DATASETS)}")
+    if dataset == "dsprites":
+        given = {
+            "--num-samples": num_samples is not None,
+            "--size": size != 64,
+            "--shadow-noise": shadow_noise != 0.0,
+            "--grid": grid is not None,
+            "--seed": seed != 0,
+        }
+        used = [flag for flag, is_given in given.items() if is_given]
+        if used:
+            fail(f"{used[0]} is for --dataset pendulum; dSprites' default data has no options")
+        typer.echo(dsprites.generate((out or dsprites.data_dir()) / dsprites.DEFAULT_FILENAME))
+        return
+    if out is None:
+        fail("--dataset pendulum needs --out, the dataset .npz to write")
+    path, num = pendulum.write(out, num_samples, size, shadow_noise, seed, grid)
+    typer.echo(
+        f"{path}: {num:,} images of the pendulum ({size}x{size}, shadow noise {shadow_noise:g} "
+        "world units)"
+    )
 
 
 @data_app.command("verify")
@@ -79,7 +126,11 @@ def data_show(
     out: Annotated[Path, typer.Option(help="PNG to write.")],
     data: DataOption = None,
     given: Annotated[
-        list[str] | None, typer.Option(help="Only images with factor=value, e.g. shape=heart.")
+        list[str] | None,
+        typer.Option(
+            help="Only images with factor=value, e.g. shape=heart (a continuous factor within "
+            "1 % of its range, or a range: angle=10..12)."
+        ),
     ] = None,
     num: Annotated[int, typer.Option(min=1, help="Number of images.")] = 16,
     seed: Annotated[int, typer.Option(help="Random seed of the choice.")] = 0,
@@ -87,12 +138,9 @@ def data_show(
     """A PNG grid of random images (or of those matching --given), labelled with factors; any
     dataset file, or dSprites'."""
     store = load_data(data)
-    assignments = store.schema.parse_assignments(given or [])
-    factors = store.factors(slice(None))
-    match = np.ones(len(factors), dtype=bool)
-    for name, value in assignments.items():
-        match &= factors[:, store.schema.index(name)] == value
-    rows = np.flatnonzero(match)
+    evidence = parse_evidence(store.schema, given or [])  # a continuous value within 1 %
+    factors = torch.as_tensor(np.asarray(store.factors(slice(None))))
+    rows = np.flatnonzero(holds(factors, evidence, store.schema).numpy())
     if not len(rows):
         fail(f"no images match {' '.join(given or [])}")
     typer.echo(_sample_grid(store, rows, num, seed, out))

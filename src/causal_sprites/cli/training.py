@@ -24,7 +24,7 @@ from causal_sprites.config import PRESETS, parse_graph
 from causal_sprites.data import dsprites
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.load import load_data
-from causal_sprites.data.variants import load_spec
+from causal_sprites.data.variant_spec import load_graph
 from causal_sprites.demo import run_demo
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.pixels import bits_per_dim
@@ -143,7 +143,7 @@ def _graph(text: str | None, spec: Path | None) -> tuple[tuple[str, str], ...]:
     if text and spec:
         raise CausalSpritesError("give --graph or --graph-from, not both")
     if spec is not None:
-        return tuple(load_spec(spec).edges)
+        return load_graph(spec)
     return parse_graph(text) if text else ()
 
 

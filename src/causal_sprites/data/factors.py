@@ -43,6 +43,18 @@ SCHEMA: Final = Schema(
     ),
     image_shape=(64, 64, 1),
     binary=True,
+    extra={
+        # What the report's figures and the app show first (`figures.showcase`): the queries
+        # and edits the docs and the pinned figures use, and a square in the middle.
+        "showcase": {
+            "condition": {"scale": 5},
+            "intervene": {"posX": 31},
+            "counterfactual": {"shape": "heart"},
+            "edits": [{"shape": "heart"}, {"orientation": 15}],
+            "traversal_steps": {"shape": 1, "scale": 1, "orientation": 4, "posX": 4, "posY": 4},
+            "start": {"shape": "square", "scale": 5, "orientation": 0, "posX": 16, "posY": 16},
+        }
+    },
 )
 
 #: Rotational symmetry order of each shape (square, ellipse, heart).

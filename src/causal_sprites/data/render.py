@@ -64,20 +64,27 @@ def _unit_outline(shape: int) -> tuple[np.ndarray, np.ndarray]:
     return HEART_U * x, HEART_V * y + HEART_V0
 
 
+def _turn(
+    shape: int, scale: np.ndarray, cos: np.ndarray, sin: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Outline offsets from the centre, scaled and turned (scale, cos, sin broadcast against the
+    outline's last axis): the one formula of the grid's and of any value's sprites."""
+    u, v = _unit_outline(shape)
+    return scale * (u * cos + v * sin), scale * (-u * sin + v * cos)
+
+
 @cache
 def _offsets(shape: int) -> tuple[np.ndarray, np.ndarray]:
     """Scaled, rotated outline offsets from the centre, (6, 40, E) each: (scale, orientation)."""
-    u, v = _unit_outline(shape)
-    s = VALUES["scale"][:, None, None]
     cos = np.cos(VALUES["orientation"])[None, :, None]
     sin = np.sin(VALUES["orientation"])[None, :, None]
-    return s * (u * cos + v * sin), s * (-u * sin + v * cos)
+    return _turn(shape, VALUES["scale"][:, None, None], cos, sin)
 
 
-def _snap(offset: np.ndarray, pos: np.ndarray) -> np.ndarray:
+def _snap(offset: np.ndarray, pos: np.ndarray, k: np.ndarray) -> np.ndarray:
     """Absolute coordinate 16 + 32 pos + offset snapped to the subpixel grid, then made relative
-    to the corner of pixel 16 + k, k the position index: integers (..., E)."""
-    k = np.rint(pos * (SIZES[3] - 1)).astype(np.int64)
+    to the corner of pixel 16 + k, the centre of the sprite's tile: integers (..., E). The
+    snapped outline is the same whichever k; k only says where the tile goes."""
     centre = 16 + 32 * pos
     snapped = np.rint((centre[..., None] + offset) * SUBPIXEL).astype(np.int64)
     return snapped - (SUBPIXEL * (16 + k))[..., None]
@@ -168,17 +175,94 @@ def render(classes: np.ndarray) -> np.ndarray:
     """Images (B, 64, 64) uint8 0/1 of class tuples (B, 5) (shape, scale, orientation, posX,
     posY) or (B, 6) with color first."""
     classes = _validate(classes)
-    images = np.zeros((len(classes), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    _, scale, orientation, kx, ky = classes.T
+
+    def offsets(shape: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dx, dy = _offsets(shape)
+        return dx[scale[rows], orientation[rows]], dy[scale[rows], orientation[rows]]
+
+    return _draw(classes[:, 0], offsets, VALUES["posX"][kx], VALUES["posY"][ky], kx, ky)
+
+
+def render_values(
+    shape: np.ndarray | int,
+    scale: np.ndarray | float,
+    orientation: np.ndarray | float,
+    pos_x: np.ndarray | float,
+    pos_y: np.ndarray | float,
+) -> np.ndarray:
+    """Images (B, 64, 64) uint8 0/1 of sprites at any scale (0 < scale <= 1), orientation
+    (radians) and position (posX, posY in [0, 1]), shape a class 0..2; arguments broadcast to
+    (B,). On the grid's values, the very images `render` draws of their classes."""
+    shapes, values = _validate_values(shape, scale, orientation, pos_x, pos_y)
+    scales, orientations, xs, ys = values
+    cos, sin = np.cos(orientations)[:, None], np.sin(orientations)[:, None]
+
+    def offsets(kind: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _turn(kind, scales[rows, None], cos[rows], sin[rows])
+
+    # Each tile is centred on the pixel corner nearest the sprite's centre: it holds the sprite.
+    kx, ky = (np.rint(32 * pos).astype(np.int64) for pos in (xs, ys))
+    return _draw(shapes, offsets, xs, ys, kx, ky)
+
+
+#: What `render_values` takes: each value's name, the test it must pass and what that asks.
+_VALUE_CHECKS: Final[tuple[tuple[str, Callable[[np.ndarray], np.ndarray], str], ...]] = (
+    ("scale", lambda a: (a > 0) & (a <= 1), "in (0, 1]"),
+    ("orientation", np.isfinite, "a finite number of radians"),
+    ("posX", lambda a: (a >= 0) & (a <= 1), "in [0, 1]"),
+    ("posY", lambda a: (a >= 0) & (a <= 1), "in [0, 1]"),
+)
+
+
+def _validate_values(
+    shape: np.ndarray | int, *values: np.ndarray | float
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Shape classes (B,) int64 and the values (B,) float64 each, broadcast; one-line errors
+    on a bad shape class or a value out of its range (NaN included)."""
+    try:
+        shapes, *arrays = np.broadcast_arrays(*(np.atleast_1d(a) for a in (shape, *values)))
+    except ValueError:
+        raise CausalSpritesError("shape, scale, orientation, posX, posY do not broadcast") from None
+    if shapes.ndim != 1:
+        raise CausalSpritesError(
+            f"sprite values must be numbers or (B,) arrays, got {shapes.shape}"
+        )
+    if shapes.size and not np.issubdtype(shapes.dtype, np.integer):
+        raise CausalSpritesError(f"shape must be a class index (integer), got {shapes.dtype}")
+    bad = (shapes < 0) | (shapes >= SIZES[0])
+    if bad.any():
+        raise CausalSpritesError(f"shape class {shapes[bad][0]} is out of range 0..{SIZES[0] - 1}")
+    out = []
+    for (name, test, wanted), array in zip(_VALUE_CHECKS, arrays, strict=True):
+        array = array.astype(np.float64)
+        bad = ~test(array)
+        if bad.any():
+            raise CausalSpritesError(f"{name} {array[bad][0]:g} is not {wanted}")
+        out.append(array)
+    return shapes.astype(np.int64), out
+
+
+def _draw(
+    shapes: np.ndarray,
+    offsets: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    pos_x: np.ndarray,
+    pos_y: np.ndarray,
+    kx: np.ndarray,
+    ky: np.ndarray,
+) -> np.ndarray:
+    """Images (B, 64, 64) of sprites: shape classes (B,), `offsets(shape, rows)` their outlines
+    (R, E) each, centres at 16 + 32 pos, tiles centred on the corner of pixel 16 + k."""
+    images = np.zeros((len(shapes), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     for shape in range(SIZES[0]):
-        (matching,) = np.nonzero(classes[:, 0] == shape)
+        (matching,) = np.nonzero(shapes == shape)
         for start in range(0, matching.size, CHUNK_OUTLINES * PATCH * PATCH):
             which = matching[start : start + CHUNK_OUTLINES * PATCH * PATCH]
-            _, scale, orientation, kx, ky = classes[which].T
-            dx, dy = _offsets(shape)
-            x = _snap(dx[scale, orientation], VALUES["posX"][kx])
-            y = _snap(dy[scale, orientation], VALUES["posY"][ky])
+            dx, dy = offsets(shape, which)
+            x = _snap(dx, pos_x[which], kx[which])
+            y = _snap(dy, pos_y[which], ky[which])
             tiles = _rasterise(x, y)
-            corner = (which * IMAGE_SIZE + ky) * IMAGE_SIZE + kx
+            corner = (which * IMAGE_SIZE + ky[which]) * IMAGE_SIZE + kx[which]
             grid = np.arange(PATCH)
             images.reshape(-1)[corner[:, None, None] + grid[:, None] * IMAGE_SIZE + grid] = tiles
     return images
@@ -198,8 +282,8 @@ def _render_grid(shape: int, outlines: slice) -> np.ndarray:
     dx, dy = _offsets(shape)
     edges = dx.shape[-1]
     dx, dy = dx.reshape(-1, edges)[outlines], dy.reshape(-1, edges)[outlines]
-    x = _snap(dx[:, None], VALUES["posX"][None])[:, :, None]
-    y = _snap(dy[:, None], VALUES["posY"][None])[:, None]
+    x = _snap(dx[:, None], VALUES["posX"][None], np.arange(SIZES[3]))[:, :, None]
+    y = _snap(dy[:, None], VALUES["posY"][None], np.arange(SIZES[4]))[:, None]
     x, y = np.broadcast_arrays(x, y)
     tiles = _rasterise(x.reshape(-1, edges), y.reshape(-1, edges))
     return _paste_grid(tiles.reshape(-1, SIZES[3], SIZES[4], PATCH, PATCH))

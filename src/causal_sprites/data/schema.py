@@ -150,7 +150,7 @@ class Factor:
     def text(self, value: float) -> str:
         """A stored value (a class index, or a continuous value) as the user reads it."""
         if self.kind == "continuous":
-            return f"{value:g}"
+            return f"{value:.4g}"  # a caption's few digits; JSON keeps the full value
         return self.classes[int(value)]
 
     def to_json(self) -> dict[str, Any]:

@@ -1,276 +1,126 @@
-"""Causal dSprites variants: a factor-level Gumbel-max SCM (Oberst & Sontag 2019) samples dSprites
-images with dependent factors and records every sample's exogenous noise, so the true
-counterfactual of any sample under any do() is known (same noise, new mechanisms, the new image).
-The SCM is the package's one `FactorGraph`; this module reads specs and writes and reads the files.
+"""Causal variants of a dataset: a factor-level Gumbel-max SCM (Oberst & Sontag 2019, specs in
+`data/variant_spec.py`) samples images of a base dataset with dependent factors and records every
+sample's exogenous noise, so the true counterfactual of any sample under any do() is known (same
+noise, new mechanisms, the base's image at the new classes). On dSprites the images are drawn by
+the generator; any other base must hold every factor combination. The SCM is the package's one
+`FactorGraph`; this module samples specs and writes and reads the files.
 """
 
 from __future__ import annotations
 
-import functools
 import json
+import os
 import zipfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import torch
-import yaml
 
-from causal_sprites.data.factors import (
-    FACTORS,
-    SIZES,
-    classes_to_values,
-    normalize_assignments,
-)
+from causal_sprites.data.dataset import chunk_rows, write_dataset
+from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.render import metadata, render
+from causal_sprites.data.schema import Schema
+from causal_sprites.data.variant_spec import VariantSpec, load_spec, parse_spec, shift_table
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.runs import atomic_path
-from causal_sprites.scm.graph import FactorGraph, topological_order
 from causal_sprites.scm.mechanisms import sample_gumbels
 
-SIZE: Final = dict(zip(FACTORS, SIZES, strict=True))
+__all__ = [
+    "BASE_ROW",
+    "NOISE_PREFIX",
+    "VariantSpec",
+    "abduct_noise",
+    "counterfactual_classes",
+    "distribution",
+    "joint",
+    "load_spec",
+    "mechanism",
+    "parse_spec",
+    "read_variant",
+    "sample_classes",
+    "sample_variant",
+    "shift_table",
+    "true_candidates",
+    "true_counterfactual",
+    "true_images",
+    "variant_of",
+]
+
 NOISE_PREFIX: Final = "noise_"
-_SPEC_KEYS: Final = {"name", "num_samples", "seed", "edges", "mechanisms", "description"}
-
-
-@dataclass(frozen=True, eq=False)
-class VariantSpec:
-    """A validated factor-level SCM: each factor's parents and its table (*parent sizes, K)."""
-
-    name: str
-    num_samples: int
-    seed: int
-    parents: dict[str, tuple[str, ...]]
-    tables: dict[str, np.ndarray]
-    description: str = ""
-
-    @property
-    def edges(self) -> tuple[tuple[str, str], ...]:
-        """(parent, child) pairs, children in factor order."""
-        return tuple((p, child) for child in FACTORS for p in self.parents[child])
-
-    @functools.cached_property
-    def graph(self) -> FactorGraph:
-        """The spec as the package's factor-level SCM. Logs are taken in numpy, as the variant
-        files were always sampled, so the same seed keeps giving the same data bit for bit."""
-        with np.errstate(divide="ignore"):
-            logs = {n: torch.from_numpy(np.log(t)) for n, t in self.tables.items()}
-        return FactorGraph(self.parents, logs)
-
-    @property
-    def order(self) -> tuple[str, ...]:
-        """The factors in a topological order (ties in factor order)."""
-        return tuple(self.graph.order)
-
-    def graph_string(self) -> str:
-        """The edges as `train --graph` takes them: `"shape->scale,scale->posX"`."""
-        return ",".join(f"{p}->{c}" for p, c in self.edges)
-
-    def descendants(self, names: Sequence[str]) -> set[str]:
-        """Proper descendants of the given factors (the given ones themselves excluded)."""
-        return self.graph.descendants(list(names))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Canonical JSON-able form (helpers expanded into tables); `parse_spec` reads it back."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "num_samples": self.num_samples,
-            "seed": self.seed,
-            "edges": [list(edge) for edge in self.edges],
-            "mechanisms": {
-                node: {"parents": list(self.parents[node]), "table": self.tables[node].tolist()}
-                for node in FACTORS
-                if self.parents[node] or not _is_uniform(self.tables[node])
-            },
-        }
-
-
-def _is_uniform(table: np.ndarray) -> bool:
-    return bool(np.allclose(table, 1.0 / table.shape[-1], rtol=0, atol=1e-15))
-
-
-def _factor(name: Any, where: str) -> str:
-    if name not in FACTORS:
-        raise CausalSpritesError(
-            f"unknown factor {name!r} in {where}; factors are {', '.join(FACTORS)}"
-        )
-    return str(name)
-
-
-def _integer(raw: Mapping[str, Any], key: str, default: int | None, minimum: int) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise CausalSpritesError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def shift_table(parents: Sequence[str], node: str, strength: float) -> np.ndarray:
-    """The `shift` helper's table (*parent sizes, K): a bump over the node's classes centred at
-    the mean relative position of the parents, standard deviation 1 / (4 strength) of the range."""
-    if not parents:
-        raise CausalSpritesError(f"shift mechanism of {node} needs at least one parent")
-    grids = np.meshgrid(*[(np.arange(SIZE[p]) + 0.5) / SIZE[p] for p in parents], indexing="ij")
-    centre = np.mean(grids, axis=0)[..., None]
-    u = (np.arange(SIZE[node]) + 0.5) / SIZE[node]
-    logits = -8.0 * strength**2 * (u - centre) ** 2
-    table = np.exp(logits - logits.max(-1, keepdims=True))
-    return table / table.sum(-1, keepdims=True)
-
-
-def _table(node: str, parents: tuple[str, ...], entry: Mapping[str, Any]) -> np.ndarray:
-    """A mechanism entry's normalised table (*parent sizes, K)."""
-    if ("table" in entry) == ("shift" in entry):
-        raise CausalSpritesError(f"mechanism of {node} needs exactly one of 'table' or 'shift'")
-    if "shift" in entry:
-        shift = entry["shift"]
-        strength = shift.get("strength") if isinstance(shift, Mapping) else None
-        if isinstance(strength, bool) or not isinstance(strength, int | float) or strength < 0:
-            raise CausalSpritesError(
-                f"shift of {node} needs a number 'strength' >= 0, got {strength!r}"
-            )
-        return shift_table(parents, node, float(strength))
-    expected = (*[SIZE[p] for p in parents], SIZE[node])
-    try:
-        table = np.array(entry["table"], dtype=np.float64)
-    except (ValueError, TypeError):
-        raise CausalSpritesError(
-            f"table of {node} is not a rectangular array of numbers; expected shape {expected}"
-        ) from None
-    if table.shape != expected:
-        names = " x ".join([*parents, node])
-        raise CausalSpritesError(
-            f"table of {node} has shape {table.shape}, expected {expected} ({names})"
-        )
-    if not np.isfinite(table).all():
-        raise CausalSpritesError(f"table of {node} has non-finite entries")
-    if (table < 0).any():
-        raise CausalSpritesError(f"table of {node} has negative entries")
-    totals = table.sum(-1, keepdims=True)
-    if (totals <= 0).any():
-        row = tuple(int(i) for i in np.argwhere(totals[..., 0] <= 0)[0])
-        raise CausalSpritesError(f"table of {node} has a row summing to 0 at parents {row}")
-    return table / totals
-
-
-def parse_spec(raw: Any, default_name: str = "variant") -> VariantSpec:
-    """Validate a spec mapping (the parsed YAML/JSON) into a VariantSpec.
-
-    Keys: `name`, `num_samples` (>= 1), `seed`, `description`, `edges` ([parent, child] pairs, a
-    DAG) and `mechanisms` ({node: {parents: [...], table: ...}}; a node without an entry is
-    uniform; `parents` defaults to the edges into the node, in their order). A table has the
-    shape (*parent sizes, node size), entries >= 0; each row is normalised, so weights will do.
-    Instead of `table`, `shift: {strength: s}` is a discretised Gaussian bump over the node's
-    classes that follows its parents: class k sits at u_k = (k + 0.5) / K, the centre is the mean
-    of the parents' u = (v + 0.5) / K_parent, and p(k | parents) is proportional to
-    exp(-8 s^2 (u_k - centre)^2): standard deviation 1 / (4 s) of the range, uniform at s = 0.
-    """
-    if not isinstance(raw, Mapping):
-        raise CausalSpritesError(f"a variant spec must be a mapping, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - _SPEC_KEYS)
-    if unknown:
-        raise CausalSpritesError(f"unknown spec keys {', '.join(map(str, unknown))}")
-    name = str(raw.get("name", default_name))
-    num_samples = _integer(raw, "num_samples", None, 1)
-    seed = _integer(raw, "seed", 0, 0)
-    edges = raw.get("edges") or []
-    parents: dict[str, list[str]] = {n: [] for n in FACTORS}
-    if not isinstance(edges, list):
-        raise CausalSpritesError("edges must be a list of [parent, child] pairs")
-    for edge in edges:
-        if not isinstance(edge, list | tuple) or len(edge) != 2:
-            raise CausalSpritesError(f"bad edge {edge!r}: expected [parent, child]")
-        parent, child = _factor(edge[0], "edges"), _factor(edge[1], "edges")
-        if parent == child or parent in parents[child]:
-            raise CausalSpritesError(f"edge {parent} -> {child} is a self-loop or given twice")
-        parents[child].append(parent)
-    topological_order(parents)
-    mechanisms = raw.get("mechanisms") or {}
-    if not isinstance(mechanisms, Mapping):
-        raise CausalSpritesError("mechanisms must be a mapping from factor to mechanism")
-    tables = {n: np.full(SIZE[n], 1.0 / SIZE[n]) for n in FACTORS}
-    for node, entry in mechanisms.items():
-        node = _factor(node, "mechanisms")
-        if not isinstance(entry, Mapping):
-            raise CausalSpritesError(f"mechanism of {node} must be a mapping")
-        given = entry.get("parents", parents[node])
-        if not isinstance(given, list | tuple):
-            raise CausalSpritesError(f"parents of {node} must be a list")
-        given = [_factor(p, f"parents of {node}") for p in given]
-        if sorted(given) != sorted(parents[node]) or len(set(given)) != len(given):
-            raise CausalSpritesError(
-                f"parents of {node} are [{', '.join(given)}] but the edges into it are "
-                f"[{', '.join(parents[node])}]"
-            )
-        parents[node] = given
-        tables[node] = _table(node, tuple(given), entry)
-    missing = [n for n in FACTORS if parents[n] and n not in mechanisms]
-    if missing:
-        raise CausalSpritesError(f"{missing[0]} has parents in edges but no mechanism")
-    return VariantSpec(
-        name=name,
-        num_samples=num_samples,
-        seed=seed,
-        parents={n: tuple(p) for n, p in parents.items()},
-        tables=tables,
-        description=str(raw.get("description", "")),
-    )
-
-
-def load_spec(path: Path | str) -> VariantSpec:
-    """Read and validate a YAML or JSON spec file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CausalSpritesError(f"no such spec file: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        where = getattr(error, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise CausalSpritesError(f"{path}: bad YAML{line}") from None
-    except UnicodeDecodeError:
-        raise CausalSpritesError(f"{path}: not a text file") from None
-    try:
-        return parse_spec(raw, default_name=path.stem)
-    except CausalSpritesError as error:
-        raise CausalSpritesError(f"{path}: {error}") from None
+#: A variant dataset file's extra array: each sample's row in the base dataset (N,) int64.
+BASE_ROW: Final = "base_row"
 
 
 # --- the mechanisms, numpy in and out of the FactorGraph --------------------------------------
 
 
-def _classes(classes: np.ndarray) -> torch.Tensor:
-    """Factor classes (B, 5) int64 of (B, 5) or (B, 6) (color first) integer classes."""
-    return torch.from_numpy(np.array(np.asarray(classes)[:, -len(FACTORS) :], dtype=np.int64))
+def _classes(spec: VariantSpec, classes: np.ndarray) -> torch.Tensor:
+    """Factor classes (B, K) int64 of (B, K) classes, or of (B, K + 1) with dSprites' color."""
+    count = len(spec.schema.factors)
+    return torch.from_numpy(np.array(np.asarray(classes)[:, -count:], dtype=np.int64))
 
 
-def _noise(noise: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+def _noise(spec: VariantSpec, noise: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Noise arrays {factor: (B, K)} as tensors (other keys dropped), dtype kept."""
-    return {n: torch.as_tensor(np.asarray(v)) for n, v in noise.items() if n in SIZE}
+    names = spec.schema.names
+    return {n: torch.as_tensor(np.asarray(v)) for n, v in noise.items() if n in names}
 
 
 def mechanism(spec: VariantSpec, node: str, classes: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Y_node = argmax_k(log table[parents] + G): classes (B, 5) (parents read), noise (B, K)
+    """Y_node = argmax_k(log table[parents] + G): classes (B, K) (parents read), noise (B, K_node)
     -> (B,) int64, by the FactorGraph's mechanism (float32 noise is added in float64)."""
-    columns = _classes(classes)
-    values = {n: columns[:, i] for i, n in enumerate(FACTORS)}
+    columns = _classes(spec, classes)
+    values = {n: columns[:, i] for i, n in enumerate(spec.schema.names)}
     return spec.graph.mechanism(node, values, torch.as_tensor(np.asarray(noise))).numpy()
 
 
 def sample_classes(spec: VariantSpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Sample the SCM: factor classes (N, 5) int64 and the Gumbel noise {factor: (N, K) float32}."""
+    """Sample the SCM: factor classes (N, K) int64 and the Gumbel noise {factor: (N, K_f)}
+    float32, drawn factor by factor in schema order from a generator seeded with the spec's."""
     generator = torch.Generator().manual_seed(spec.seed)
     num = spec.num_samples
-    noise = {n: sample_gumbels((num, SIZE[n]), generator).numpy() for n in FACTORS}
-    return spec.graph.sample(_noise(noise)).numpy(), noise
+    noise = {n: sample_gumbels((num, k), generator).numpy() for n, k in spec.schema.size_of.items()}
+    return spec.graph.sample(_noise(spec, noise)).numpy(), noise
+
+
+# --- the files ---------------------------------------------------------------------------------
 
 
 def sample_variant(spec: VariantSpec, out: Path | str) -> Path:
-    """Sample the variant and write it atomically as an official-format .npz (imgs, latents_classes,
-    latents_values, metadata) plus `noise_<factor>` (N, K) float32 and `spec` (JSON text)."""
+    """Sample the variant and write it atomically, with `noise_<factor>` (N, K) float32 and
+    `spec` (JSON text). On dSprites: an official-format .npz (imgs, latents_classes,
+    latents_values, metadata). On any other base: a dataset file (`data/dataset.py`) whose
+    images are the base's, each sample's drawn (numpy, seeded with the spec's seed) among the
+    base rows with its classes; that row is kept in `base_row` (N,), with the base's recorded
+    nuisance arrays at those rows, and the spec's `dataset` is written relative to `out`."""
+    out = Path(out)
+    if spec.dataset is not None and out.suffix != ".npz":
+        raise CausalSpritesError(f"{out}: a dataset file's name must end in .npz")
     classes, noise = sample_classes(spec)
+    noise_arrays = {NOISE_PREFIX + n: v for n, v in noise.items()}
+    if spec.dataset is None:
+        _write_dsprites(spec, classes, noise_arrays, out)
+        return out
+    index, base = spec.index, spec.base
+    rows = index.pick(classes, np.random.default_rng(spec.seed))
+    relative = os.path.relpath(spec.dataset, out.resolve().parent)
+    extra = {
+        **{key: values[rows] for key, values in index.nuisance.items()},
+        **noise_arrays,
+        "spec": np.array(json.dumps({**spec.to_dict(), "dataset": relative})),
+        BASE_ROW: rows,
+    }
+    step = chunk_rows(spec.schema)
+    chunks = (base.images(rows[i : i + step]) for i in range(0, len(rows), step))
+    return write_dataset(out, chunks, classes.astype(np.float64), spec.schema, extra=extra)
+
+
+def _write_dsprites(
+    spec: VariantSpec, classes: np.ndarray, noise: dict[str, np.ndarray], out: Path
+) -> None:
+    """A dSprites variant as an official-format .npz, its images drawn by the generator."""
     unique, inverse = np.unique(classes, axis=0, return_inverse=True)
     images = render(unique)[inverse.reshape(-1)]
     full = np.concatenate([np.zeros((len(classes), 1), np.int64), classes], axis=1)
@@ -278,44 +128,55 @@ def sample_variant(spec: VariantSpec, out: Path | str) -> Path:
     arrays: dict[str, Any] = {
         "imgs": images,
         "latents_classes": full,
-        "latents_values": classes_to_values(full),
+        "latents_values": _official_values(spec.schema, full),
         "metadata": np.array(json.dumps(info)),
         "spec": np.array(json.dumps(spec.to_dict())),
-        **{NOISE_PREFIX + n: v for n, v in noise.items()},
+        **noise,
     }
-    out = Path(out)
     with atomic_path(out) as temporary, temporary.open("wb") as handle:
         np.savez_compressed(handle, **arrays)
-    return out
+
+
+def _official_values(schema: Schema, full: np.ndarray) -> np.ndarray:
+    """`latents_values` (N, 6) of dSprites classes (N, 6): color 1, then each class's value."""
+    columns = [np.asarray(f.values)[full[:, i + 1]] for i, f in enumerate(schema.factors)]
+    return np.stack([np.ones(len(full)), *columns], -1)
 
 
 def read_variant(path: Path | str) -> tuple[VariantSpec, dict[str, np.ndarray]]:
-    """The spec and recorded noise {factor: (N, K) float32} of a variant file (no pickle)."""
+    """The spec and recorded noise {factor: (N, K) float32} of a variant file: a dSprites
+    official-format .npz or a dataset file, each with its `spec` and `noise_*` (no pickle)."""
     path = Path(path)
     if not path.is_file():
         raise CausalSpritesError(f"no such file: {path}")
+    not_variant = f"{path} is not a causal variant (no recorded spec and noise)"
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = set(archive.files)
-            needed = {"spec", *(NOISE_PREFIX + n for n in FACTORS)}
-            if not needed <= keys:
-                raise CausalSpritesError(
-                    f"{path} is not a causal variant (no recorded spec and noise)"
-                )
-            spec = parse_spec(json.loads(str(archive["spec"])))
-            noise = {n: archive[NOISE_PREFIX + n] for n in FACTORS}
+            if "spec" not in keys or not any(k.startswith(NOISE_PREFIX) for k in keys):
+                raise CausalSpritesError(not_variant)
+            schema = Schema.from_json(str(archive["schema"])) if "schema" in keys else None
+            names = (schema or DSprites.schema).names
+            if any(NOISE_PREFIX + n not in keys for n in names):
+                raise CausalSpritesError(not_variant)
+            raw = json.loads(str(archive["spec"]))
+            noise = {n: archive[NOISE_PREFIX + n] for n in names}
+        spec = parse_spec(raw, root=path.parent, schema=schema)
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise CausalSpritesError(f"{path}: cannot read variant ({error})") from None
-    for n in FACTORS:
-        if noise[n].shape != (spec.num_samples, SIZE[n]):
+    except CausalSpritesError as error:
+        text = str(error) if str(path) in str(error) else f"{path}: {error}"
+        raise CausalSpritesError(text) from None
+    for n, k in spec.schema.size_of.items():
+        if noise[n].shape != (spec.num_samples, k):
             raise CausalSpritesError(f"{path}: noise_{n} has shape {noise[n].shape}")
     return spec, noise
 
 
 def variant_of(path: Path | str | None) -> tuple[VariantSpec, dict[str, np.ndarray]] | None:
-    """(spec, recorded noise) when `path` is a causal variant file, None when it is plain
-    dSprites (an official .npz or .hdf5 without a recorded spec); a file that claims to be a
-    variant but cannot be read is an error, never silently plain dSprites."""
+    """(spec, recorded noise) when `path` is a causal variant file, None when it is plain data
+    (an official dSprites .npz or .hdf5, a dataset file, without a recorded spec); a file that
+    claims to be a variant but cannot be read is an error, never silently plain data."""
     if path is None:
         return None
     path = Path(path)
@@ -329,44 +190,83 @@ def variant_of(path: Path | str | None) -> tuple[VariantSpec, dict[str, np.ndarr
     return read_variant(path) if is_variant else None
 
 
+# --- the truth ---------------------------------------------------------------------------------
+
+
+def true_candidates(
+    spec: VariantSpec, classes: np.ndarray, base_rows: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """The base rows whose images are true images of class tuples (B, K), per tuple: those with
+    the classes and, where there are any, the recorded nuisance of the factual base rows (B,)
+    (`base_row`), which the counterfactual keeps; one row where the base holds the tuple once
+    or records what tells its images apart, else every row that may be the truth."""
+    return spec.index.candidates(_classes(spec, classes).numpy(), base_rows)
+
+
+def true_images(
+    spec: VariantSpec, classes: np.ndarray, base_rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Images of class tuples (B, K): on dSprites drawn by the generator; on another base its
+    image with those classes, the first of `true_candidates`."""
+    if spec.dataset is None:
+        return render(_classes(spec, classes).numpy())
+    rows = [candidates[0] for candidates in true_candidates(spec, classes, base_rows)]
+    return spec.base.images(np.array(rows, dtype=np.int64))
+
+
+def counterfactual_classes(
+    spec: VariantSpec,
+    noise: Mapping[str, np.ndarray],
+    classes: np.ndarray,
+    do: Mapping[str, int | str],
+) -> np.ndarray:
+    """The variant's true counterfactual classes (B, K) int64 of observed classes (B, K) (or
+    (B, 6) with dSprites' color) with their noise {factor: (B, K_f)} under `do`: intervened
+    factors fixed, their descendants recomputed with the same noise, the rest kept."""
+    values = spec.schema.classes(do)
+    factual = _classes(spec, classes)
+    for node, k in spec.schema.size_of.items():
+        if node in noise and np.shape(noise[node]) != (len(factual), k):
+            raise CausalSpritesError(
+                f"noise of {node} has shape {np.shape(noise[node])}, expected ({len(factual)}, {k})"
+            )
+    return spec.graph.predict(factual, _noise(spec, noise), values).numpy()
+
+
 def true_counterfactual(
     spec: VariantSpec,
     noise: Mapping[str, np.ndarray],
     classes: np.ndarray,
     do: Mapping[str, int | str],
+    base_rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The variant's true counterfactual of observed classes (B, 5) (or (B, 6)) with their noise
-    {factor: (B, K)} under `do`: intervened factors fixed, their descendants recomputed with the
-    same noise, the rest kept. Returns classes (B, 5) int64 and images (B, 64, 64) uint8."""
-    values = normalize_assignments(do)
-    factual = _classes(classes)
-    for node, n in noise.items():
-        if node in SIZE and np.shape(n) != (len(factual), SIZE[node]):
-            raise CausalSpritesError(
-                f"noise of {node} has shape {np.shape(n)}, expected ({len(factual)}, {SIZE[node]})"
-            )
-    cf = spec.graph.predict(factual, _noise(noise), values).numpy()
-    return cf, render(cf)
+    """The variant's true counterfactual of observed classes (B, K) with their noise under `do`:
+    its `counterfactual_classes` (B, K) int64 and their `true_images`, keeping the recorded
+    nuisance of the factual base rows (B,) where given."""
+    cf = counterfactual_classes(spec, noise, classes, do)
+    return cf, true_images(spec, cf, base_rows)
 
 
 def abduct_noise(spec: VariantSpec, classes: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """Noise {factor: (B, K)} drawn from its exact posterior given observed classes (B, 5) under the
-    variant's own tables: what a perfect model knows of the noise, as against the recording.
+    """Noise {factor: (B, K)} drawn from its exact posterior given observed classes (B, K) under
+    the variant's own tables: what a perfect model knows of the noise, as against the recording.
 
     Fed to `true_counterfactual`, it gives a perfect model's counterfactual; compared with the
     recorded truth it shows how much of a counterfactual the observation determines: a descendant
     of the intervened factor is only known in distribution when its mechanism is stochastic."""
     generator = torch.Generator().manual_seed(seed)
-    return {n: v.numpy() for n, v in spec.graph.abduct(_classes(classes), generator).items()}
+    factual = _classes(spec, classes)
+    return {n: v.numpy() for n, v in spec.graph.abduct(factual, generator).items()}
 
 
 # --- exact distributions, the truth for the distribution metrics -------------------------------
 
 
 def joint(spec: VariantSpec, do: Mapping[str, int | str] | None = None) -> np.ndarray:
-    """P(shape, scale, orientation, posX, posY) as a (3, 6, 40, 32, 32) array, under `do` if given
-    (the intervened factors' tables replaced by point masses): the FactorGraph's joint."""
-    return spec.graph.log_joint(normalize_assignments(do or {})).exp().numpy()
+    """P(factors) over the whole factor grid (the schema's sizes, e.g. (3, 6, 40, 32, 32) on
+    dSprites), under `do` if given (the intervened factors' tables replaced by point masses):
+    the FactorGraph's joint."""
+    return spec.graph.log_joint(spec.schema.classes(do or {})).exp().numpy()
 
 
 def distribution(
@@ -376,14 +276,14 @@ def distribution(
     do: Mapping[str, int | str] | None = None,
 ) -> np.ndarray:
     """Exact P(target | given, do(...)) as a (K,) array."""
-    target = _factor(target, "distribution")
+    names = spec.schema.names
+    axis = spec.schema.index(target)
     p = joint(spec, do)
-    for name, value in normalize_assignments(given or {}).items():
-        index = [slice(None)] * len(FACTORS)
-        index[FACTORS.index(name)] = slice(value, value + 1)
+    for name, value in spec.schema.classes(given or {}).items():
+        index = [slice(None)] * len(names)
+        index[names.index(name)] = slice(value, value + 1)
         p = p[tuple(index)]
-    axis = FACTORS.index(target)
-    marginal = p.sum(axis=tuple(i for i in range(len(FACTORS)) if i != axis))
+    marginal = p.sum(axis=tuple(i for i in range(len(names)) if i != axis))
     total = marginal.sum()
     if total <= 0:
         raise CausalSpritesError("the conditioning event has probability zero")

@@ -80,7 +80,7 @@ def evidence_text(evidence: Mapping[str, int | tuple[float, float]], schema: Sch
     return ", ".join(parts)
 
 
-def _holds(rows: Tensor, evidence: Evidence, schema: Schema) -> Tensor:
+def holds(rows: Tensor, evidence: Evidence, schema: Schema) -> Tensor:
     """(N,) bool: the rows (N, K) that satisfy the evidence."""
     keep = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
     for name, value in evidence.items():
@@ -105,7 +105,7 @@ def draw_given(vae: ConditionalVAE, evidence: Evidence, num: int = DRAWS) -> Ten
                 f"model: {found} of {drawn:,} draws meet it; widen it"
             )
         rows = vae.sample_factors(DRAWS)
-        accepted.append(rows[_holds(rows, evidence, vae.schema)])
+        accepted.append(rows[holds(rows, evidence, vae.schema)])
         drawn, found = drawn + DRAWS, found + len(accepted[-1])
     return torch.cat(accepted)
 
