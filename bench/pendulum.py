@@ -133,6 +133,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/pendulum-bench"))
     parser.add_argument("--out", type=Path, default=RESULTS / "pendulum.json")
+    parser.add_argument(
+        "--rescore", action="store_true", help="score the run already in --workdir, no training"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()
@@ -146,9 +149,13 @@ def main() -> None:
         train=replace(preset.train, max_minutes=args.minutes, seed=args.seed),
     )
     run_dir = args.workdir / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
-    record = fit(run_dir, config, train_data, torch.device("cpu"), progress=False)
+    if args.rescore:
+        last = (run_dir / "metrics.jsonl").read_text().splitlines()[-1]
+        record = {"step": json.loads(last)["step"]}
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        record = fit(run_dir, config, train_data, torch.device("cpu"), progress=False)
     wall = time.perf_counter() - start
     model = load_run(run_dir)
     rows = np.arange(args.test)
@@ -178,6 +185,7 @@ def main() -> None:
         },
         "training": {
             "minutes": args.minutes,
+            "rescored": args.rescore,
             "steps": record["step"],
             "wall_seconds": wall,
             "regression_mae": held_out.get("regression_mae"),

@@ -148,3 +148,17 @@ def test_conditioning_on_a_continuous_range_keeps_only_rows_inside_it(run: Causa
     assert summary["q05"] >= 8.0 and summary["q95"] <= 10.0
     with pytest.raises(CausalSpritesError, match="is too rare"):
         run.condition_query({"side": (15.999, 16.0), "left": (4.0, 4.01)}, num_samples=1)
+
+
+def test_the_readout_s_spread_is_never_below_q_s_own(run: CausalModel) -> None:
+    from causal_sprites.model.refine import propose
+    from causal_sprites.scm.inputs import as_images
+
+    images, _, _ = sliding(8, seed=4)
+    posterior = run.infer(images, top=2)
+    with torch.no_grad():
+        x = as_images(images, SCHEMA)
+        _, scales = propose(run.model, x, run.model.features(x))
+    assert np.isnan(posterior.spread[:, 0]).all()  # hue is categorical
+    assert (posterior.spread[:, 1:] >= scales.numpy() - 1e-6).all()
+    assert (posterior.mode[:, 1] >= 4.0).all() and (posterior.mode[:, 1] <= 30.0).all()
