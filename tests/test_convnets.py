@@ -1,15 +1,20 @@
-"""The general conv encoder and decoder: shapes for any image size, gradients, bad shapes, and a
-short training run on a tiny colour dataset that must draw each factor combination."""
+"""The general conv encoder and decoder: shapes for any image size, gradients, bad shapes, FiLM,
+the images preset's annealed objective, and short training runs on a tiny colour dataset that
+must draw each factor combination."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
 from torch.nn import functional as F
 
+from causal_sprites.config import PRESETS
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.convnets import ConvDecoder, ConvEncoder
 from causal_sprites.model.pixels import DiscretisedLogistic, bits_per_dim
+from causal_sprites.train import budget_fraction, objective_weights
 
 LOGISTIC = DiscretisedLogistic()
 FACTOR_DIMS = [3, 4]
@@ -71,6 +76,36 @@ def test_gradients_reach_every_parameter() -> None:
         for name, parameter in module.named_parameters():
             assert parameter.grad is not None, name
             assert torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0, name
+
+
+def test_film_starts_as_the_plain_decoder_and_keeps_its_weights() -> None:
+    """FiLM's modulation starts at the identity, so a FiLM decoder begins as the plain one; the
+    plain decoder's parameters keep their names (runs saved before FiLM load unchanged)."""
+    shape = (32, 48, 3)
+    torch.manual_seed(0)
+    plain = ConvDecoder(shape, Y_DIM, Z_DIM, 16, 2, hidden=32)
+    torch.manual_seed(0)
+    film = ConvDecoder(shape, Y_DIM, Z_DIM, 16, 2, hidden=32, film=True)
+    y, z = encode_factors(torch.tensor([[0, 1], [2, 3]])), torch.randn(2, Z_DIM)
+    assert torch.equal(plain(y, z), film(y, z))
+    extra = set(film.state_dict()) - set(plain.state_dict())
+    assert extra == {"film.weight", "film.bias"}
+    assert film.film is not None and film.film.out_features == 2 * sum(film.widths)
+    film.load_state_dict({**plain.state_dict(), **{k: film.state_dict()[k] for k in extra}})
+
+
+def test_film_scales_and_shifts_each_layer_by_the_code() -> None:
+    """A code that sets every layer's scale to -1 zeroes each transposed convolution's input,
+    so the output is the last layer's bias alone; a zero code leaves the plain decoder."""
+    shape = (32, 48, 3)
+    decoder = ConvDecoder(shape, Y_DIM, Z_DIM, 16, 2, hidden=32, film=True)
+    assert decoder.film is not None
+    with torch.no_grad():
+        decoder.film.bias[: sum(decoder.widths)] = -1.0
+    params = decoder(torch.zeros(1, Y_DIM), torch.zeros(1, Z_DIM))
+    last = [m for m in decoder.convs if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    assert last.bias is not None
+    assert torch.allclose(params[0], last.bias[:, None, None].expand_as(params[0]))
 
 
 @pytest.mark.parametrize("shape", [(27, 64, 3), (64, 129, 1), (64, 64, 0), (64, 64)])
@@ -149,3 +184,52 @@ def test_a_short_run_draws_each_colour_at_its_position() -> None:
                 assert (patch - COLOURS[colour][:, None]).abs().mean() < 35
             else:  # grey background (channels equal, within the range drawn), no square
                 assert (patch - patch.mean(0)).abs().mean() < 15
+
+
+def test_film_decoder_draws_each_colour_from_y() -> None:
+    """The decoder alone, y and the background's grey as its code, 300 Adam steps of the
+    likelihood's beta-NLL gradient: with FiLM the mode draws every square in its own colour
+    (worst square 13-22 of 255 off in seeds 0-5); the plain decoder, the same steps, left some
+    square 35-148 off in each of those seeds (bench/colour_fix.py measured the same at full
+    size: one grey whatever the hue)."""
+    torch.manual_seed(0)
+    x, y = colour_squares()
+    code = torch.cat([encode_factors(y), (x[:, :1, 0, 0].float() - 130) / 30], dim=-1)
+    decoder = ConvDecoder((32, 48, 3), Y_DIM, 1, 16, 2, hidden=64, film=True)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-3)
+    for _ in range(300):
+        index = torch.randperm(len(x))[:16]
+        params = decoder(code[index, :Y_DIM], code[index, Y_DIM:])
+        loss = -LOGISTIC.training_log_prob(params, x[index], beta=1.0).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        drawn = LOGISTIC.mode(decoder(code[:, :Y_DIM], code[:, Y_DIM:])).float()
+    for (colour, position), image in zip(y.tolist(), drawn, strict=True):
+        top, left = square_corner(position)
+        patch = image[:, top + 2 : top + 10, left + 2 : left + 10].reshape(3, -1)
+        assert (patch - COLOURS[colour][:, None]).abs().mean() < 30
+
+
+def test_the_annealed_objective_ends_on_the_elbo() -> None:
+    """The images preset's schedule: KL weight 8 at the start, 1 from half the budget on; the
+    beta-NLL weighting whole until the last fifth, then down to 0, so the last step's objective is
+    the plain NELBO that evaluation reports. Without a schedule the loss keeps its defaults."""
+    images = PRESETS["images"]
+    assert objective_weights(images, 0.0) == {"kl_weight": 8.0, "beta": 1.0}
+    assert objective_weights(images, 0.25) == {"kl_weight": 4.5, "beta": 1.0}
+    assert objective_weights(images, 0.5) == {"kl_weight": 1.0, "beta": 1.0}
+    assert objective_weights(images, 0.9) == pytest.approx({"kl_weight": 1.0, "beta": 0.5})
+    assert objective_weights(images, 1.0) == {"kl_weight": 1.0, "beta": 0.0}
+    assert objective_weights(images, 1.7) == {"kl_weight": 1.0, "beta": 0.0}
+    assert objective_weights(PRESETS["default"], 0.0) == {}
+
+
+def test_the_budget_fraction_is_the_larger_of_steps_and_minutes() -> None:
+    images = PRESETS["images"]
+    timed = replace(images, train=replace(images.train, max_minutes=10.0, max_steps=1000))
+    assert budget_fraction(timed, 100, 1000, 300.0) == 0.5
+    assert budget_fraction(timed, 800, 1000, 60.0) == 0.8
+    assert budget_fraction(timed, 2000, 1000, 0.0) == 1.0
+    assert budget_fraction(images, 5, None, 99.0) == 0.0

@@ -62,6 +62,10 @@ from causal_sprites.runtime import (
 
 StepHook = Callable[[int, ConditionalVAE], None]
 LOG_EVERY = 50
+#: The "anneal" objective schedule (`objective_weights`): the KL's weight at the start, the
+#: share of the budget over which it falls to 1, and the last share over which the beta-NLL
+#: weighting falls to the plain likelihood (beta 0), while the "decay" learning rate anneals.
+KL_START, KL_SHARE, BETA_SHARE = 8.0, 0.5, 0.2
 #: Held-out images whose log-likelihoods set a run's usual range (about 2 s on 2 cores).
 LIKELIHOOD_IMAGES = 256
 
@@ -74,6 +78,28 @@ def total_steps(config: RunConfig, per_epoch: int) -> int | None:
     if config.train.max_epochs is not None:
         budgets.append(math.ceil(config.train.max_epochs * per_epoch))
     return min(budgets) if budgets else None
+
+
+def objective_weights(config: RunConfig, fraction: float) -> dict[str, float]:
+    """The loss's weights at `fraction` of the budget (the larger of the steps' and the
+    minutes'): none (the model's own objective) without a schedule; with "anneal" `kl_weight`
+    KL_START falling linearly to 1 over the first KL_SHARE, and `beta` 1 falling linearly to 0
+    over the last BETA_SHARE, so that the last steps follow the ELBO whose value is reported."""
+    if config.train.objective_schedule == "none":
+        return {}
+    fraction = min(max(fraction, 0.0), 1.0)
+    return {
+        "kl_weight": KL_START + (1.0 - KL_START) * min(fraction / KL_SHARE, 1.0),
+        "beta": min((1.0 - fraction) / BETA_SHARE, 1.0),
+    }
+
+
+def budget_fraction(config: RunConfig, step: int, steps: int | None, elapsed: float) -> float:
+    """How much of the budget is used: the larger of the steps' and the minutes' shares."""
+    used = [step / steps] if steps else []
+    if config.train.max_minutes:
+        used.append(elapsed / (60 * config.train.max_minutes))
+    return min(max(used, default=0.0), 1.0)
 
 
 @torch.no_grad()
@@ -304,8 +330,9 @@ def _fit(
             for group, rate in zip(optimizer.param_groups, base_rates, strict=True):
                 group["lr"] = rate * factor
             x, y, noise, uniform = batches(step)
+            weights = objective_weights(config, budget_fraction(config, step, steps, used))
             with autocast(device, train_cfg.bf16):
-                parts = trainer(x, y, train_cfg.classifier_weight, noise, uniform)
+                parts = trainer(x, y, train_cfg.classifier_weight, noise, uniform, **weights)
             loss = parts["loss"]
             if not torch.isfinite(loss):
                 raise CausalSpritesError(

@@ -56,6 +56,13 @@ class PixelDistribution(dist.TorchDistribution):
         event = (channels, *params.shape[-2:])
         super().__init__(params.shape[:-3], torch.Size(event), validate_args=False)
 
+    def expand(self, batch_shape: Any, _instance: Any = None) -> PixelDistribution:
+        """The same likelihood over expanded parameters: Pyro's plate expands every site's
+        distribution, and a wrapping ExpandedDistribution would hide the likelihood from
+        `elbo_terms` (which then trained with the plain NLL instead of beta-NLL)."""
+        params = self.params.expand(*batch_shape, *self.params.shape[-3:])
+        return PixelDistribution(self.likelihood, params)
+
     def log_prob(self, value: Tensor) -> Tensor:
         return self.likelihood.log_prob(self.params, value)
 
@@ -107,6 +114,7 @@ class ConditionalVAE(FactorMechanisms):
                 channels,
                 self.likelihood.params_per_channel,
                 hidden,
+                film=config.decoder_film,
             )
         elif schema.continuous:
             raise CausalSpritesError(
@@ -298,6 +306,8 @@ class ConditionalVAE(FactorMechanisms):
         classifier_weight: float,
         noise: Tensor | None = None,
         uniform: Tensor | None = None,
+        kl_weight: float = 1.0,
+        beta: float = TRAINING_BETA,
     ) -> dict[str, Tensor]:
         """Training objective: mean NELBO of x | y plus the weighted classifier cross-entropy.
 
@@ -305,13 +315,14 @@ class ConditionalVAE(FactorMechanisms):
         `noise` (B, z_dim), when given, is the standard normal draw behind z's reparameterised
         sample, so training randomness can be a pure function of the step; `uniform` (B, W, W)
         (W the largest window), when given, draws the pixels of an unbiased subsampled
-        reconstruction term.
+        reconstruction term. `kl_weight` and `beta` (8-bit images' beta-NLL weighting) are the
+        training schedule's (`train.objective_weights`); 1 and 0 give the plain NELBO.
         """
         features = self.features(x)
         weights = self.training_pixels(x, y, uniform)
-        recon, kl = self.elbo_terms(x, y, features, noise, weights)
+        recon, kl = self.elbo_terms(x, y, features, noise, weights, beta)
         classifier = self.classifier_loss(x, y, features)
-        nelbo = (kl - recon).mean()
+        nelbo = (kl_weight * kl - recon).mean()
         mechanisms = self.mechanism_loss(y).mean()
         return {
             "loss": nelbo + classifier_weight * classifier.mean() + mechanisms,
@@ -331,6 +342,7 @@ class ConditionalVAE(FactorMechanisms):
         features: Tensor | None = None,
         noise: Tensor | None = None,
         pixel_weights: Tensor | None = None,
+        beta: float = TRAINING_BETA,
     ) -> tuple[Tensor, Tensor]:
         """Per-image reconstruction log p(x | y, z) with z ~ q and analytic KL(q(z|x,y) || p(z)).
 
@@ -355,7 +367,7 @@ class ConditionalVAE(FactorMechanisms):
         z_guide = guide_trace.nodes["z"]
         x_fn, x_value = cast(dist.Independent, x_site["fn"]), cast(Tensor, x_site["value"])
         if isinstance(x_fn, PixelDistribution) and self.training:
-            recon = x_fn.likelihood.training_log_prob(x_fn.params, x_value, TRAINING_BETA)
+            recon = x_fn.likelihood.training_log_prob(x_fn.params, x_value, beta)
         elif pixel_weights is None:
             recon = x_fn.log_prob(x_value)
         else:
