@@ -289,7 +289,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "colour-fix.json")
     args = parser.parse_args()
     if args.contender:
-        args.out.write_text(json.dumps(run_contender(args.contender, args), default=_plain))
+        args.out.write_text(
+            json.dumps(run_contender(args.contender, args), default=own_data._json_default)
+        )
         return
     names = [n for n in args.only.split(",") if n]
     unknown = sorted(set(names) - set(CONTENDERS))
@@ -333,17 +335,9 @@ def main() -> None:
         "contenders": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(output, indent=2, default=_plain) + "\n")
+    args.out.write_text(json.dumps(output, indent=2, default=own_data._json_default) + "\n")
     print(table(results))
     print(f"wrote {args.out}")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
 if __name__ == "__main__":
