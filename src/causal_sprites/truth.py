@@ -18,7 +18,10 @@ from causal_sprites.data.schema import Schema
 class Truth(Protocol):
     """A data set whose true counterfactuals are known image for image."""
 
-    schema: Schema
+    @property
+    def schema(self) -> Schema:
+        """The data set's schema (factor names, kinds, ranges, image shape)."""
+        ...
 
     def counterfactual(
         self, rows: np.ndarray, do: Mapping[str, np.ndarray]
