@@ -201,6 +201,9 @@ TWO_SPRITES = np.zeros((64, 64))
 TWO_SPRITES[8:16, 8:16] = TWO_SPRITES[44:52, 40:48] = 1
 SQUARES = ("{squares_run}", "--out", "{tmp}/q.png")
 PENDULUM = ("data", "generate", "--dataset", "pendulum", "--out", "{tmp}/pendulum.npz")
+BENCH = ("benchmark", "--out", "{tmp}/bench", "--dataset")
+#: A continuous variant spec's head: posX a continuous child of scale.
+CONTINUOUS = "num_samples: 10\nedges: [[scale, posX]]\nmechanisms:\n"
 BAD_TABLE = "edges: [[shape, scale]]\nmechanisms:\n  scale:\n    parents: [shape]\n    table: "
 
 CASES: list[Case] = [
@@ -326,6 +329,26 @@ CASES: list[Case] = [
     Case("pendulum", "unknown dataset", ("data", "generate", "--dataset", "nope", "--out", "{tmp}/pendulum.npz")),
     Case("pendulum", "no --out", ("data", "generate", "--dataset", "pendulum")),
     Case("pendulum", "a pendulum option for dSprites", ("data", "generate", "--size", "96")),
+    Case("continuous variant", "a mechanism without a range", VARIANT, _spec("num_samples: 10\nmechanisms:\n  posX: {sigmoid: {noise_scale: 1}}\n")),
+    Case("continuous variant", "a range the renderer does not draw", VARIANT, _spec("num_samples: 10\nmechanisms:\n  posX: {range: [0, 2], sigmoid: {}}\n")),
+    Case("continuous variant", "a weight naming an unknown parent", VARIANT, _spec(CONTINUOUS + "  posX: {range: [0, 1], sigmoid: {weights: {size: 1}}}\n")),
+    Case("continuous variant", "weights that miss an edge", VARIANT, _spec(CONTINUOUS + "  posX: {range: [0, 1], sigmoid: {}}\n")),
+    Case("continuous variant", "a noise scale of 0", VARIANT, _spec("num_samples: 10\nmechanisms:\n  scale: {range: [0.5, 1], sigmoid: {noise_scale: 0}}\n")),
+    Case("continuous variant", "a continuous shape", VARIANT, _spec("num_samples: 10\nmechanisms:\n  shape: {range: [0, 2], sigmoid: {}}\n")),
+    Case("continuous variant", "a categorical factor with a continuous parent", VARIANT, _spec("num_samples: 10\nedges: [[scale, orientation]]\nmechanisms:\n  scale: {range: [0.5, 1], sigmoid: {}}\n  orientation: {shift: {strength: 1}}\n")),
+    Case("continuous factor", "evaluate --counterfactual without a known truth", ("evaluate", "{squares_run}", "--data", "{squares}", "--counterfactual")),
+    Case("uploaded image", "a colour picture for a black-and-white run", ("infer", "pretrained", "--image", "{bad}"), _png("red.png", np.dstack([np.ones((64, 64)), np.zeros((64, 64)), np.zeros((64, 64))]))),
+    Case("uploaded image", "transparent pixels", ("counterfactual", *SQUARES, "--image", "{bad}", "--do", "hue=red"), _png("clear.png", np.dstack([np.ones((32, 48, 3)), np.r_[np.zeros((1, 48)), np.ones((31, 48))]]))),
+    Case("benchmark", "unknown dataset", (*BENCH, "nowhere", "--model", "identity")),
+    Case("benchmark", "a dataset without a known truth", (*BENCH, "{squares}", "--model", "identity")),
+    Case("benchmark", "no queries", (*BENCH, "{bad}", "--model", "identity", "--queries", "0"), _pendulum),
+    Case("benchmark", "10^9 queries", (*BENCH, "{bad}", "--model", "identity", "--queries", "1000000000"), _pendulum),
+    Case("benchmark", "a model module that does not import", (*BENCH, "{bad}", "--model", "nosuchmodule:make"), _pendulum),
+    Case("benchmark", "a factory the module lacks", (*BENCH, "{bad}", "--model", "tests.user_model:nothing"), _pendulum),
+    Case("benchmark", "a factory that raises", (*BENCH, "{bad}", "--model", "tests.user_model:raising"), _pendulum),
+    Case("benchmark", "a model without counterfactual", (*BENCH, "{bad}", "--model", "tests.user_model:broken"), _pendulum),
+    Case("benchmark", "a run directory that does not exist", (*BENCH, "{bad}", "--model", "{tmp}/norun"), _pendulum),
+    Case("benchmark", "a model named twice", (*BENCH, "{bad}", "--model", "identity", "--model", "identity"), _pendulum),
 ]  # fmt: skip
 
 runner = CliRunner()

@@ -57,7 +57,8 @@ def test_binary_upload_accepts_black_and_white_64x64_only() -> None:
     assert np.array_equal(binary_upload(sprite * 255), sprite)
     assert np.array_equal(binary_upload(sprite), sprite)
     assert np.array_equal(binary_upload(np.repeat(sprite[..., None] * 255, 3, -1)), sprite)
-    with pytest.raises(CausalSpritesError, match=r"the upload is 32x48 pixels; expected a 64x64"):
+    size = r"the upload is 48x32 pixels \(height x width\); expected 64x64"
+    with pytest.raises(CausalSpritesError, match=size):
         binary_upload(np.zeros((48, 32), np.uint8))
     gray = sprite * 255
     gray[0, :3] = (40, 90, 200)
@@ -190,4 +191,4 @@ def test_the_page_takes_no_file_system_paths(model: CausalModel) -> None:
     uploads = [
         b for b in app.blocks.values() if isinstance(b, gr.Image) and b.interactive is not False
     ]
-    assert [b.type for b in uploads] == ["numpy"]
+    assert [b.type for b in uploads] == ["pil"]  # an image in memory, never a path

@@ -117,8 +117,9 @@ def test_uploads_are_read_at_the_data_s_size_and_bad_requests_get_a_message(
     mode = model.infer_labels(picture[None])[0]
     hue = SCHEMA.factor("hue").classes[mode[0]]
     assert f"| hue | {hue} ({mode[0]}) |" in table
-    np.testing.assert_array_equal(read["original"], picture)  # the alpha channel dropped
-    assert "the upload is 28x28 pixels; expected 48x32 (squares's images)" in str(small["status"])
+    np.testing.assert_array_equal(read["original"], picture)  # the opaque alpha channel dropped
+    size = "the upload is 28x28 pixels (height x width); expected 32x48 (squares's images)"
+    assert size in str(small["status"])
     assert "bad value 'purple' for hue" in str(value["status"]) and "upload a PNG first" in str(
         empty["status"]
     )
@@ -135,7 +136,8 @@ def test_upload_pixels_keep_the_data_s_mode() -> None:
     grey = Schema("grey", SCHEMA.factors, (32, 48, 1))
     picture = np.arange(32 * 48, dtype=np.uint8).reshape(32, 48)
     np.testing.assert_array_equal(upload_pixels(np.stack([picture] * 3, -1), grey), picture)
-    with pytest.raises(CausalSpritesError, match="the upload is in colour; grey's images are grey"):
+    refusal = r"the upload is in colour \(mode RGB\); grey's images are grey"
+    with pytest.raises(CausalSpritesError, match=refusal):
         tinted = np.zeros((32, 48, 3), np.uint8)
         tinted[..., 2] = 9
         upload_pixels(tinted, grey)
@@ -176,7 +178,7 @@ def test_the_page_has_the_data_s_menus_and_a_colour_upload(
     uploads = [
         b for b in app.blocks.values() if isinstance(b, gr.Image) and b.interactive is not False
     ]
-    assert [(b.type, b.image_mode) for b in uploads] == [("numpy", "RGB")]
+    assert [(b.type, b.image_mode) for b in uploads] == [("pil", None)]  # as uploaded
     hidden = [b.elem_id for b in app.blocks.values() if isinstance(b, gr.Image) and not b.visible]
     assert hidden == ["pixel-probability"]
 

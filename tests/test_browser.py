@@ -131,7 +131,7 @@ def test_counterfactual_upload_and_bad_upload_in_the_page(
         )
         page.locator("#run").click()
         expect(page.locator("#status")).to_contain_text(
-            "Not answered: the upload is 50x40 pixels; expected a 64x64 image"
+            "Not answered: the upload is 40x50 pixels (height x width); expected 64x64"
         )
         page.close()
 

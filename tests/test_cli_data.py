@@ -173,7 +173,8 @@ def test_generate_the_pendulum(tmp_path: Path) -> None:
     path = tmp_path / "sets" / "pendulum.npz"
     args = ("data", "generate", "--dataset", "pendulum", "--out", path)
     out, _ = run(*args, "--num-samples", 7, "--shadow-noise", 0.2, "--size", 96, "--seed", 4)
-    assert out == f"{path}: 7 images of the pendulum (96x96, shadow noise 0.2 world units)\n"
+    size = "96x96 pixels (height x width)"
+    assert out == f"{path}: 7 images of the pendulum ({size}, shadow noise 0.2 world units)\n"
     summary = json.loads(run("data", "info", path, "--json")[0])
     assert summary["num_images"] == 7 and summary["image_shape"] == [96, 96, 3]
     schema = summary["schema"]

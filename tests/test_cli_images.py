@@ -119,7 +119,7 @@ def test_bad_input_on_your_own_images_fails_in_one_line(
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(small)
     _, err = run("infer", run_dir, "--image", small, code=1)
-    assert "is 28x28 pixels; expected 48x32" in err
+    assert "is 28x28 pixels (height x width); expected 32x48" in err
     _, err = run("reconstruct", run_dir, "--index", 0, "--out", tmp_path / "r.png", "--data",
                  tmp_path / "missing.npz", code=1)  # fmt: skip
     assert "missing.npz" in err

@@ -157,7 +157,7 @@ def test_condition_and_intervene(run_dir: Path, tmp_path: Path) -> None:
         (["--index", 0, "--do", "shape"], "expected factor=value"),
         (["--index", 10_000, "--do", "shape=0"], "index 10000 is out of range"),
         (["--image", "missing.png", "--do", "shape=0"], "cannot read"),
-        (["--image", "small.png", "--do", "shape=0"], "is 32x32 pixels; expected a 64x64"),
+        (["--image", "small.png", "--do", "shape=0"], "is 32x32 pixels (height x width)"),
         (["--image", "gray.png", "--do", "shape=0"], "is not binary: it has 3 gray levels"),
         (["--image", "text.png", "--do", "shape=0"], "cannot read"),
         (["--queries", "missing.jsonl"], "does not exist"),

@@ -84,8 +84,9 @@ def test_two_processes_agree_and_match_one(tiny_data_file: Path, tmp_path: Path)
 def test_killed_distributed_run_resumes_to_the_same_weights(
     tiny_data_file: Path, tmp_path: Path
 ) -> None:
-    run_to_end(tiny_data_file, tmp_path / "whole", 60, tmp_path / "whole.json")
-    process = torchrun(tiny_data_file, tmp_path / "killed", 60, tmp_path / "killed.json")
+    # 24 steps of 32: the resumed run crosses an epoch (570 training rows, 18 steps).
+    run_to_end(tiny_data_file, tmp_path / "whole", 24, tmp_path / "whole.json")
+    process = torchrun(tiny_data_file, tmp_path / "killed", 24, tmp_path / "killed.json")
     checkpoint = tmp_path / "killed" / "checkpoint.safetensors"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and time.monotonic() < deadline:
@@ -94,7 +95,7 @@ def test_killed_distributed_run_resumes_to_the_same_weights(
     subprocess.run(["pkill", "-9", "-f", str(tmp_path / "killed")], check=False)
     process.communicate()
     assert not (tmp_path / "killed.json").exists()  # it really died before the end
-    run_to_end(tiny_data_file, tmp_path / "killed", 60, tmp_path / "killed.json")
+    run_to_end(tiny_data_file, tmp_path / "killed", 24, tmp_path / "killed.json")
     whole = load_tensors(tmp_path / "whole" / "model.safetensors")
     resumed = load_tensors(tmp_path / "killed" / "model.safetensors")
     for name in whole:
@@ -131,7 +132,9 @@ def test_a_time_budget_under_torchrun_keeps_the_ranks_in_step(
     """With --minutes every rank asks the time check (a collective) at the same points, the
     periodic evaluation of rank 0 included; before, rank 0 alone asked there and the job hung."""
     out = tmp_path / "run"
-    train_nproc(tiny_data_file, out, "--minutes", "0.15")
+    # Batches of 16: steps short enough to pass step 100 in 9 s on a loaded machine too (batches
+    # of 64 reached only step 94 beside other jobs).
+    train_nproc(tiny_data_file, out, "--minutes", "0.15", "--batch-size", "16")
     records = read_metrics(out)
     final = [r for r in records if r.get("final")]
     assert len(final) == 1 and final[0]["step"] > 100  # past the tiny preset's first evaluation

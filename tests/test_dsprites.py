@@ -345,7 +345,8 @@ def test_index_and_find(subset_data: DSprites, official_arrays: dict[str, np.nda
         subset_data.index(shape=2, scale=1, orientation=0, posX=0, posY=0)
     with pytest.raises(CausalSpritesError, match="missing posY"):
         subset_data.index(shape=2, scale=1, orientation=0, posX=0)
-    with pytest.raises(CausalSpritesError, match="out of range"):
+    neither = r"neither a class \(square, ellipse, heart\) nor a class index 0..2"
+    with pytest.raises(CausalSpritesError, match=neither):
         subset_data.index(shape=3, scale=1, orientation=0, posX=0, posY=0)
     hearts = subset_data.find(shape="heart", posX=31)
     factors = subset_data.factors(slice(None))

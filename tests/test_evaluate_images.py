@@ -127,7 +127,8 @@ def test_the_report_shows_the_data_s_queries_and_names_and_says_what_is_not_avai
     assert out == run_dir / "report.html"
     for section in ("data", "training", "reconstructions", "queries", "soundness", "discovery"):
         assert f'<section id="{section}">' in page
-    assert "squares: 108 images of 32x48 colour pixels; hue (3: red, green, blue)" in page
+    summary = "squares: 108 colour images of 32x48 pixels (height x width); hue (3: red, green"
+    assert summary + ", blue)" in page
     for caption in (
         "Conditioning on hue = blue",
         "Intervention do(hue = red)",

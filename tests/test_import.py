@@ -314,7 +314,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "short row": (_edit_csv(",red,4,2", ",red,4"), "line 3: 3 fields, expected 4"),
     "empty class": (
         _declared("factors:\n  colour: {classes: [red, green, blue, pink]}\n"),
-        "colour class 'pink', declared in FACTORS.yaml, has no rows",
+        "colour class 'pink', declared in the factors file, has no rows",
     ),
     "undeclared class": (
         _declared("factors:\n  colour: {classes: [red, green]}\n"),
@@ -331,7 +331,8 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "unknown yaml key": (_declared("colums: [left]\n"), "unknown key 'colums'"),
     "mixed sizes": (
         _mixed(np.zeros((40, 48, 3), np.uint8)),
-        r"1\.png is 40x48 pixels but .*0\.png is 32x48: all images must share a size",
+        r"1\.png is 40x48 pixels \(height x width\) but .*0\.png is 32x48: all images must share "
+        "a size",
     ),
     "mixed modes": (
         _mixed(np.zeros((32, 48), np.uint8)),

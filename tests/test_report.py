@@ -104,7 +104,8 @@ def test_every_section_is_there_with_its_figures_and_nothing_external(page: str)
         assert uri.startswith("data:image/png;base64,")
         picture = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
         assert picture.format == "PNG" and min(picture.size) > 50
-    summary = "dSprites: 108 images of 64x64 binary pixels; shape (3: square, ellipse, heart); "
+    summary = "dSprites: 108 binary images of 64x64 pixels (height x width); shape (3: "
+    summary += "square, ellipse, heart); "
     assert summary + "scale (6); orientation (40); posX (32); posY (32)." in page
     assert page.count("<svg") == 2  # the discovered graphs: from labels, from pixels
     assert not re.search(r'(src|href)="(?!data:|#)', page)

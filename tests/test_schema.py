@@ -52,7 +52,7 @@ def test_values_by_name_index_or_number() -> None:
     ("call", "message"),
     [
         (lambda: COLOUR.parse_value("hue", "purple"), "expected an integer in 0..2 or one of red"),
-        (lambda: COLOUR.parse_value("hue", 3), "out of range 0..2"),
+        (lambda: COLOUR.parse_value("hue", 3), "neither a class (red, green, blue) nor a class"),
         (lambda: COLOUR.parse_value("angle", "31"), "out of its range -30..30 degrees"),
         (lambda: COLOUR.parse_value("angle", "steep"), "expected a number"),
         (lambda: COLOUR.parse_value("colour", 1), "unknown factor 'colour'"),

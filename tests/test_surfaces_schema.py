@@ -77,7 +77,7 @@ def test_other_schemas_get_generic_queries_continuous_ones_within_the_range() ->
     queries = standard_queries(MIXED)  # the categorical factor first
     assert queries.condition == {"hue": 1} and queries.value is None
     assert query_titles(CONTINUOUS) == {
-        "condition": "angle = 23 degrees",
+        "condition": "angle = 23 ± 0.84 degrees",
         "intervene": "do(angle = -19 degrees)",
         "counterfactual": "do(angle = 23 degrees)",
     }
@@ -113,7 +113,8 @@ def test_bad_showcase_hints_are_refused_in_one_line(showcase: dict, message: str
 
 def test_the_data_paragraph_lists_the_schema_s_factors() -> None:
     assert data_summary(mixed_data()) == (
-        "pendulum: 4 images of 32x32 colour pixels; angle (-40..44 degrees); hue (2: red, blue)."
+        "pendulum: 4 colour images of 32x32 pixels (height x width); angle (-40..44 degrees); "
+        "hue (2: red, blue)."
     )
 
 
@@ -129,7 +130,7 @@ def test_app_text_shows_and_parses_continuous_values() -> None:
     requests = Requests(MIXED, mixed_data())
     image, values = requests.choose("factors", ["12.4", "blue"], 0, None)
     assert image[0, 0, 0] == 30 and values.dtype == np.float64  # the nearest blue one: 12.5
-    np.testing.assert_array_equal(values, [12.4, 1.0])
+    np.testing.assert_array_equal(values, [12.5, 1.0])  # the row's own values
     _, by_index = requests.choose("dataset index", [], 3, None)
     np.testing.assert_array_equal(by_index, [40.0, 1.0])
     assert requests.parse(["30", "keep"], "keep") == {"angle": 30.0}
@@ -150,9 +151,12 @@ def test_the_generator_serves_dsprites_runs_whatever_hints_they_recorded() -> No
     assert not draws_sprites(MIXED)
     with pytest.raises(CausalSpritesError, match="the app of a run on pendulum needs its data"):
         Requests(MIXED)
-    assert upload_help(DSPRITES).startswith("A 64x64 black-and-white PNG (pixels 0/255 or 0/1)")
+    assert upload_help(DSPRITES).startswith(
+        "A black-and-white PNG of 64x64 pixels (height x width), pixels 0/255 or 0/1, like"
+    )
     assert "Other sizes or gray levels are refused" in upload_help(DSPRITES)
-    assert upload_help(MIXED).startswith("A 32x32 colour PNG like pendulum's images")
+    assert upload_help(MIXED).startswith("A colour PNG of 32x32 pixels (height x width) like")
+    assert "a grey picture is taken as colour, an alpha channel only where" in upload_help(MIXED)
 
 
 def test_app_controls_follow_each_factor_s_kind() -> None:

@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from causal_sprites.app_text import (
+    ANY,
     DISTRIBUTION_SAMPLES,
     KEEP,
     Requests,
@@ -27,6 +28,7 @@ from causal_sprites.app_text import (
     distribution_text,
     factor_label,
     factor_table,
+    sampling_help,
     upload_help,
     value_choices,
     value_text,
@@ -38,6 +40,7 @@ from causal_sprites.errors import CausalSpritesError
 from causal_sprites.figures import bounds, classes_are_indices, start_values
 from causal_sprites.model.readout import DRAW_TOP
 from causal_sprites.scm.batch import Question, answer
+from causal_sprites.scm.factor_sampling import evidence_text, parse_evidence
 from causal_sprites.scm.queries import CausalModel, load_run
 from causal_sprites.viz import difference_map, query_samples_figure
 
@@ -45,8 +48,6 @@ __all__ = ["Explorer", "binary_upload", "build_app", "launch", "serve"]
 HOST = "127.0.0.1"
 PORT = 7860
 SOURCES = ("factors", "dataset index", "upload")
-#: Dropdown entry for "no evidence on this factor" (KEEP: "no intervention on this factor").
-ANY = "any"
 #: The CLI's default seed: a request served alone reproduces `causal-sprites counterfactual`.
 SEED = 0
 #: Factor tuples of an upload's posterior shown beside its counterfactual.
@@ -217,23 +218,30 @@ class Explorer(Requests):
             return None, f"**Not answered:** {error}"
         fig = query_samples_figure(
             result.images, result.classes, result.marginals, f"p(x | do({self.title(do)}))",
-            self.schema,
+            self.schema, result.continuous,
         )  # fmt: skip
         return figure_array(fig), f"Query: {result.seconds * 1e3:.0f} ms"
 
     def conditional_samples(self, *inputs: Any) -> tuple[np.ndarray | None, str]:
-        """The exact posterior over factors given evidence, with images sampled from it."""
+        """The posterior over factors given evidence (a class; a continuous value, held within
+        TOLERANCE of its range, or a range `low..high`), with images sampled from it."""
         *values, num = inputs
+        items = [
+            f"{name}={value}"
+            for name, value in zip(self.schema.names, values, strict=True)
+            if value not in (None, ANY)
+        ]
         try:
-            given = self.parse(values, ANY)
+            given = parse_evidence(self.schema, items)
             with self.lock:
                 result = self.model.condition_query(given, int(num), seed=SEED)
         except CausalSpritesError as error:
             return None, f"**Not answered:** {error}"
-        title = f"p(x | {self.title(given)})" if given else "p(x)"
+        title = f"p(x | {evidence_text(given, self.schema)})" if given else "p(x)"
         fig = query_samples_figure(
-            result.images, result.classes, result.marginals, title, self.schema
-        )
+            result.images, result.classes, result.marginals, title, self.schema,
+            result.continuous,
+        )  # fmt: skip
         return figure_array(fig), f"Query: {result.seconds * 1e3:.0f} ms"
 
 
@@ -313,8 +321,8 @@ def build_app(model: CausalModel, data: DSprites | Dataset | None = None) -> gr.
                     elem_id="index",
                 )
                 upload = gr.Image(
-                    type="numpy",
-                    image_mode="RGB" if schema.image_shape[2] == 3 else "L",
+                    type="pil",  # as uploaded: `upload_pixels` converts only what keeps it
+                    image_mode=None,
                     sources=["upload"],
                     format="png",
                     label="upload",
@@ -382,6 +390,7 @@ def _sampling_tab(
     """A tab of samples: a dropdown per factor (`unset` leaves it out; `label` formats its name),
     a sample count and a button that shows `sample`'s figure of `query` and its note."""
     with gr.Tab(title):
+        gr.Markdown(sampling_help(schema, unset))
         with gr.Row():
             values = [value_menu(f, unset, label, schema) for f in schema.factors]
         count = gr.Slider(4, 64, value=16, step=1, label="samples")

@@ -14,17 +14,18 @@ import numpy as np
 from causal_sprites.data.dataset import Dataset
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.factors import NUM_IMAGES, index_to_classes
-from causal_sprites.data.pictures import binary_pixels
+from causal_sprites.data.pictures import image_pixels, run_pixels, size_text
 from causal_sprites.data.render import render
 from causal_sprites.data.schema import Factor, Schema
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.figures import bounds, factor_array
 from causal_sprites.model.readout import FactorPosterior
+from causal_sprites.scm.factor_sampling import TOLERANCE
 
 #: Noise draws behind a counterfactual's distribution in the app.
 DISTRIBUTION_SAMPLES = 500
-#: Dropdown entry for "no intervention on this factor".
-KEEP = "keep"
+#: Dropdown entries for "no intervention on this factor" and "no evidence on this factor".
+KEEP, ANY = "keep", "any"
 #: Values a continuous factor's menu offers (evenly over its range; any other may be typed).
 CONTINUOUS_CHOICES = 5
 
@@ -36,54 +37,50 @@ def draws_sprites(schema: Schema) -> bool:
 
 
 def upload_help(schema: Schema) -> str:
-    """What an upload must be, for the run's images."""
+    """What an upload must be, for the run's images, and what is converted."""
     height, width, channels = schema.image_shape
     kind = "black-and-white" if schema.binary else ("colour" if channels == 3 else "grey")
-    pixels = " (pixels 0/255 or 0/1)" if schema.binary else ""
+    pixels = ", pixels 0/255 or 0/1," if schema.binary else ""
     levels = " or gray levels" if schema.binary else ""
+    converted = (
+        "a grey picture is taken as colour"
+        if channels == 3
+        else "a colour picture whose channels are equal is taken as grey"
+    )
     return (
-        f"A {width}x{height} {kind} PNG{pixels} like {schema.name}'s images; its factors are read "
-        f"off the pixels by the model's posterior p(y | x). Other sizes{levels} are refused, not "
-        "resized; an image no factor tuple explains is refused too."
+        f"A {kind} PNG of {size_text(height, width)}{pixels} like {schema.name}'s images; its "
+        f"factors are read off the pixels by the model's posterior p(y | x). Other sizes{levels} "
+        f"are refused, not resized; {converted}, an alpha channel only where every pixel is "
+        "opaque; an image no factor tuple explains is refused too."
     )
 
 
+def sampling_help(schema: Schema, unset: str) -> str:
+    """What a sampling tab's menus take: a class, or a continuous factor's value in its range
+    (typed or chosen; conditioning also takes a range `low..high`)."""
+    text = f"`{unset}` leaves a factor out."
+    if schema.continuous:
+        text += " A continuous factor takes any value in its range, typed in its unit" + (
+            f"; given a value, images hold it within {TOLERANCE:.0%} of the range, or give"
+            " a range `low..high`."
+            if unset == ANY
+            else "."
+        )
+    return text
+
+
 def binary_upload(pixels: np.ndarray) -> np.ndarray:
-    """An uploaded picture (H, W) or (H, W, C) -> (64, 64) uint8 0/1, or a refusal that says why."""
-    return binary_pixels(pixels, "the upload")
+    """An uploaded picture (H, W) or (H, W, C) -> (64, 64) uint8 0/1 as dSprites' images, or a
+    refusal that says why."""
+    return upload_pixels(pixels, DSprites.schema)
 
 
-def upload_pixels(pixels: np.ndarray, schema: Schema) -> np.ndarray:
-    """An uploaded picture as the run's images: dSprites' by `binary_upload`, else uint8 (H, W)
-    grey or (H, W, 3) colour of exactly the data's size (binary ones 0/1); anything else is
-    refused with a reason, never resized."""
-    height, width, channels = schema.image_shape
-    if schema.binary and (height, width) == (64, 64):
-        return binary_upload(pixels)
-    array = np.asarray(pixels)
-    if array.ndim == 3:
-        array = array[..., :3]  # an alpha channel says nothing of the picture
-        if channels == 1:
-            if not (array == array[..., :1]).all():
-                raise CausalSpritesError(
-                    f"the upload is in colour; {schema.name}'s images are grey"
-                )
-            array = array[..., 0]
-    elif array.ndim == 2 and channels == 3:
-        array = np.repeat(array[..., None], 3, -1)  # a grey picture is a colour one too
-    if array.shape[:2] != (height, width):
-        size = "x".join(str(n) for n in array.shape[1::-1]) if array.ndim >= 2 else "?"
-        raise CausalSpritesError(
-            f"the upload is {size} pixels; expected {width}x{height} ({schema.name}'s images)"
-        )
-    levels = set(np.unique(array).tolist())
-    if schema.binary and not (levels <= {0, 1} or levels <= {0, 255}):
-        raise CausalSpritesError(
-            f"the upload is not binary: it has {len(levels)} gray levels; expected black and white"
-        )
-    if schema.binary:
-        return (array > 0).astype(np.uint8)
-    return np.clip(np.round(array), 0, 255).astype(np.uint8)
+def upload_pixels(upload: Any, schema: Schema) -> np.ndarray:
+    """An upload (a Pillow image, or its pixels (H, W) or (H, W, C)) as the run's images by
+    `run_pixels`' rules: what keeps the picture is converted, anything else refused with a
+    reason, never resized."""
+    pixels, mode = image_pixels(upload, "the upload") if hasattr(upload, "mode") else (upload, None)
+    return run_pixels(pixels, schema, "the upload", mode)
 
 
 def value_choices(name: str, schema: Schema) -> list[str]:
@@ -125,7 +122,8 @@ def candidates_text(
     schema: Schema,
 ) -> str:
     """Markdown lines: an upload's (one image's posterior) `top` most probable factor tuples with
-    their probabilities, and its log-likelihood beside the held-out data's median."""
+    their probabilities, each continuous factor's spread, and its log-likelihood beside the
+    held-out data's median."""
     lines = [
         f"**Read off the pixels, p(y | x)** (log-likelihood "
         f"{posterior.log_likelihood[0]:.1f} nats"
@@ -135,6 +133,12 @@ def candidates_text(
     for classes, p in pairs:
         if p > 0:
             lines.append(f"- {p:.3f}: {_values(classes, schema)}")
+    spreads = [
+        f"{n} ± {value_text(n, posterior.spread[0][schema.index(n)], schema)}"
+        for n in schema.continuous
+    ]
+    if spreads:
+        lines.append(f"- spread (one standard deviation): {', '.join(spreads)}")
     if not posterior.complete[0]:
         lines.append(
             "- *The search stopped on its budget: no tuple it scored explains this image well, "
@@ -164,9 +168,9 @@ def factor_table(
     source = "given" if given else "posterior mode"
     lines = [f"| factor | factual ({source}) | counterfactual |", "| --- | --- | --- |"]
     for i, name in enumerate(schema.names):
-        before, after = factual[i], counterfactual[i]
-        mark = " **(changed)**" if before != after else ""
-        was, now = value_text(name, before, schema), value_text(name, after, schema)
+        was = value_text(name, factual[i], schema)
+        now = value_text(name, counterfactual[i], schema)
+        mark = " **(changed)**" if was != now else ""  # as shown: a continuous value's digits
         lines.append(f"| {name} | {was} | {now}{mark} |")
     return "\n".join(lines)
 
@@ -229,30 +233,30 @@ class Requests:
             if shown is None or shown[k]
         )
 
-    def sprite(self, values: np.ndarray) -> np.ndarray:
-        """The image of a factor tuple (K,): the data's, else (dSprites) the generator's."""
+    def row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """A data row's image and labels (K,): the data's, else (dSprites) the generator's."""
         if self.data is None:
-            return render(values[None])[0]
-        return self.data.images([self.row_of(values)])[0]
+            classes = index_to_classes(row, with_color=False)
+            return render(classes[None])[0], classes
+        return self.data.images([row])[0], factor_array(self.schema, self.data.factors([row])[0])
 
     def choose(
         self, source: str, factors: list[Any], index: Any, upload: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The chosen image and its labels (K,), or None when the posterior must say."""
+        """The chosen image and its labels (K,), or None when the posterior must say. An image
+        chosen by its factors is the data's row with them (the nearest, with its own values,
+        where factors are continuous)."""
         if source == "factors":
             names = self.schema.names
             parsed = [self.schema.parse_value(n, v) for n, v in zip(names, factors, strict=True)]
             values = factor_array(self.schema, np.array(parsed))
-            return self.sprite(values), values
+            if self.data is None:
+                return render(values[None])[0], values
+            return self.row(self.row_of(values))
         if source == "dataset index":
             if index is None or not 0 <= int(index) < self.num_images:
                 raise CausalSpritesError(f"the index must lie in 0..{self.num_images - 1}")
-            row = int(index)
-            if self.data is None:
-                classes = index_to_classes(row, with_color=False)
-                return render(classes[None])[0], classes
-            labels = factor_array(self.schema, self.data.factors([row])[0])
-            return self.data.images([row])[0], labels
+            return self.row(int(index))
         if source == "upload":
             if upload is None:
                 raise CausalSpritesError("upload a PNG first")

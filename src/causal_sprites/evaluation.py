@@ -15,22 +15,23 @@ import numpy as np
 import torch
 
 from causal_sprites.batches import split_rows, training_images, training_labels
+from causal_sprites.continuous_metrics import factor_leakage, factor_readout
 from causal_sprites.counterfactual_scores import COMPOSITION_NOTE, score_counterfactuals
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.distribution_scores import score_distributions
 from causal_sprites.metrics import (
-    exact_readout,
     iou,
     mean_abs_error,
     pixel_error,
-    probe_leakage,
     psnr,
     readout_accuracy,
     summarize,
 )
 from causal_sprites.model.pixels import bits_per_dim
+from causal_sprites.model.refine import propose
 from causal_sprites.scm.inputs import as_images
 from causal_sprites.scores import (
+    ContinuousRunScores,
     ImageRunScores,
     Readout,
     RunScores,
@@ -73,15 +74,32 @@ def held_out_sample(
     return rows, np.isin(rows, drawn[:num_subset])
 
 
+def _classifier_readout(model: Any, images: np.ndarray, schema: Any) -> np.ndarray:
+    """Factors (B, K) read off images by q(y | x) alone: each categorical factor's argmax, each
+    continuous factor's regression head (in its unit)."""
+    x = as_images(images, schema).to(next(model.parameters()).device)
+    with torch.no_grad():
+        features = model.features(x)
+        logits = iter(model.classify(x, features))
+        proposed = propose(model, x, features)[0].T if schema.continuous else torch.empty(0)
+        values = iter(proposed)
+        columns = [
+            next(logits).argmax(-1).double() if f.kind == "categorical" else next(values).double()
+            for f in schema.factors
+        ]
+    return torch.stack(columns, -1).cpu().numpy()
+
+
 def score_run(
     run: Any, data: Any, num_images: int = 4096, seed: int = 0, num_posterior_images: int = 512
 ) -> RunScores | ImageRunScores:
     """Test-set metrics of a run: NELBO (recon, KL), classifier accuracy per factor, the
     reconstruction's error and z-leakage, on up to `num_images` held-out images; on a random
-    `num_posterior_images` of them, factors read off the pixels by the classifier's argmax and by
-    the posterior's mode (`readout`). On dSprites `RunScores` (reconstruction IoU and pixel
-    error; `readout_accuracy`), on any other data `ImageRunScores` (bits per dimension, MAE and
-    PSNR; `exact_readout`)."""
+    `num_posterior_images` of them, factors read off the pixels by q(y | x) alone and by the
+    posterior's mode (`readout`). On dSprites `RunScores` (reconstruction IoU and pixel error;
+    `readout_accuracy`), on other categorical data `ImageRunScores` (bits per dimension, MAE and
+    PSNR; `exact_readout`), on data with continuous factors `ContinuousRunScores` (errors in
+    each factor's unit; z-leakage of a continuous factor as a probe's R^2)."""
     model, config, schema = run.model, run.config, run.schema
     dsprites = isinstance(data, DSprites)
     _, test_rows = split_rows(data, config)
@@ -91,22 +109,23 @@ def score_run(
         torch.manual_seed(seed)
         images_of = training_images(data, device)
         nelbo = evaluate_nelbo(model, images_of, training_labels(data, device), rows)
-        images, classes = data.images(rows), np.asarray(data.factors(rows), np.int64)
-        recon, codes = run.reconstruct_with_codes(images, classes)
-        leakage = probe_leakage(codes, classes, seed=seed, sizes=schema.size_of)
-        with torch.no_grad():
-            logits = model.classify(as_images(images[chosen], schema).to(device))
-        argmax = torch.stack([lg.argmax(-1) for lg in logits], -1).cpu().numpy()
+        kind = np.int64 if schema.categorical else np.float64
+        images, labels = data.images(rows), np.asarray(data.factors(rows), kind)
+        recon, codes = run.reconstruct_with_codes(images, labels)
+        leakage = factor_leakage(codes, labels, schema, seed=seed)
+        read_by_classifier = _classifier_readout(model, images[chosen], schema)
         posterior = run.infer(images[chosen], top=1)
-        truth = classes[chosen]
+        truth = labels[chosen]
+
+        def scored(read: np.ndarray) -> dict[str, Any]:
+            if dsprites:
+                return readout_accuracy(read.astype(np.int64), truth, images[chosen], schema)
+            return factor_readout(read, truth, schema)
+
         readout = Readout(
-            num_images=len(argmax),
-            classifier=readout_accuracy(argmax, truth, images[chosen], schema)
-            if dsprites
-            else exact_readout(argmax, truth, schema.names),
-            posterior=readout_accuracy(posterior.mode, truth, images[chosen], schema)
-            if dsprites
-            else exact_readout(posterior.mode, truth, schema.names),
+            num_images=len(truth),
+            classifier=scored(read_by_classifier),
+            posterior=scored(posterior.mode),
             num_stopped_on_budget=int((~posterior.complete).sum()),
             weak_readout=run.weak_readout,
         )
@@ -120,8 +139,7 @@ def score_run(
                 readout=readout,
             )
         scale = 255 if schema.binary else 1  # errors on the 0-255 scale
-        return ImageRunScores(
-            **nelbo,
+        common = dict(
             test_bits_per_dim=bits_per_dim(nelbo["test_nelbo"], int(np.prod(schema.image_shape))),
             num_test_images=len(rows),
             recon_mae=summarize(mean_abs_error(recon * scale, images * scale)),
@@ -130,6 +148,9 @@ def score_run(
             z_leakage=leakage,
             readout=readout,
         )
+        if schema.categorical:
+            return ImageRunScores(**nelbo, **common)
+        return ContinuousRunScores(**nelbo, **common)
 
 
 def as_json(score: Callable[Params, Scores]) -> Callable[Params, dict[str, Any]]:

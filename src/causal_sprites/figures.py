@@ -17,7 +17,9 @@ from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.schema import Factor, Schema
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.runs import atomic_path, read_metrics
+from causal_sprites.scm.factor_sampling import TOLERANCE
 from causal_sprites.scm.queries import CausalModel
+from causal_sprites.truth import truth_of
 from causal_sprites.viz import (
     counterfactual_figure,
     edit_figure,
@@ -132,13 +134,28 @@ def assignment_text(schema: Schema, values: Mapping[str, Value]) -> str:
     )
 
 
+def evidence_label(schema: Schema, values: Mapping[str, Value]) -> str:
+    """`scale = 5, angle = 23 ± 0.84 degrees`: evidence as the figures write it, a continuous
+    value with the tolerance it is held within (`TOLERANCE` of its range)."""
+    parts = []
+    for name, value in values.items():
+        factor = schema.factor(name)
+        if factor.kind == "continuous":
+            low, high = bounds(factor)
+            text = f"{factor.text(value)} ± {TOLERANCE * (high - low):.2g}"
+            parts.append(f"{name} = {f'{text} {factor.unit}'.rstrip()}")
+        else:
+            parts.append(f"{name} = {value_label(factor, value)}")
+    return ", ".join(parts)
+
+
 def query_titles(schema: Schema) -> dict[str, str]:
     """The standard queries as text: `scale = 5`, `do(posX = 31)`, `do(shape = heart)`."""
     queries = standard_queries(schema)
     name, value = queries.counterfactual, queries.value
     to = "another class" if value is None else value_label(schema.factor(name), value)
     return {
-        "condition": assignment_text(schema, queries.condition),
+        "condition": evidence_label(schema, queries.condition),
         "intervene": f"do({assignment_text(schema, queries.intervene)})",
         "counterfactual": f"do({name} = {to})",
     }
@@ -181,7 +198,8 @@ def traversal_rows(
     model: CausalModel, image: np.ndarray, classes: np.ndarray
 ) -> list[tuple[str, np.ndarray]]:
     """For each of the first TRAVERSAL_FACTORS factors, the image's z decoded at a `sweep` of
-    that factor's values (steps from the schema's showcase hints), others fixed."""
+    that factor's values (steps from the schema's showcase hints), others fixed; a continuous
+    factor's row is labelled with the range it sweeps."""
     schema = model.schema
     steps = showcase(schema).get("traversal_steps", {})
     if not isinstance(steps, Mapping) or not all(
@@ -197,7 +215,10 @@ def traversal_rows(
         values = sweep(factor, steps.get(factor.name, 0))
         labels = np.repeat(classes[None, -len(schema.names) :], len(values), axis=0)
         labels[:, i] = values
-        rows.append((factor.name, model.decode(labels, z.expand(len(values), -1))))
+        label = factor.name
+        if factor.kind == "continuous":
+            label += f" {factor.text(values[0])} to {value_label(factor, values[-1])}"
+        rows.append((label, model.decode(labels, z.expand(len(values), -1))))
     return rows
 
 
@@ -258,7 +279,8 @@ def write_query_figures(
     model: CausalModel, data: DSprites | Dataset, out_dir: Path, rows: np.ndarray, seed: int = 0
 ) -> dict[str, Path]:
     """One conditioning, one intervention and one counterfactual of the given data rows
-    (`standard_queries`), each as a figure."""
+    (`standard_queries`; beside the true counterfactual where the data's generator is known),
+    each as a figure."""
     schema = model.schema
     queries, titles = standard_queries(schema), query_titles(schema)
     conditioned = model.condition_query(queries.condition, num_samples=16, seed=seed)
@@ -272,6 +294,8 @@ def write_query_figures(
         values = np.full(len(rows), queries.value)
     counterfactual = model.counterfactual_query(images, classes, do={name: values}, seed=seed)
     labels = [f"do({name} = {value_label(factor, v)})" for v in values]
+    truth = truth_of(data)
+    true_images = None if truth is None else truth.counterfactual(rows, {name: values})[1]
     return {
         "condition": save_figure(
             query_samples_figure(
@@ -280,6 +304,7 @@ def write_query_figures(
                 conditioned.marginals,
                 f"given {titles['condition']}",
                 schema,
+                conditioned.continuous,
             ),
             out_dir / "condition.png",
         ),
@@ -290,11 +315,12 @@ def write_query_figures(
                 intervened.marginals,
                 titles["intervene"],
                 schema,
+                intervened.continuous,
             ),
             out_dir / "intervene.png",
         ),
         "counterfactual": save_figure(
-            counterfactual_figure(images, counterfactual.images, labels),
+            counterfactual_figure(images, counterfactual.images, labels, true_images),
             out_dir / "counterfactual.png",
         ),
     }

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from jinja2 import Environment, PackageLoader
 
+from causal_sprites.continuous_scores import score_continuous_counterfactuals
 from causal_sprites.data.dataset import Dataset
 from causal_sprites.data.dsprites import DSprites
+from causal_sprites.data.pictures import size_text
 from causal_sprites.data.schema import Factor, Schema
 from causal_sprites.data.variants import variant_of
 from causal_sprites.discovery import discover, discover_from_images
@@ -31,9 +33,11 @@ from causal_sprites.errors import CausalSpritesError
 from causal_sprites.evaluation import evaluate, evaluate_counterfactuals
 from causal_sprites.figures import classes_are_indices, query_titles, write_run_figures
 from causal_sprites.oracle import load_oracle
+from causal_sprites.report_tables import Table, fmt, metric_tables
 from causal_sprites.runs import PRETRAINED_DIR, read_metrics, write_text_atomic
 from causal_sprites.scm.queries import CausalModel, load_run
 from causal_sprites.scores import readout_warning, score_image_counterfactuals
+from causal_sprites.truth import truth_of
 
 REPORT_FILE = "report.html"
 #: Section ids and titles, in page order (the browser test checks each is there).
@@ -63,14 +67,6 @@ PACKAGES = ("causal-sprites", "torch", "pyro-ppl", "chirho", "numpy", "matplotli
 
 
 @dataclass(frozen=True)
-class Table:
-    """A table for the template: column titles and rows of formatted cells."""
-
-    columns: list[str]
-    rows: list[list[str]]
-
-
-@dataclass(frozen=True)
 class Embedded:
     """A figure as a data: URI with its caption."""
 
@@ -78,18 +74,25 @@ class Embedded:
     caption: str
 
 
-def captions(schema: Schema) -> dict[str, str]:
+def captions(schema: Schema, truth: bool = False) -> dict[str, str]:
     """Every figure's caption, the queries' from `figures.query_titles` (on dSprites:
-    conditioning on scale = 5, do(posX = 31), do(shape = heart))."""
+    conditioning on scale = 5, do(posX = 31), do(shape = heart)); `truth`: the counterfactual
+    figure shows the true counterfactual too."""
     titles = query_titles(schema)
     change = "red removed, green added" if schema.binary else "each pixel's change in red"
+    posterior = (
+        "the exact posterior over the factors"
+        if schema.categorical
+        else "the posterior over the factors (drawn from the factor SCM, kept where the evidence "
+        "holds; values as median, quartiles and 5-95 %)"
+    )
+    true = " | the true counterfactual (the data's generator)" if truth else ""
     return {
         **CAPTIONS,
-        "condition": f"Conditioning on {titles['condition']}: the exact posterior over the "
-        "factors, and samples.",
+        "condition": f"Conditioning on {titles['condition']}: {posterior}, and samples.",
         "intervene": f"Intervention {titles['intervene']}: the factors' marginals, and samples.",
         "counterfactual": f"Counterfactuals under {titles['counterfactual']}: factual | "
-        f"counterfactual | difference ({change}).",
+        f"counterfactual{true} | difference of factual and counterfactual ({change}).",
     }
 
 
@@ -111,7 +114,7 @@ def data_summary(data: DSprites | Dataset) -> str:
     height, width, channels = schema.image_shape
     kind = "binary" if schema.binary else ("colour" if channels == 3 else "grey")
     factors = "; ".join(factor_summary(f) for f in schema.factors)
-    return f"{schema.name}: {len(data):,} images of {height}x{width} {kind} pixels; {factors}."
+    return f"{schema.name}: {len(data):,} {kind} images of {size_text(height, width)}; {factors}."
 
 
 def default_path(model: CausalModel) -> Path:
@@ -127,57 +130,6 @@ def default_path(model: CausalModel) -> Path:
 def png_uri(png: bytes) -> str:
     """PNG bytes as a data: URI."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def fmt(value: Any) -> str:
-    """A cell: floats to 4 significant digits, everything else as text."""
-    if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.4g}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
-
-
-def metric_tables(scores: Mapping[str, Any], names: Sequence[str]) -> tuple[Table, Table | None]:
-    """Metrics as two tables: scalars (nested dicts flattened as `a.b`), and one row per metric
-    given per factor of `names` ({factor: value}, or {factor: {metric: value}}), with its
-    overall value, when there is one, in an `overall` column."""
-    scalars: dict[str, Any] = {}
-    per_factor: dict[str, dict[str, Any]] = {}
-
-    def visit(prefix: str, value: Any) -> None:
-        if isinstance(value, Mapping) and value and set(value) <= {*names, "overall"}:
-            if all(isinstance(v, Mapping) for v in value.values()):
-                for factor, metrics in value.items():
-                    for name, v in metrics.items():
-                        per_factor.setdefault(name, {})[factor] = v
-            else:
-                per_factor.setdefault(prefix, {}).update(value)
-        elif isinstance(value, Mapping):
-            for key, inner in value.items():
-                visit(f"{prefix}.{key}" if prefix else str(key), inner)
-        else:
-            scalars[prefix] = value
-
-    visit("", scores)
-    for name, row in per_factor.items():
-        if name in scalars and "overall" not in row:
-            row["overall"] = scalars.pop(name)
-    cells = Table(["metric", "value"], [[k, _cell(v)] for k, v in scalars.items()])
-    if not per_factor:
-        return cells, None
-    columns = [c for c in (*names, "overall") if any(c in row for row in per_factor.values())]
-    rows = [[name, *(fmt(row.get(c, "")) for c in columns)] for name, row in per_factor.items()]
-    return cells, Table(["metric", *columns], rows)
-
-
-def _cell(value: Any) -> str:
-    """A scalar, names joined by commas, or a numeric array-like as a short JSON list."""
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return fmt(value)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return ", ".join(value)
-    return json.dumps(np.asarray(value).round(4).tolist())
 
 
 def graph_svg(edges: list[dict[str, Any]], uid: str, names: Sequence[str]) -> str:
@@ -311,14 +263,26 @@ def environment_table(model: CausalModel, records: list[dict[str, Any]], seconds
     return Table(["", ""], rows)
 
 
+def soundness_kind(data: DSprites | Dataset) -> str:
+    """What the soundness section scores against: `dsprites` (the oracle), `truth` (a data set
+    whose generator is known: its true render) or `data` (the data's own image)."""
+    if isinstance(data, DSprites):
+        return "dsprites"
+    return "data" if truth_of(data) is None else "truth"
+
+
 def soundness_metrics(
     model: CausalModel, data: DSprites | Dataset, seed: int
 ) -> dict[str, Any] | str:
     """Counterfactual soundness read back by the shipped oracle (on a causal variant, against the
-    truth from its recorded noise); on other data, against the data's own image at the changed
-    factors where it holds every factor combination once; or why it cannot be measured."""
+    truth from its recorded noise); on data whose generator is known (the pendulum), against
+    its true render; on other data, against the data's own image at the changed factors where
+    it holds every factor combination once; or why it cannot be measured."""
     if not isinstance(data, DSprites):
+        truth = truth_of(data)
         try:
+            if truth is not None:
+                return score_continuous_counterfactuals(model, data, truth, seed=seed).to_json()
             return score_image_counterfactuals(model, data, seed=seed).to_json()
         except CausalSpritesError as error:
             return str(error)
@@ -329,9 +293,20 @@ def soundness_metrics(
     return evaluate_counterfactuals(model, data, oracle, variant_of(model.config.data), seed=seed)
 
 
+def true_graph(schema: Schema) -> list[tuple[str, str]] | None:
+    """The true factor graph a generated data set records in its schema (the pendulum's), else
+    None."""
+    edges = schema.extra.get("graph")
+    return None if edges is None else [(str(a), str(b)) for a, b in edges]
+
+
 def _discoveries(model: CausalModel, data: DSprites | Dataset, seed: int) -> list[dict[str, Any]]:
     """PC on the data's factor labels, and on factors drawn from the run's posterior p(y | x)
-    of each image: the pixels alone; each, where it cannot run, with the reason (`missing`)."""
+    of each image: the pixels alone; each, where it cannot run, with the reason (`missing`);
+    each factor tested as its kind says, and scored against the data's true graph where it
+    records one."""
+    schema = data.schema
+    truth = true_graph(schema)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(data), min(len(data), DISCOVERY_IMAGES), replace=False))
     runs = [
@@ -343,25 +318,35 @@ def _discoveries(model: CausalModel, data: DSprites | Dataset, seed: int) -> lis
         try:
             if uid == "labels":
                 labels = data.factors(slice(None))
+                kinds = [f.kind for f in schema.factors]
                 result = discover(
-                    labels, max_samples=DISCOVERY_SAMPLES, seed=seed, names=data.schema.names
-                )
+                    labels, truth, max_samples=DISCOVERY_SAMPLES, seed=seed, names=schema.names,
+                    kinds=kinds,
+                )  # fmt: skip
             else:
-                result = discover_from_images(model, data.images(rows), seed=seed)
+                result = discover_from_images(model, data.images(rows), truth, seed=seed)
         except CausalSpritesError as error:  # too few rows, say: the section says why
             out.append({"title": title, "missing": str(error)})
             continue
+        default_test = result.get("test", "chisq")
         tests = Table(
-            ["a", "b", "p-value", "Cramér's V"],
-            [[t["a"], t["b"], fmt(t["p_value"]), fmt(t["cramers_v"])] for t in result["tests"]],
-        )
+            ["a", "b", "test", "p-value", "Cramér's V"],
+            [
+                [t["a"], t["b"], t.get("test", default_test), fmt(t["p_value"]),
+                 fmt(t.get("cramers_v", "n/a"))]
+                for t in result["tests"]
+            ],
+        )  # fmt: skip
         edges = result["edges"]
         found = ", ".join(f"{e['from']} {'->' if e['directed'] else '--'} {e['to']}" for e in edges)
         summary = (
-            f"PC ({result.get('test', 'chisq')}, alpha {fmt(result.get('alpha', 'n/a'))}) on "
+            f"PC (alpha {fmt(result.get('alpha', 'n/a'))}; pairs tested as the table says, "
+            f"conditional tests {_conditional_tests(result, default_test)}) on "
             f"{fmt(result['num_samples'])} rows: "
             f"{found or 'no edges: the factors are independent'}."
         )
+        if result.get("shd") is not None:
+            summary += f" SHD to the data's true graph: {result['shd']}."
         if result.get("num_stopped_on_budget"):
             summary += (
                 f" The factors of {result['num_stopped_on_budget']} of {len(rows)} images were "
@@ -370,6 +355,13 @@ def _discoveries(model: CausalModel, data: DSprites | Dataset, seed: int) -> lis
         graph = graph_svg(edges, uid, data.schema.names)
         out.append({"title": title, "graph": graph, "tests": tests, "summary": summary})
     return out
+
+
+def _conditional_tests(result: Mapping[str, Any], default: str) -> str:
+    """The tests PC's conditional independence steps used: `rcit`, `chisq`, or `none` (no
+    conditional step ran)."""
+    used = sorted({t.get("test", default) for t in result.get("ci_tests", []) if t.get("given")})
+    return ", ".join(used) or "none"
 
 
 def write_report(
@@ -397,10 +389,14 @@ def write_report(
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_run_figures(model, data, Path(tmp), seed=seed)
         pngs = {name: path.read_bytes() for name, path in paths.items()}
-    texts = captions(model.schema)
+    texts = captions(model.schema, truth_of(data) is not None)
     figures = {name: Embedded(png_uri(png), texts.get(name, name)) for name, png in pngs.items()}
     if scores is None:
-        scores = evaluate(model, data, seed=seed)
+        try:
+            scores = evaluate(model, data, seed=seed)
+        except CausalSpritesError as error:  # data the evaluation cannot score yet
+            notes["evaluation"] = str(error)
+            scores = {}
     measured = soundness if soundness is not None else soundness_metrics(model, data, seed)
     names = model.schema.names
     scalars, factors = metric_tables(scores, names)
@@ -435,7 +431,7 @@ def write_report(
         run_table=run_table(model, records),
         evaluation={"scalars": scalars, "factors": factors},
         baselines=baseline_tables(bench) if dsprites else [],
-        soundness_kind="dsprites" if dsprites else "data",
+        soundness_kind=soundness_kind(data),
         soundness=sound,
         discoveries=discoveries,
         environment=environment_table(model, records, elapsed),

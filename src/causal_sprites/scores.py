@@ -122,6 +122,16 @@ class ImageRunScores(Scores):
 
 
 @dataclass(frozen=True)
+class ContinuousRunScores(ImageRunScores):
+    """As `ImageRunScores` on data with continuous factors (`classifier_accuracy` then holds the
+    categorical ones only, z-leakage of a continuous one is a linear probe's held-out R^2, the
+    readout is scored by `continuous_metrics.factor_readout`), with q(y | x)'s regression head's
+    mean absolute error per continuous factor in its unit."""
+
+    regression_mae: PerFactor
+
+
+@dataclass(frozen=True)
 class ImageCounterfactualScores(Scores):
     """Counterfactuals on a dataset that holds every factor combination exactly once, so the true
     counterfactual of an image is the data's image at the changed factors

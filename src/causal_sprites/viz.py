@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from causal_sprites.data.schema import Schema
 
+#: Characters of a row label per line (it runs up the side of one image).
+ROW_LABEL_WIDTH = 20
+
+
+def caption_key(schema: Schema, width: int) -> str:
+    """What an image's caption lists, in order, with a continuous factor's unit: `captions:
+    angle (degrees), hue`, in lines of at most `width` characters, none splitting a factor."""
+    lines = ["captions:"]
+    for k, factor in enumerate(schema.factors):
+        unit = f" ({factor.unit})" if factor.kind == "continuous" and factor.unit else ""
+        item = f"{factor.name}{unit}" + ("," if k < len(schema.factors) - 1 else "")
+        if len(lines[-1]) + 1 + len(item) > width:
+            lines.append(item)
+        else:
+            lines[-1] += " " + item
+    return "\n".join(lines)
+
 
 def sample_grid_figure(images: np.ndarray, classes: np.ndarray, schema: Schema) -> Figure:
     """A grid of images (B, H, W) or (B, H, W, 3), each titled with its factors (B, K) as the
-    schema names them."""
+    schema names them (the key to the captions on top)."""
     images, titles = np.asarray(images), [schema.caption(row) for row in np.asarray(classes)]
     num = len(images)
     cols = max(1, math.ceil(math.sqrt(num)))
     rows = max(1, math.ceil(num / cols))
-    fig = Figure(figsize=(1.4 * cols, 1.6 * rows), layout="constrained")
+    fig = Figure(figsize=(1.4 * cols, 1.6 * rows + 0.3), layout="constrained")
+    fig.suptitle(caption_key(schema, max(30, 17 * cols)), fontsize=7)
     for k, ax in enumerate(fig.subplots(rows, cols, squeeze=False).flat):
         ax.set_axis_off()
         if k < num:
@@ -39,9 +58,13 @@ def _image_axis(ax: object, image: np.ndarray, title: str) -> None:
 
 
 def _row_label(ax: object, image: np.ndarray, text: str, size: int) -> None:
-    """A row's label, turned, left of its first image."""
+    """A row's label, turned and wrapped to the image's height, left of its first image."""
     middle = np.asarray(image).shape[0] / 2
-    ax.text(-8, middle, text, ha="right", va="center", fontsize=size, rotation=90)  # type: ignore[attr-defined]
+    lines = textwrap.fill(text, ROW_LABEL_WIDTH)
+    ax.text(  # type: ignore[attr-defined]
+        -8, middle, lines, ha="right", va="center", fontsize=size, rotation=90,
+        multialignment="center",
+    )  # fmt: skip
 
 
 def image_rows_figure(
@@ -114,21 +137,27 @@ def difference_map(factual: np.ndarray, counterfactual: np.ndarray) -> np.ndarra
 
 
 def counterfactual_figure(
-    factual: np.ndarray, counterfactual: np.ndarray, labels: list[str] | None = None
+    factual: np.ndarray,
+    counterfactual: np.ndarray,
+    labels: list[str] | None = None,
+    truth: np.ndarray | None = None,
 ) -> Figure:
-    """One row per query: factual | counterfactual | difference map (`difference_map`), images
-    (B, H, W) or (B, H, W, 3); `labels` name the rows (e.g. the do())."""
+    """One row per query: factual | counterfactual | (the true counterfactual, where known) |
+    difference map of factual and counterfactual (`difference_map`), images (B, H, W) or
+    (B, H, W, 3); `labels` name the rows (e.g. the do())."""
     factual, counterfactual = np.asarray(factual), np.asarray(counterfactual)
-    num = len(factual)
-    fig = Figure(figsize=(4.6, 1.5 * num + 0.3), layout="constrained")
-    axes = fig.subplots(num, 3, squeeze=False)
+    num, shown = len(factual), [("factual", factual), ("counterfactual", counterfactual)]
+    if truth is not None:
+        shown.append(("true counterfactual", np.asarray(truth)))
+    fig = Figure(figsize=(1.5 * len(shown) + 1.6, 1.5 * num + 0.3), layout="constrained")
+    axes = fig.subplots(num, len(shown) + 1, squeeze=False)
     for r in range(num):
-        titles = ("factual", "counterfactual", "difference") if r == 0 else ("", "", "")
-        _image_axis(axes[r, 0], factual[r], titles[0])
-        _image_axis(axes[r, 1], counterfactual[r], titles[1])
-        axes[r, 2].imshow(difference_map(factual[r], counterfactual[r]), interpolation="nearest")
-        axes[r, 2].set_title(titles[2], fontsize=8)
-        axes[r, 2].set_axis_off()
+        for c, (title, images) in enumerate(shown):
+            _image_axis(axes[r, c], images[r], title if r == 0 else "")
+        last = axes[r, len(shown)]
+        last.imshow(difference_map(factual[r], counterfactual[r]), interpolation="nearest")
+        last.set_title("difference" if r == 0 else "", fontsize=8)
+        last.set_axis_off()
         if labels:
             _row_label(axes[r, 0], factual[r], labels[r], 7)
     return fig
@@ -181,6 +210,9 @@ def query_samples_figure(
     fig.suptitle(title, fontsize=10)
     left, right = fig.subfigures(1, 2, width_ratios=(1, 1.6), squeeze=False)[0]
     continuous = continuous or {}
+    if continuous:
+        left.suptitle("values: median (black), 25-75 % (box), 5-95 % (line)", fontsize=7)
+    right.suptitle(caption_key(schema, 110), fontsize=7)
     axes = left.subplots(len(marginals) + len(continuous), 1, squeeze=False)[:, 0]
     for ax, (name, summary) in zip(axes[len(marginals) :], continuous.items(), strict=True):
         factor = schema.factor(name)

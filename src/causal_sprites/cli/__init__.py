@@ -6,9 +6,9 @@ Exit codes: 0 success, 1 bad input or a failed check (one `error: ...` line on s
 
 # isort: skip_file
 from causal_sprites.cli.common import app
-from causal_sprites.cli import training, queries, causal, data
+from causal_sprites.cli import training, queries, causal, data, benchmark
 
-__all__ = ["app", "causal", "data", "main", "queries", "training"]
+__all__ = ["app", "benchmark", "causal", "data", "main", "queries", "training"]
 
 
 def main() -> None:

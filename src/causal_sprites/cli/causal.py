@@ -17,6 +17,11 @@ from causal_sprites.cli.common import (
     load_run_and_data,
 )
 from causal_sprites.config import parse_graph
+from causal_sprites.continuous_scores import (
+    ContinuousEvaluation,
+    score_continuous_counterfactuals,
+    score_continuous_distributions,
+)
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.variant_spec import load_graph
 from causal_sprites.data.variants import variant_of
@@ -30,14 +35,16 @@ from causal_sprites.evaluation import (
 )
 from causal_sprites.oracle import load_oracle
 from causal_sprites.report import write_report
-from causal_sprites.scores import (
-    CounterfactualScores,
-    Evaluation,
-    ImageCounterfactualScores,
-    score_image_counterfactuals,
-    truth_rows,
-)
+from causal_sprites.scores import Evaluation, score_image_counterfactuals, truth_rows
 from causal_sprites.train import rewrite_graph
+from causal_sprites.truth import truth_of
+
+#: Continuous data without a known generator: no true counterfactual to score against.
+NO_CONTINUOUS_TRUTH = (
+    "counterfactual scores need a dataset whose true counterfactuals are known: {name} has "
+    "continuous factors but no recorded generator (the pendulum written by data generate "
+    "--dataset pendulum has one)"
+)
 
 
 @app.command("evaluate")
@@ -62,33 +69,50 @@ def evaluate(
     composition and reversibility (Monteiro et al. 2023): on dSprites and causal variants of any
     dataset holding every factor combination (against the base's images; on such a variant the
     distributions too, from --num-counterfactuals images per query read back by the run's own
-    posterior), or on a dataset holding every factor combination exactly once (its own truth)."""
+    posterior), on a dataset holding every factor combination exactly once (its own truth), or
+    on data whose generator is known (the pendulum: against the true render, errors in each
+    factor's unit, and the interventional distributions' Wasserstein-1 beside its floor)."""
     model, store = load_run_and_data(run, data)
     dsprites = isinstance(store, DSprites)
+    truth = truth_of(store) if counterfactual else None
     variant = None
-    if counterfactual:
+    if counterfactual and truth is None:
         variant = variant_of(data or (Path(model.config.data) if model.config.data else None))
         if variant is not None and variant[0].dataset is not None:
             _ = variant[0].index  # refuse a missing or incomplete base before scoring
+        elif not dsprites and not store.schema.categorical:
+            raise CausalSpritesError(NO_CONTINUOUS_TRUTH.format(name=store.schema.name))
         elif not dsprites:
             truth_rows(store, model.schema)  # refuse data without a known truth before scoring
     scores = score_run(model, store, num_images)
-    counterfactuals: CounterfactualScores | ImageCounterfactualScores | None = None
-    distributions = None
-    if counterfactual and dsprites:
+    result: Evaluation | ContinuousEvaluation
+    if truth is not None:
+        result = ContinuousEvaluation(
+            scores,
+            score_continuous_counterfactuals(model, store, truth, num_counterfactuals),
+            score_continuous_distributions(model, truth),
+        )
+    elif counterfactual and dsprites:
         judge = load_oracle(oracle)
-        counterfactuals = score_counterfactuals(model, store, judge, variant, num_counterfactuals)
         spec = variant[0] if variant else None
-        distributions = score_distributions(model, judge, spec, store)
+        result = Evaluation(
+            scores,
+            score_counterfactuals(model, store, judge, variant, num_counterfactuals),
+            score_distributions(model, judge, spec, store),
+        )
     elif counterfactual and variant is not None:
-        counterfactuals = score_counterfactuals(model, store, None, variant, num_counterfactuals)
         reader = PosteriorReader(model)
-        distributions = score_distributions(
-            model, reader, variant[0], store, num_counterfactuals, reader=reader.name
+        result = Evaluation(
+            scores,
+            score_counterfactuals(model, store, None, variant, num_counterfactuals),
+            score_distributions(
+                model, reader, variant[0], store, num_counterfactuals, reader=reader.name
+            ),
         )
     elif counterfactual:
-        counterfactuals = score_image_counterfactuals(model, store, num_counterfactuals)
-    result = Evaluation(scores, counterfactuals, distributions)
+        result = Evaluation(scores, score_image_counterfactuals(model, store, num_counterfactuals))
+    else:
+        result = Evaluation(scores)
     if json_out:
         typer.echo(json.dumps(result.to_json()))
         return

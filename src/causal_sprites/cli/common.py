@@ -92,11 +92,16 @@ def run_data(model: Any, run: str, data: Path | None = None) -> Any:
     ):
         raise CausalSpritesError(
             f"the data ({store.schema.name}: factors {', '.join(store.schema.names)}, images "
-            f"{'x'.join(map(str, store.schema.image_shape))}) is not what run {run} was trained "
-            f"on ({model.schema.name}: {', '.join(model.schema.names)}, "
-            f"{'x'.join(map(str, model.schema.image_shape))})"
+            f"{_shape_text(store.schema)}) is not what run {run} was trained on "
+            f"({model.schema.name}: {', '.join(model.schema.names)}, images "
+            f"{_shape_text(model.schema)})"
         )
     return store
+
+
+def _shape_text(schema: Schema) -> str:
+    """`64x64x3 (height x width x channels)`: a schema's image shape in a message."""
+    return f"{'x'.join(map(str, schema.image_shape))} (height x width x channels)"
 
 
 def assignment_text(assignments: Mapping[str, float], schema: Schema) -> str:

@@ -21,11 +21,15 @@ from causal_sprites.cli.common import (
     write_png,
 )
 from causal_sprites.data import dsprites, pendulum
+from causal_sprites.data.continuous_spec import ContinuousSpec
+from causal_sprites.data.continuous_variants import sample_continuous
 from causal_sprites.data.dataset import Dataset, describe, load_dataset
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.importers import import_source
 from causal_sprites.data.load import load_data
-from causal_sprites.data.variants import load_spec, sample_variant
+from causal_sprites.data.pictures import size_text
+from causal_sprites.data.variant_spec import load_any
+from causal_sprites.data.variants import sample_variant
 from causal_sprites.scm.factor_sampling import holds, parse_evidence
 from causal_sprites.viz import sample_grid_figure
 
@@ -87,8 +91,8 @@ def data_generate(
         fail("--dataset pendulum needs --out, the dataset .npz to write")
     path, num = pendulum.write(out, num_samples, size, shadow_noise, seed, grid)
     typer.echo(
-        f"{path}: {num:,} images of the pendulum ({size}x{size}, shadow noise {shadow_noise:g} "
-        "world units)"
+        f"{path}: {num:,} images of the pendulum ({size_text(size, size)}, shadow noise "
+        f"{shadow_noise:g} world units)"
     )
 
 
@@ -155,13 +159,17 @@ def data_variant(
     ] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="Override the spec's seed.")] = None,
 ) -> None:
-    """Sample a causal variant: an official-format .npz plus each sample's noise and the spec."""
-    loaded = load_spec(spec)
+    """Sample a causal variant with each sample's noise and the spec: of dSprites' classes an
+    official-format .npz, of a base dataset or with continuous factors a dataset file."""
+    loaded = load_any(spec)
     if num_samples is not None:
         loaded = dataclasses.replace(loaded, num_samples=num_samples)
     if seed is not None:
         loaded = dataclasses.replace(loaded, seed=seed)
-    path = sample_variant(loaded, out)
+    if isinstance(loaded, ContinuousSpec):
+        path = sample_continuous(loaded, out)
+    else:
+        path = sample_variant(loaded, out)
     edges = loaded.graph_string() or "no edges"
     typer.echo(f"{path}: {loaded.num_samples} samples of {loaded.name} ({edges})")
 
@@ -178,7 +186,10 @@ def data_import(
     out: Annotated[Path, typer.Option("--out", help="The dataset .npz to write.")],
     factors: Annotated[
         Path | None,
-        typer.Option("--factors", help="FACTORS.yaml: a CSV's factor kinds, classes, columns."),
+        typer.Option(
+            "--factors",
+            help="A factors file (factors.yaml): a CSV's factor kinds, classes, columns.",
+        ),
     ] = None,
 ) -> None:
     """Write SRC as a dataset file (images, factors, schema); print what was inferred."""

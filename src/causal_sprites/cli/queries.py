@@ -27,6 +27,8 @@ from causal_sprites.cli.common import (
 from causal_sprites.data.pictures import read_png
 from causal_sprites.data.schema import Schema
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.figures import assignment_text as figure_text
+from causal_sprites.figures import value_label
 from causal_sprites.runs import atomic_path
 from causal_sprites.scm.batch import Question, answer
 from causal_sprites.scm.factor_sampling import evidence_text, parse_evidence
@@ -37,6 +39,13 @@ from causal_sprites.viz import (
     edit_figure,
     query_samples_figure,
     reconstruction_figure,
+)
+
+#: What --image takes (`data/pictures.py`'s rule).
+IMAGE_HELP = (
+    "An image file (PNG) of the run's image size, as its images are: black-and-white, grey or "
+    "colour; a grey picture is taken as colour, a colour one whose channels are equal as grey, "
+    "an alpha channel only if every pixel is opaque; nothing is resized"
 )
 
 
@@ -121,7 +130,7 @@ def intervene(
     model = load_run(run)
     actions = model.schema.parse_assignments(do)
     result = model.intervene_query(actions, samples, seed)
-    title = f"p(x | do({assignment_text(actions, model.schema)}))"
+    title = f"p(x | do({figure_text(model.schema, actions)}))"
     _show_samples(model, result, title, out, {"do": actions}, "marginals", json_out)
 
 
@@ -220,7 +229,7 @@ def counterfactual(
     ] = None,
     image: Annotated[
         list[Path] | None,
-        typer.Option(help="A 64x64 binary PNG, labels from the classifier (repeatable)."),
+        typer.Option(help=f"{IMAGE_HELP}; labels read off its pixels (repeatable)."),
     ] = None,
     queries: Annotated[
         Path | None,
@@ -231,7 +240,10 @@ def counterfactual(
     ] = None,
     out_npz: Annotated[
         Path | None,
-        typer.Option("--out-npz", help="factual and counterfactual images, uint8 (B, 64, 64)."),
+        typer.Option(
+            "--out-npz",
+            help="factual and counterfactual images, uint8 (B, H, W), or (B, H, W, 3) in colour.",
+        ),
     ] = None,
     samples: Annotated[
         int | None,
@@ -277,7 +289,7 @@ def counterfactual(
     images, distributions = answers.images, answers.distributions
     if out is not None:
         shown = slice(0, FIGURE_IMAGES // 4)
-        titles = [f"do({assignment_text(item.do, model.schema)})" for item in items[shown]]
+        titles = [f"do({figure_text(model.schema, item.do)})" for item in items[shown]]
         if distributions:
             parts = [distributions[k] for k in range(len(items))][shown]
             figure = counterfactual_distribution_figure(
@@ -322,12 +334,7 @@ def counterfactual(
         return
     for query in records[:20]:
         source = f"index {query['index']}" if query["index"] is not None else query["image"]
-        changed = {
-            k: f"{query['factual'][k]}->{v}"
-            for k, v in query["counterfactual"].items()
-            if v != query["factual"][k]
-        }
-        typer.echo(f"{source}: {', '.join(f'{k} {v}' for k, v in changed.items()) or 'no change'}")
+        typer.echo(f"{source}: {_changes(query['factual'], query['counterfactual'], model.schema)}")
         spread = query.get("distribution", [])
         for entry in spread[:5] if len(spread) > 1 else []:
             text = assignment_text(entry["factors"], model.schema)
@@ -337,6 +344,18 @@ def counterfactual(
     for path in (out, out_npz):
         if path is not None:
             typer.echo(path)
+
+
+def _changes(factual: dict[str, Any], counterfactual: dict[str, Any], schema: Schema) -> str:
+    """`shape square->heart, angle 11.58->12.5 degrees`: the factors a counterfactual changed as
+    they are shown (a continuous value to a caption's digits), or `no change`."""
+    parts = []
+    for name, value in counterfactual.items():
+        factor = schema.factor(name)
+        was = factor.text(factual[name])
+        if was != factor.text(value):
+            parts.append(f"{name} {was}->{value_label(factor, value)}")
+    return ", ".join(parts) or "no change"
 
 
 def _spread(schema: Schema, spread: np.ndarray) -> dict[str, dict[str, float]]:
@@ -351,9 +370,7 @@ def _spread(schema: Schema, spread: np.ndarray) -> dict[str, dict[str, float]]:
 def infer(
     run: RunArgument,
     index: Annotated[list[int] | None, typer.Option(help="Dataset index (repeatable).")] = None,
-    image: Annotated[
-        list[Path] | None, typer.Option(help="A 64x64 binary PNG (repeatable).")
-    ] = None,
+    image: Annotated[list[Path] | None, typer.Option(help=f"{IMAGE_HELP} (repeatable).")] = None,
     data: Annotated[
         Path | None,
         typer.Option(

@@ -1,5 +1,6 @@
 """A folder of image files with a CSV of their factors (one row per image, column `file` naming
-it), read with Pillow; FACTORS.yaml may declare kinds, class order and the columns to use.
+it), read with Pillow; a factors file (factors.yaml) may declare kinds, class order and the
+columns to use.
 """
 
 from __future__ import annotations
@@ -20,15 +21,13 @@ from causal_sprites.data.dataset import (
     image_dims,
     write_dataset,
 )
+from causal_sprites.data.pictures import COLOUR_MODES, GREY_MODES, image_pixels, opaque, size_text
 from causal_sprites.data.schema import Factor, Schema, categorical
 from causal_sprites.errors import CausalSpritesError
 
-#: What FACTORS.yaml may say, at the top and per factor.
+#: What a factors file may say, at the top and per factor.
 SPEC_KEYS: Final = ("name", "file_column", "columns", "factors")
 FACTOR_KEYS: Final = ("kind", "classes", "low", "high", "unit", "ordered", "cyclic")
-#: Pillow modes read as grey and as RGB (alpha allowed only where every pixel is opaque).
-_GREY_MODES: Final = ("1", "L", "LA")
-_RGB_MODES: Final = ("RGB", "RGBA", "P")
 
 
 def number_names(values: np.ndarray) -> list[str]:
@@ -52,7 +51,7 @@ def _refuse_unknown(mapping: Mapping[str, Any], known: Sequence[str], where: str
 
 
 def read_spec(path: Path) -> dict[str, Any]:
-    """FACTORS.yaml as a checked mapping (unknown keys refused: a typo must not pass silently)."""
+    """A factors file as a checked mapping (unknown keys refused: a typo must not pass silently)."""
     if not path.is_file():
         raise CausalSpritesError(f"no such file: {path}")
     try:
@@ -135,7 +134,7 @@ def _column_factor(
     """A CSV column as a factor, its values (N,) (class index or value) and how it was read."""
     numbers = _numbers(cells)
     where = f"{src} line"
-    # Classes that are numbers lie on a line unless FACTORS.yaml says otherwise.
+    # Classes that are numbers lie on a line unless the factors file says otherwise.
     ordered, cyclic = decl.get("ordered", numbers is not None), decl.get("cyclic", False)
     if decl.get("kind") == "continuous":
         if numbers is None:
@@ -174,7 +173,7 @@ def _column_factor(
         empty = [str(declared[k]) for k in range(len(keys)) if not (codes == k).any()]
         if empty:
             raise CausalSpritesError(
-                f"{src}: {name} class {empty[0]!r}, declared in FACTORS.yaml, has no rows"
+                f"{src}: {name} class {empty[0]!r}, declared in the factors file, has no rows"
             )
         values = keys if numeric else None
         factor = categorical(name, [str(c) for c in declared], values, ordered, cyclic)
@@ -198,7 +197,7 @@ def import_csv(
 ) -> list[str]:
     """Write a CSV naming one image per row (column `file`, relative to the CSV) and its
     factors as a dataset file; returns lines saying what was inferred. Rows keep their order;
-    `spec` is FACTORS.yaml as `read_spec` gives it."""
+    `spec` is the factors file as `read_spec` gives it."""
     spec = spec or {}
     header, rows, lines = _read_csv(src)
     file_column = str(spec.get("file_column", "file"))
@@ -209,7 +208,7 @@ def import_csv(
             raise CausalSpritesError(f"{src}: no column {name!r} (columns: {', '.join(header)})")
     unused = [name for name in declared if name not in columns]
     if unused:
-        raise CausalSpritesError(f"FACTORS.yaml declares {unused[0]!r}, not among the columns")
+        raise CausalSpritesError(f"the factors file declares {unused[0]!r}, not among the columns")
     if not columns:
         raise CausalSpritesError(f"{src}: no factor columns beside {file_column!r}")
     for row, cells in enumerate(rows):
@@ -262,14 +261,16 @@ def _scan_images(
             raise CausalSpritesError(f"{src} line {line}: no such image: {path}")
         with _open_image(path) as image:
             size, mode = (image.height, image.width), image.mode
-            grey = mode in _GREY_MODES
-            if not grey and mode not in _RGB_MODES:
-                raise CausalSpritesError(f"{path} has mode {mode}: save it as grey (L) or RGB")
+            grey = mode in GREY_MODES
+            if not grey and mode not in COLOUR_MODES:
+                raise CausalSpritesError(
+                    f"{path} has mode {mode}: save it as 8-bit grey (L) or colour (RGB)"
+                )
             if first is None:
                 first = (path, size, "grey" if grey else "RGB")
             if size != first[1]:
                 raise CausalSpritesError(
-                    f"{path} is {size[0]}x{size[1]} pixels but {first[0]} is "
+                    f"{path} is {size_text(*size)} but {first[0]} is "
                     f"{first[1][0]}x{first[1][1]}: all images must share a size"
                 )
             if ("grey" if grey else "RGB") != first[2]:
@@ -290,13 +291,11 @@ def _scan_images(
 
 def _decode_images(paths: list[Path], schema: Schema, scale: int) -> Iterator[np.ndarray]:
     """Images as uint8 chunks (B, H, W) or (B, H, W, 3); binary ones divided down to 0/1."""
-    mode = "L" if schema.image_shape[2] == 1 else "RGB"
     step = chunk_rows(schema)
     for start in range(0, len(paths), step):
         chunk = np.empty((len(paths[start : start + step]), *image_dims(schema)), np.uint8)
         for k, path in enumerate(paths[start : start + step]):
             with _open_image(path) as image:
-                if "A" in image.getbands() and image.getchannel("A").getextrema()[0] < 255:
-                    raise CausalSpritesError(f"{path} has transparent pixels: save it without")
-                chunk[k] = np.asarray(image.convert(mode))
+                pixels, mode = image_pixels(image, str(path))
+                chunk[k] = opaque(pixels, str(path), mode)
         yield chunk // scale

@@ -136,8 +136,13 @@ class Factor:
                 f"0..{self.size - 1}{self._class_hint()}"
             ) from None
         if not 0 <= index < self.size:
+            if not self._class_hint():  # the classes are their indices
+                raise CausalSpritesError(
+                    f"value {index} for {self.name} is out of range 0..{self.size - 1}"
+                )
             raise CausalSpritesError(
-                f"value {index} for {self.name} is out of range 0..{self.size - 1}"
+                f"value {index} for {self.name} is neither a class ({self._class_list()}) nor "
+                f"a class index 0..{self.size - 1}"
             )
         return index
 
@@ -145,7 +150,13 @@ class Factor:
         """` or one of a, b, c` when the classes have names other than their indices."""
         if self.classes == tuple(str(k) for k in range(self.size)):
             return ""
-        return " or one of " + ", ".join(self.classes[:6]) + (", ..." if self.size > 6 else "")
+        return " or one of " + self._class_list()
+
+    def _class_list(self) -> str:
+        """The class names, the first few and the last where there are many."""
+        if self.size <= 8:
+            return ", ".join(self.classes)
+        return f"{', '.join(self.classes[:5])}, ..., {self.classes[-1]} ({self.size} classes)"
 
     def text(self, value: float) -> str:
         """A stored value (a class index, or a continuous value) as the user reads it."""

@@ -2,6 +2,24 @@
 dataset, read from YAML or JSON and validated into a `VariantSpec`. The base is dSprites unless
 the spec's `dataset` names another data file; the factors' names, sizes and class names are that
 data's schema. `data/variants.py` samples specs and reads and writes the variant files.
+
+On dSprites a spec may also make scale, orientation, posX and posY continuous (a
+`ContinuousSpec`, `data/continuous_spec.py`; sampled by `data/continuous_variants.py`):
+
+    mechanisms:
+      scale: {range: [0.5, 1.0], sigmoid: {noise_scale: 1.5}}            # a root: logit-normal
+      posX:
+        range: [0.0, 1.0]                  # required, within what the renderer draws
+        unit: ""                           # optional
+        sigmoid: {intercept: -3, weights: {scale: 6}, noise_scale: 1}
+      posY:
+        range: [0.0, 1.0]
+        sigmoid: {intercept: 0, weights: {posX: -4, shape: [0, 1, 2]}, noise_scale: 1}
+
+value = low + (high - low) * sigmoid(intercept + sum(weight * parent) + noise_scale * U), U ~
+Normal(0, 1); a continuous parent enters normalised to [0, 1] over its range (weights are
+unitless), a categorical parent adds its class's weight (a list, one per class). Categorical
+factors keep their tables (their parents categorical) and dSprites' classes.
 """
 
 from __future__ import annotations
@@ -17,6 +35,15 @@ import torch
 import yaml
 
 from causal_sprites.data.combinations import Combinations
+from causal_sprites.data.continuous_spec import (
+    ContinuousSpec,
+    Sigmoid,
+    SpecDag,
+    continuous_factor,
+    continuous_schema,
+    is_continuous_entry,
+    parse_sigmoid,
+)
 from causal_sprites.data.dataset import Dataset
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.load import load_data
@@ -29,7 +56,7 @@ _SPEC_KEYS: Final = {"name", "num_samples", "seed", "edges", "mechanisms", "desc
 
 
 @dataclass(frozen=True, eq=False)
-class VariantSpec:
+class VariantSpec(SpecDag):
     """A validated factor-level SCM over the factors of `schema`: each factor's parents and its
     table (*parent sizes, K). `dataset` is the base data file whose images the samples are (None:
     dSprites, drawn by the generator)."""
@@ -44,11 +71,6 @@ class VariantSpec:
     dataset: Path | None = None
     #: The base data when it was loaded already (to read its schema), so it is loaded once.
     loaded: DSprites | Dataset | None = field(default=None, repr=False)
-
-    @property
-    def edges(self) -> tuple[tuple[str, str], ...]:
-        """(parent, child) pairs, children in factor order."""
-        return tuple((p, child) for child in self.schema.names for p in self.parents[child])
 
     @functools.cached_property
     def graph(self) -> FactorGraph:
@@ -77,15 +99,6 @@ class VariantSpec:
         """The base's rows by factor combination (built once; every combination must be there)."""
         return Combinations.of(self.base, self.schema, f"the base dataset {self.dataset}")
 
-    @property
-    def order(self) -> tuple[str, ...]:
-        """The factors in a topological order (ties in factor order)."""
-        return tuple(self.graph.order)
-
-    def graph_string(self) -> str:
-        """The edges as `train --graph` takes them: `"shape->scale,scale->posX"`."""
-        return ",".join(f"{p}->{c}" for p, c in self.edges)
-
     def descendants(self, names: Sequence[str]) -> set[str]:
         """Proper descendants of the given factors (the given ones themselves excluded)."""
         return self.graph.descendants(list(names))
@@ -99,19 +112,11 @@ class VariantSpec:
             "num_samples": self.num_samples,
             "seed": self.seed,
             "edges": [list(edge) for edge in self.edges],
-            "mechanisms": {
-                node: {"parents": list(self.parents[node]), "table": self.tables[node].tolist()}
-                for node in self.schema.names
-                if self.parents[node] or not _is_uniform(self.tables[node])
-            },
+            "mechanisms": self.table_entries(),
         }
         if self.dataset is not None:  # absent for dSprites: its variant files stay as they were
             out["dataset"] = str(self.dataset)
         return out
-
-
-def _is_uniform(table: np.ndarray) -> bool:
-    return bool(np.allclose(table, 1.0 / table.shape[-1], rtol=0, atol=1e-15))
 
 
 def _factor(name: Any, where: str, schema: Schema) -> str:
@@ -205,41 +210,33 @@ def _base(
     if continuous:
         raise CausalSpritesError(
             f"factor {continuous[0]} of {schema.name} is continuous: continuous mechanisms are "
-            "not supported in variants yet"
+            "not supported in variants yet of a base dataset (only of dSprites)"
         )
     return path, schema, loaded
 
 
-def parse_spec(
-    raw: Any,
-    default_name: str = "variant",
-    *,
-    root: Path | None = None,
-    schema: Schema | None = None,
-) -> VariantSpec:
-    """Validate a spec mapping (the parsed YAML/JSON) into a VariantSpec.
+def _continuous(raw: Mapping[str, Any], name: str) -> Schema | None:
+    """dSprites' schema with the factors the spec's mechanisms declare continuous (a `range`
+    or a `sigmoid`), None when it declares none."""
+    mechanisms = raw.get("mechanisms") or {}
+    if not isinstance(mechanisms, Mapping):
+        raise CausalSpritesError("mechanisms must be a mapping from factor to mechanism")
+    factors = {
+        _factor(node, "mechanisms", DSprites.schema): entry
+        for node, entry in mechanisms.items()
+        if is_continuous_entry(entry)
+    }
+    if not factors:
+        return None
+    if raw.get("dataset") is not None:
+        raise CausalSpritesError(
+            "continuous mechanisms draw dSprites' sprites (at any value): drop `dataset`"
+        )
+    return continuous_schema(name, {n: continuous_factor(n, e) for n, e in factors.items()})
 
-    Keys: `name`, `num_samples` (>= 1), `seed`, `description`, `dataset` (the base data file,
-    relative to `root`; absent: dSprites), `edges` ([parent, child] pairs, a DAG) and
-    `mechanisms` ({node: {parents: [...], table: ...}}; a node without an entry is uniform;
-    `parents` defaults to the edges into the node, in their order). Factors are the base's
-    (`schema` when given, else read from the base), all categorical. A table has the shape
-    (*parent sizes, node size), entries >= 0; each row is normalised, so weights will do.
-    Instead of `table`, `shift: {strength: s}` is a discretised Gaussian bump over the node's
-    classes that follows its parents: class k sits at u_k = (k + 0.5) / K, the centre is the mean
-    of the parents' u = (v + 0.5) / K_parent, and p(k | parents) is proportional to
-    exp(-8 s^2 (u_k - centre)^2): standard deviation 1 / (4 s) of the range, uniform at s = 0.
-    """
-    if not isinstance(raw, Mapping):
-        raise CausalSpritesError(f"a variant spec must be a mapping, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - _SPEC_KEYS)
-    if unknown:
-        raise CausalSpritesError(f"unknown spec keys {', '.join(map(str, unknown))}")
-    dataset, schema, loaded = _base(raw, root, schema)
-    sizes = schema.size_of
-    name = str(raw.get("name", default_name))
-    num_samples = _integer(raw, "num_samples", None, 1)
-    seed = _integer(raw, "seed", 0, 0)
+
+def _parents(raw: Mapping[str, Any], schema: Schema) -> dict[str, list[str]]:
+    """{factor: its parents in the order of the edges} of the spec's `edges` (a DAG)."""
     edges = raw.get("edges") or []
     parents: dict[str, list[str]] = {n: [] for n in schema.names}
     if not isinstance(edges, list):
@@ -252,14 +249,62 @@ def parse_spec(
             raise CausalSpritesError(f"edge {parent} -> {child} is a self-loop or given twice")
         parents[child].append(parent)
     topological_order(parents)
+    return parents
+
+
+def parse_any(
+    raw: Any,
+    default_name: str = "variant",
+    *,
+    root: Path | None = None,
+    schema: Schema | None = None,
+) -> VariantSpec | ContinuousSpec:
+    """Validate a spec mapping (the parsed YAML/JSON) into a VariantSpec, or a ContinuousSpec
+    where a mechanism declares a continuous factor (see the module docstring).
+
+    Keys: `name`, `num_samples` (>= 1), `seed`, `description`, `dataset` (the base data file,
+    relative to `root`; absent: dSprites), `edges` ([parent, child] pairs, a DAG) and
+    `mechanisms` ({node: {parents: [...], table: ...}}; a node without an entry is uniform;
+    `parents` defaults to the edges into the node, in their order). Factors are the base's
+    (`schema` when given, else read from the base). A table has the shape (*parent sizes, node
+    size), entries >= 0; each row is normalised, so weights will do. Instead of `table`,
+    `shift: {strength: s}` is a discretised Gaussian bump over the node's classes that follows
+    its parents: class k sits at u_k = (k + 0.5) / K, the centre is the mean of the parents'
+    u = (v + 0.5) / K_parent, and p(k | parents) is proportional to exp(-8 s^2 (u_k - centre)^2):
+    standard deviation 1 / (4 s) of the range, uniform at s = 0.
+    """
+    if not isinstance(raw, Mapping):
+        raise CausalSpritesError(f"a variant spec must be a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - _SPEC_KEYS)
+    if unknown:
+        raise CausalSpritesError(f"unknown spec keys {', '.join(map(str, unknown))}")
+    name = str(raw.get("name", default_name))
+    continuous = _continuous(raw, name)
+    if continuous is None:
+        dataset, schema, loaded = _base(raw, root, schema)
+    else:
+        dataset, schema, loaded = None, continuous, None
+    num_samples = _integer(raw, "num_samples", None, 1)
+    seed = _integer(raw, "seed", 0, 0)
+    parents = _parents(raw, schema)
     mechanisms = raw.get("mechanisms") or {}
-    if not isinstance(mechanisms, Mapping):
-        raise CausalSpritesError("mechanisms must be a mapping from factor to mechanism")
+    sizes = {f.name: f.size for f in schema.factors if f.kind == "categorical"}
+    for node in sizes:
+        outside = [p for p in parents[node] if p not in sizes]
+        if outside:
+            raise CausalSpritesError(
+                f"categorical factor {node} has the continuous parent {outside[0]}: a "
+                "categorical factor's parents must be categorical"
+            )
     tables = {n: np.full(k, 1.0 / k) for n, k in sizes.items()}
+    sigmoids: dict[str, Sigmoid] = {}
     for node, entry in mechanisms.items():
         node = _factor(node, "mechanisms", schema)
         if not isinstance(entry, Mapping):
             raise CausalSpritesError(f"mechanism of {node} must be a mapping")
+        if node not in sizes:
+            sigmoids[node] = parse_sigmoid(node, entry, tuple(parents[node]), schema)
+            continue
         given = entry.get("parents", parents[node])
         if not isinstance(given, list | tuple):
             raise CausalSpritesError(f"parents of {node} must be a list")
@@ -274,17 +319,33 @@ def parse_spec(
     missing = [n for n in schema.names if parents[n] and n not in mechanisms]
     if missing:
         raise CausalSpritesError(f"{missing[0]} has parents in edges but no mechanism")
-    return VariantSpec(
-        name=name,
-        num_samples=num_samples,
-        seed=seed,
-        parents={n: tuple(p) for n, p in parents.items()},
-        tables=tables,
-        schema=schema,
-        description=str(raw.get("description", "")),
-        dataset=dataset,
-        loaded=loaded,
-    )
+    header = (name, num_samples, seed, {n: tuple(p) for n, p in parents.items()}, tables)
+    description = str(raw.get("description", ""))
+    if continuous is not None:
+        return ContinuousSpec(*header, sigmoids, schema, description)
+    return VariantSpec(*header, schema, description, dataset, loaded)
+
+
+def parse_spec(
+    raw: Any,
+    default_name: str = "variant",
+    *,
+    root: Path | None = None,
+    schema: Schema | None = None,
+) -> VariantSpec:
+    """`parse_any` of a categorical spec (a Gumbel-max SCM over the base's classes, all of
+    whose factors are categorical); a spec with continuous mechanisms is refused."""
+    return _categorical(parse_any(raw, default_name, root=root, schema=schema))
+
+
+def _categorical(spec: VariantSpec | ContinuousSpec, where: str = "") -> VariantSpec:
+    """The spec, refused where it is continuous (`where`: what the error starts with)."""
+    if isinstance(spec, ContinuousSpec):
+        raise CausalSpritesError(
+            f"{where}{spec.schema.continuous[0]} has a continuous mechanism: expected a "
+            "categorical variant spec (`causal-sprites data variant` samples continuous ones)"
+        )
+    return spec
 
 
 def _read(path: Path) -> Any:
@@ -301,20 +362,26 @@ def _read(path: Path) -> Any:
         raise CausalSpritesError(f"{path}: not a text file") from None
 
 
-def load_spec(path: Path | str) -> VariantSpec:
-    """Read and validate a YAML or JSON spec file (its `dataset` relative to the file)."""
+def load_any(path: Path | str) -> VariantSpec | ContinuousSpec:
+    """Read and validate a YAML or JSON spec file (its `dataset` relative to the file),
+    categorical or continuous."""
     path = Path(path)
     raw = _read(path)
     try:
-        return parse_spec(raw, default_name=path.stem, root=path.parent)
+        return parse_any(raw, default_name=path.stem, root=path.parent)
     except CausalSpritesError as error:
         raise CausalSpritesError(f"{path}: {error}") from None
 
 
+def load_spec(path: Path | str) -> VariantSpec:
+    """Read and validate a categorical YAML or JSON spec file (`load_any`)."""
+    return _categorical(load_any(path), f"{path}: ")
+
+
 def load_graph(path: Path | str) -> tuple[tuple[str, str], ...]:
-    """The (parent, child) edges of a spec file: a variant's, or a generated set's true graph
-    (`dataset: pendulum`, edges only: `examples/variants/pendulum.yaml`), for `discover --truth`
-    and `train --spec`."""
+    """The (parent, child) edges of a spec file: a variant's (categorical or continuous), or a
+    generated set's true graph (`dataset: pendulum`, edges only:
+    `examples/variants/pendulum.yaml`), for `discover --truth` and `train --graph-from`."""
     path = Path(path)
     raw = _read(path)
     if isinstance(raw, Mapping) and raw.get("dataset") == "pendulum":
@@ -325,4 +392,4 @@ def load_graph(path: Path | str) -> tuple[tuple[str, str], ...]:
             for name in edge:
                 PENDULUM.factor(str(name))
         return tuple((str(a), str(b)) for a, b in edges)
-    return load_spec(path).edges
+    return load_any(path).edges

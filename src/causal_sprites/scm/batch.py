@@ -60,10 +60,11 @@ def answer(
     count = len(questions)
     height, width, channels = model.schema.image_shape
     image = (height, width) if channels == 1 else (height, width, channels)
+    kind = np.int64 if model.schema.categorical else np.float64  # classes, or values in units
     out = Answers(
         np.zeros((count, *image), np.uint8),
-        np.zeros((count, len(model.schema.names)), np.int64),
-        np.zeros((count, len(model.schema.names)), np.int64),
+        np.zeros((count, len(model.schema.names)), kind),
+        np.zeros((count, len(model.schema.names)), kind),
         np.array([q.labels is not None for q in questions], dtype=bool),
         np.zeros(count, np.int64),
     )

@@ -1,0 +1,379 @@
+"""`causal-sprites benchmark`: any counterfactual image model scored against the exact truth of a
+data set (`benchmark_truth`) on a fixed, seeded query set (`benchmark_queries`), beside the proxies
+papers use without a truth (Monteiro et al. 2023: effectiveness, preservation, composition,
+reversibility), and how well each proxy ranks the models as the truth does."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+from scipy import stats
+
+from causal_sprites.benchmark_contenders import Contender, RunModel
+from causal_sprites.benchmark_queries import QuerySet
+from causal_sprites.benchmark_truth import Known
+from causal_sprites.data.dsprites import DSprites
+from causal_sprites.errors import CausalSpritesError
+from causal_sprites.metrics import TOLERANCE, factor_matches, iou, mean_abs_error, psnr
+from causal_sprites.oracle import load_oracle
+from causal_sprites.progress import progress_bar
+from causal_sprites.runs import write_text_atomic
+from causal_sprites.variant_image_scores import PosteriorReader
+
+#: Queries a model answers per call.
+BATCH: Final = 256
+#: Queries the null intervention is applied to 10 times (composition).
+COMPOSITION_QUERIES: Final = 256
+#: A continuous factor read back within this fraction of its range counts as right.
+CONTINUOUS_TOLERANCE: Final = 0.05
+#: The proxies whose rank correlation with the error against the truth is reported.
+PROXIES: Final = (
+    "effectiveness",
+    "preservation",
+    "composition_1",
+    "composition_10",
+    "reversibility",
+    "realism_fd",
+)
+ORACLE_READER: Final = "the pretrained dSprites oracle classifier (oracle.py)"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What every contender is scored on: the queries' factual images (N, ...) and factors
+    (N, K), the true counterfactual factors and images, the factors asked for (N, K), masks
+    (N, K) of the intervened factors and of those the true graph leaves alone, which queries are
+    identified (N,), and the reader that reads factors off images (None: no reader)."""
+
+    known: Known
+    queries: QuerySet
+    images: np.ndarray
+    factors: np.ndarray
+    truth_factors: np.ndarray
+    truth_images: np.ndarray
+    asked: np.ndarray
+    intervened: np.ndarray
+    preserved: np.ndarray
+    identified: np.ndarray
+    reader: Any
+    reader_name: str
+
+
+def choose_reader(known: Known, contenders: list[Contender]) -> tuple[Any, str]:
+    """dSprites' oracle classifier on dSprites-like data; elsewhere the first run's posterior
+    p(y | x) (self-consistency only, named in the JSON); else no reader."""
+    if known.schema.names == DSprites.schema.names and known.schema.binary:
+        return load_oracle("pretrained"), ORACLE_READER
+    for contender in contenders:
+        if isinstance(contender.model, RunModel):
+            return PosteriorReader(contender.model.run), f"{PosteriorReader.name}: {contender.name}"
+    return None, "none (no oracle for this dataset and no run among the models)"
+
+
+def prepare(known: Known, queries: QuerySet, reader: Any, reader_name: str) -> Prepared:
+    """The queries' factual and true counterfactual images and factors, and their masks."""
+    schema = known.schema
+    rows = queries.rows
+    factors = np.asarray(known.data.factors(rows), np.float64)
+    images = known.data.images(rows)
+    truth_factors = np.empty_like(factors)
+    truth_images = np.empty_like(images)
+    intervened = np.zeros_like(factors, dtype=bool)
+    preserved = np.zeros_like(factors, dtype=bool)
+    identified = np.zeros(len(rows), dtype=bool)
+    for chosen in queries.batches(4 * BATCH):
+        do = queries.do(chosen, schema)
+        truth_factors[chosen], truth_images[chosen] = known.truth.counterfactual(rows[chosen], do)
+        changed = set(do) | known.descendants(list(do))
+        intervened[chosen] = np.isin(np.array(schema.names), list(do))
+        preserved[chosen] = ~np.isin(np.array(schema.names), list(changed))
+        identified[chosen] = known.identified(list(do))
+    asked = np.where(intervened, truth_factors, factors)
+    return Prepared(
+        known, queries, images, factors, truth_factors, truth_images, asked,
+        intervened, preserved, identified, reader, reader_name,
+    )  # fmt: skip
+
+
+def _checked(out: Any, expected: tuple[int, ...], binary: bool) -> np.ndarray:
+    """A model's answer, refused unless uint8 images of the expected shape (0/1 if binary)."""
+    if not isinstance(out, np.ndarray):
+        raise CausalSpritesError(f"returned a {type(out).__name__}, not a numpy array")
+    if out.dtype != np.uint8:
+        nan = np.issubdtype(out.dtype, np.floating) and bool(np.isnan(out).any())
+        raise CausalSpritesError(
+            f"returned {out.dtype} images{' with NaN' if nan else ''}, not uint8"
+        )
+    if out.shape != expected:
+        raise CausalSpritesError(f"returned images of shape {out.shape}, expected {expected}")
+    if binary and out.size and int(out.max()) > 1:
+        raise CausalSpritesError("returned pixels above 1 on binary (0/1) data")
+    return out
+
+
+def _agreement(
+    prepared: Prepared, predicted: np.ndarray, target: np.ndarray, mask: np.ndarray
+) -> float:
+    """Fraction of the masked factors (N, K) the reader's `predicted` reads as `target`: a class
+    within `metrics.TOLERANCE` (dSprites' oracle also modulo a sprite's symmetry), a continuous
+    value within `CONTINUOUS_TOLERANCE` of its range."""
+    schema = prepared.known.schema
+    oracle = prepared.reader_name == ORACLE_READER
+    if schema.categorical:  # class indices, as the symmetry tables index them
+        predicted, target = predicted.astype(np.int64), target.astype(np.int64)
+    matches = factor_matches(predicted, target, schema, TOLERANCE, symmetric=oracle)
+    for i, factor in enumerate(schema.factors):
+        if factor.kind == "continuous":
+            assert factor.low is not None and factor.high is not None
+            limit = CONTINUOUS_TOLERANCE * (factor.high - factor.low)
+            matches[:, i] = np.abs(predicted[:, i] - target[:, i]) <= limit
+    return float((matches & mask).sum() / mask.sum()) if mask.any() else math.nan
+
+
+def _errors(prepared: Prepared, images: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per image (N,): IoU with the reference on binary data, else MAE on the 0-255 scale."""
+    if prepared.known.schema.binary:
+        return iou(images, reference)
+    return mean_abs_error(images, reference)
+
+
+def frechet_distance(first: np.ndarray, second: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D) and (M, D) (Heusel et
+    al. 2017): |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2), by symmetric eigenvalues
+    (no matrix square root of a non-symmetric product)."""
+    mu1, mu2 = first.mean(0), second.mean(0)
+    s1, s2 = np.cov(first, rowvar=False), np.cov(second, rowvar=False)
+    values, vectors = np.linalg.eigh(s1)
+    root = (vectors * np.sqrt(values.clip(0))) @ vectors.T
+    cross = np.sqrt(np.linalg.eigvalsh(root @ s2 @ root).clip(0)).sum()
+    distance = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * cross
+    return max(0.0, float(distance))  # rounding leaves identical sets a hair below 0
+
+
+def _features(reader: Any, images: np.ndarray) -> np.ndarray:
+    """The oracle's features of images (N, 64, 64): its per-factor class probabilities,
+    concatenated (N, 113) (its logits hold -1e4 for positions it does not consider)."""
+    probabilities = [logits.softmax(-1) for logits in reader.logits(images)]
+    return torch.cat(probabilities, -1).numpy().astype(np.float64)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+def score_contender(
+    contender: Contender, prepared: Prepared, progress: bool = False
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """One model's entry of the JSON (its answers to every query against the truth, with the
+    proxies) and its answers (N, ...); a model that raises or answers malformed images is
+    `failed`, with the reason, and has no answers."""
+    try:
+        metrics, seconds, answers = _score(contender, prepared, progress)
+    except Exception as error:  # a user's model may fail in any way: report it, go on
+        said = (
+            str(error)
+            if isinstance(error, CausalSpritesError)
+            else f"{type(error).__name__}: {error}"
+        )
+        message = " ".join(said.split())
+        return {"name": contender.name, "kind": contender.kind, "status": "failed",
+                "error": message, "metrics": {}, "seconds_per_1000": None}, None  # fmt: skip
+    entry = {
+        "name": contender.name,
+        "kind": contender.kind,
+        "status": "ok",
+        "error": None,
+        "metrics": metrics,
+        "seconds_per_1000": 1000 * seconds / len(prepared.queries),
+    }
+    return entry, answers
+
+
+def _score(
+    contender: Contender, prepared: Prepared, progress: bool
+) -> tuple[dict[str, Any], float, np.ndarray]:
+    """The metrics of one contender, its seconds for the queries (the main pass) and its
+    answers."""
+    queries, schema = prepared.queries, prepared.known.schema
+    shape = prepared.images.shape[1:]
+    batches = queries.batches(BATCH)
+    composed = np.arange(min(len(queries), COMPOSITION_QUERIES))
+    total = 2 * len(queries) + 10 * len(composed)
+    answers = np.empty_like(prepared.images)
+    back = np.empty_like(prepared.images)
+    done = 0
+    with progress_bar(f"benchmarking {contender.name}", progress) as update:
+
+        def ask(chosen: np.ndarray, images: np.ndarray, factors: np.ndarray, do: Any) -> np.ndarray:
+            nonlocal done
+            out = contender.answer(queries.rows[chosen], images, factors, do)
+            done += len(chosen)
+            update(done, total)
+            return _checked(out, (len(chosen), *shape), schema.binary)
+
+        start = time.perf_counter()
+        for chosen in batches:
+            do = queries.do(chosen, schema)
+            answers[chosen] = ask(chosen, prepared.images[chosen], prepared.factors[chosen], do)
+        seconds = time.perf_counter() - start
+        for chosen in batches:
+            undo = {
+                n: prepared.factors[chosen, schema.index(n)].astype(v.dtype)
+                for n, v in queries.do(chosen, schema).items()
+            }
+            back[chosen] = ask(chosen, answers[chosen], prepared.truth_factors[chosen], undo)
+        current, after = prepared.images[composed], []
+        for _ in range(10):
+            current = ask(composed, current, prepared.factors[composed], {})
+            after.append(_errors(prepared, current, prepared.images[composed]))
+    error = _errors(prepared, answers, prepared.truth_images)
+    identified = prepared.identified
+    key = "truth_iou" if schema.binary else "truth_mae"
+    metrics: dict[str, Any] = {key: _mean(error), f"{key}_identified": _mean(error[identified])}
+    if not schema.binary:
+        metrics["truth_psnr"] = _mean(psnr(answers, prepared.truth_images))
+    if prepared.reader is not None:
+        read = np.asarray(prepared.reader.predict(answers), np.float64)
+        metrics["effectiveness"] = _agreement(prepared, read, prepared.asked, prepared.intervened)
+        metrics["preservation"] = _agreement(prepared, read, prepared.factors, prepared.preserved)
+    if prepared.reader_name == ORACLE_READER and len(answers) > 1:
+        real = _features(prepared.reader, prepared.truth_images)
+        metrics["realism_fd"] = frechet_distance(_features(prepared.reader, answers), real)
+    metrics["composition_1"] = _mean(after[0])
+    metrics["composition_10"] = _mean(after[9])
+    metrics["reversibility"] = _mean(_errors(prepared, back, prepared.images))
+    metrics["per_do"] = {
+        "+".join(kind): _mean(error[queries.kind == k]) for k, kind in enumerate(queries.kinds)
+    }
+    return metrics, seconds, answers
+
+
+def rank_correlations(models: list[dict[str, Any]], truth_key: str) -> dict[str, float | None]:
+    """Spearman's rho across the models that ran between each proxy and the error against the
+    truth (`truth_key`); None with fewer than 3 models or a constant column."""
+    ran = [m for m in models if m["status"] == "ok"]
+    out: dict[str, float | None] = {}
+    for proxy in PROXIES:
+        pairs = [(m["metrics"].get(proxy), m["metrics"][truth_key]) for m in ran]
+        pairs = [
+            (a, b) for a, b in pairs if a is not None and not math.isnan(a) and not math.isnan(b)
+        ]
+        a, b = (
+            (np.array(side, np.float64) for side in zip(*pairs, strict=True))
+            if pairs
+            else (np.zeros(0), np.zeros(0))
+        )
+        if len(pairs) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+            out[proxy] = None
+            continue
+        out[proxy] = float(np.corrcoef(stats.rankdata(a), stats.rankdata(b))[0, 1])
+    return out
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def run_benchmark(
+    known: Known,
+    contenders: list[Contender],
+    queries: QuerySet,
+    seed: int,
+    progress: bool = False,
+    written: Callable[[dict[str, Any], dict[str, np.ndarray]], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Every contender on the same queries: the benchmark's JSON, and the answers of a few
+    queries per model (`shown`) for the page. `written(result, shown)` is called after each
+    model, so what ran is kept if a later one takes long or the run is stopped."""
+    reader, reader_name = choose_reader(known, contenders)
+    prepared = prepare(known, queries, reader, reader_name)
+    schema = known.schema
+    truth_key = "truth_iou" if schema.binary else "truth_mae"
+    picked = np.unique(np.linspace(0, len(queries) - 1, min(6, len(queries))).astype(int))
+    shown = {
+        "queries": picked,
+        "factual": prepared.images[picked],
+        "truth": prepared.truth_images[picked],
+    }
+    result: dict[str, Any] = {
+        "dataset": schema.name,
+        "source": known.source,
+        "num_queries": len(queries),
+        "seed": seed,
+        "query_hash": queries.sha256(schema),
+        "queries_file": "queries.jsonl",
+        "kinds": ["+".join(kind) for kind in queries.kinds],
+        "identified_fraction": float(prepared.identified.mean()),
+        "reader": reader_name,
+        "truth_metric": truth_key,
+        "composition_queries": min(len(queries), COMPOSITION_QUERIES),
+        "models": [],
+        "proxy_rank_correlation": {},
+    }
+    if reader is not None:
+        read = np.asarray(reader.predict(prepared.truth_images), np.float64)
+        result["reader_ceiling"] = _agreement(prepared, read, prepared.asked, prepared.intervened)
+    for contender in contenders:
+        entry, answers = score_contender(contender, prepared, progress)
+        result["models"].append(entry)
+        if answers is not None:
+            shown[contender.name] = answers[picked]
+        result["proxy_rank_correlation"] = rank_correlations(result["models"], truth_key)
+        if written is not None:
+            written(_finite(result), shown)
+    return _finite(result), shown
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The leaderboard as a markdown table, one row per model."""
+    key = result["truth_metric"]
+    columns = [key, f"{key}_identified", "effectiveness", "preservation", "composition_1",
+               "composition_10", "reversibility", "realism_fd"]  # fmt: skip
+    lines = [
+        f"Benchmark on {result['dataset']}: {result['num_queries']:,} queries "
+        f"(sha256 {result['query_hash'][:12]}), reader: {result['reader']}",
+        "",
+        f"{key}, composition_* and reversibility: "
+        + ("IoU, higher is better" if key == "truth_iou" else "MAE (0-255), lower is better")
+        + "; effectiveness, preservation: fraction read right; realism_fd: lower is better.",
+        "",
+        "| model | status | " + " | ".join(columns) + " | s / 1000 queries |",
+        "|---|---|" + "---:|" * (len(columns) + 1),
+    ]
+    for model in result["models"]:
+        values = [_cell(model["metrics"].get(c)) for c in columns]
+        status = model["status"] if model["status"] == "ok" else f"failed: {model['error']}"
+        lines.append(
+            f"| {model['name']} | {status} | "
+            + " | ".join(values)
+            + f" | {_cell(model['seconds_per_1000'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def write_outputs(out: Path, result: dict[str, Any], jsonl: str | None = None) -> None:
+    """DIR/benchmark.json and DIR/benchmark.md (and the queries' JSONL), each atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    if jsonl is not None:
+        write_text_atomic(out / "queries.jsonl", jsonl)
+    write_text_atomic(out / "benchmark.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "benchmark.md", markdown_table(result))
