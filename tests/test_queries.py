@@ -222,6 +222,11 @@ def test_interventions_accept_names_indices_and_per_image_values() -> None:
         as_interventions({"shape": "star"}, 1, SCHEMA)
     with pytest.raises(CausalSpritesError, match="2 values of posX for 3 images"):
         as_interventions({"posX": [1, 2]}, 3, SCHEMA)
+    # Class indices in a float array (what `factors()` of mixed data gives) are classes,
+    floats = as_interventions({"shape": np.array([0.0, 2.0, 1.0])}, 3, SCHEMA)
+    assert floats["shape"].dtype == torch.int64 and floats["shape"].tolist() == [0, 2, 1]
+    with pytest.raises(CausalSpritesError, match=r"bad value '0\.5' for shape"):  # but not 0.5
+        as_interventions({"shape": np.array([0.5, 1.0])}, 2, SCHEMA)
 
 
 def test_bad_queries_are_refused(model: CausalModel, images: np.ndarray) -> None:

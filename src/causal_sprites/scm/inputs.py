@@ -102,6 +102,8 @@ def as_interventions(do: Interventions | None, batch: int, schema: Schema) -> di
         if schema.factor(name).kind == "continuous":
             values = np.array([schema.parse_value(name, v) for v in unique.tolist()], np.float32)
         else:
+            if unique.dtype.kind == "f" and np.array_equal(unique, np.round(unique)):
+                unique = unique.astype(np.int64)  # class indices in a float array (mixed data)
             values = np.array([int(schema.parse_value(name, v)) for v in unique.tolist()], np.int64)
         actions[name] = torch.from_numpy(values[inverse].reshape(-1))
     return actions
