@@ -1,6 +1,7 @@
 """Mechanisms of factors with many parent rows: where a table's cells outnumber the training rows
-a network of the parents is learned with the VAE instead, the run's config says so, and the
-factor graph (exact enumeration, Gumbel-max abduction, prediction) reads it as a table."""
+a network of the parents is fitted to the labels instead (before the VAE trains), the run's
+config says so, and the factor graph (exact enumeration, Gumbel-max abduction, prediction)
+reads it as a table."""
 
 from __future__ import annotations
 

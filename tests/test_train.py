@@ -107,10 +107,27 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
         return {**parts, "loss": parts["loss"] * float("nan")}
 
     monkeypatch.setattr(ConditionalVAE, "loss", nan_loss)
-    with pytest.raises(CausalSpritesError, match=r"loss became nan at step 4.*checkpoint"):
-        fit(tmp_path, with_steps(TINY, 8), tiny_data, CPU, resume=True, progress=False)
+    with pytest.raises(CausalSpritesError, match=r"loss became nan at step 13, 10 steps in a row"):
+        fit(tmp_path, with_steps(TINY, 40), tiny_data, CPU, resume=True, progress=False)
     kept = weights(tmp_path)
     assert all(torch.equal(good[k], kept[k]) for k in good)
+
+
+def test_a_batch_with_a_nan_loss_is_skipped_and_training_goes_on(
+    tiny_data: DSprites, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original_loss = ConditionalVAE.loss
+    calls = []
+
+    def one_nan(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        parts = original_loss(self, *args, **kwargs)
+        calls.append(1)
+        return {**parts, "loss": parts["loss"] * float("nan")} if len(calls) == 3 else parts
+
+    monkeypatch.setattr(ConditionalVAE, "loss", one_nan)
+    final = fit(tmp_path, with_steps(TINY, 6), tiny_data, CPU, progress=False)
+    assert final["step"] == 6 and final["skipped_steps"] == 1
+    assert all(torch.isfinite(w).all() for w in weights(tmp_path).values())
 
 
 def test_refuses_to_overwrite_and_resumes_nothing_afresh(

@@ -33,10 +33,11 @@ def parameter_groups(model: ConditionalVAE, config: RunConfig) -> list[dict[str,
     """Adam's parameter groups: everything at `lr`, or with `decoder_lr` the decoder apart (it
     learns the images and takes a far higher rate than the classifier sharing the encoder)."""
     train = config.train
+    trained = [p for p in model.parameters() if p.requires_grad]  # not the fitted mechanisms
     if train.decoder_lr is None:
-        return [{"params": list(model.parameters()), "lr": train.lr}]
+        return [{"params": trained, "lr": train.lr}]
     decoder = {id(p) for p in model.decoder.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in decoder]
+    rest = [p for p in trained if id(p) not in decoder]
     return [
         {"params": rest, "lr": train.lr},
         {"params": list(model.decoder.parameters()), "lr": train.decoder_lr},

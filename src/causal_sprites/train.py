@@ -62,6 +62,8 @@ from causal_sprites.runtime import (
 
 StepHook = Callable[[int, ConditionalVAE], None]
 LOG_EVERY = 50
+#: Steps in a row whose gradient is not finite that a run skips before it stops.
+MAX_SKIPPED_STEPS = 10
 #: The "anneal" objective schedule (`objective_weights`): the KL's weight at the start, the
 #: share of the budget over which it falls to 1, and the last share over which the beta-NLL
 #: weighting falls to the plain likelihood (beta 0), while the "decay" learning rate anneals.
@@ -279,14 +281,19 @@ def _fit(
     images = training_images(data, device)
     labels = training_labels(data, device)
     model = build_model(config)
-    model.fit_tables(labels[torch.from_numpy(train_rows).to(device)].cpu())
+    train_labels = labels[torch.from_numpy(train_rows).to(device)]
+    model.fit_tables(train_labels.cpu())
     model.to(device).train()
+    started = time.monotonic()
+    mechanism_nll = None if resume else model.fit_learned(train_labels, train_cfg.seed)
+    for parameter in model.learned_parameters():  # fitted: the VAE's steps leave them be
+        parameter.requires_grad_(False)
     groups = parameter_groups(model, config)
     base_rates = [group["lr"] for group in groups]
     optimizer = torch.optim.Adam(groups)
     batches = Batches(images, labels, train_rows, config, distributed)
     steps = total_steps(config, batches.per_epoch)
-    step, elapsed = 0, 0.0
+    step, elapsed = 0, time.monotonic() - started  # the mechanisms' fit counts in the budget
     if resume:
         state = load_checkpoint(run_dir, model, optimizer)
         step, elapsed = int(state["step"]), float(state["elapsed"])
@@ -295,6 +302,8 @@ def _fit(
     elif main:
         truncate_metrics(run_dir, lambda r: False)
         save_model(run_dir, model, config)
+        if mechanism_nll is not None:
+            append_metrics(run_dir, {"step": 0, "elapsed": elapsed, "mechanism_nll": mechanism_nll})
     trainer: torch.nn.Module = model
     if distributed.world_size > 1:
         trainer = torch.nn.parallel.DistributedDataParallel(model)
@@ -320,6 +329,7 @@ def _fit(
 
     last_checkpoint = time.monotonic()
     window_start, window_images = time.monotonic(), 0
+    skipped_steps = skipped_in_a_row = 0
     with progress_bar(progress, steps) as bar:
         task = bar.add_task("train", total=steps, completed=step, nelbo="-", rate="-")
         used = shared_elapsed()
@@ -334,14 +344,23 @@ def _fit(
             with autocast(device, train_cfg.bf16):
                 parts = trainer(x, y, train_cfg.classifier_weight, noise, uniform, **weights)
             loss = parts["loss"]
-            if not torch.isfinite(loss):
-                raise CausalSpritesError(
-                    f"loss became {loss.item()} at step {step}; stopped, the last good checkpoint "
-                    f"in {run_dir} is kept (try a lower learning rate)"
-                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            # A batch whose loss or gradient is not finite is skipped (its step counted, so the
+            # data order and a resume stay as they were); after the gradients' all-reduce, so
+            # every rank decides alike. Many in a row stop the run.
+            if torch.isfinite(torch.nn.utils.get_total_norm(gradients(model))):
+                optimizer.step()
+                skipped_in_a_row = 0
+            else:
+                skipped_steps += 1
+                skipped_in_a_row += 1
+                if skipped_in_a_row >= MAX_SKIPPED_STEPS:
+                    raise CausalSpritesError(
+                        f"loss became {loss.item()} at step {step}, {MAX_SKIPPED_STEPS} steps in "
+                        f"a row; stopped, the last good checkpoint in {run_dir} is kept (try a "
+                        "lower learning rate)"
+                    )
             step += 1
             on_step(step, model)
             elapsed += time.monotonic() - started
@@ -355,6 +374,7 @@ def _fit(
                     "elapsed": elapsed,
                     "images_per_s": rate,
                     **{f"train_{k}": v.item() for k, v in parts.items()},
+                    **({"skipped_steps": skipped_steps} if skipped_steps else {}),
                 }
                 record["train_nelbo"] = record["train_recon"] + record["train_kl"]
                 append_metrics(run_dir, record)
@@ -379,6 +399,8 @@ def _fit(
         return {"step": step, "elapsed": elapsed}
     final = evaluate_nelbo(model, images, labels, eval_rows)
     final = {"step": step, "elapsed": elapsed, "final": True, **final}
+    if skipped_steps:
+        final["skipped_steps"] = skipped_steps
     append_metrics(run_dir, final)
     usual = held_out_likelihood_range(model, images, labels, eval_rows)
     write_likelihood_range(run_dir, usual)
@@ -386,6 +408,11 @@ def _fit(
     if writer is not None:
         writer.close()
     return final
+
+
+def gradients(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The gradients the last backward pass left (parameters without one are left out)."""
+    return [p.grad for p in model.parameters() if p.grad is not None]
 
 
 def _tensorboard_writer(run_dir: Path) -> Any:

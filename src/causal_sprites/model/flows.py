@@ -1,5 +1,6 @@
 """A continuous factor's mechanism: an invertible map of its exogenous noise given its parents,
-learned with the VAE (a conditional normalising flow in Pyro, as DeepSCM's).
+fitted to the labels before the VAE trains (`FactorMechanisms.fit_learned`; a conditional
+normalising flow in Pyro, as DeepSCM's).
 
     value = low + (high - low) * sigmoid(loc(parents) + scale(parents) * spline(u)),  u ~ N(0, 1)
 

@@ -4,10 +4,10 @@ the others held, and the grid's normalised weights give the value's spread along
 (the larger of the coarse and the fine grid's, since each underestimates what is narrower than its
 step or wider than its span). That width is conditional on the other factors, and where factors
 are coupled (the pendulum's shadow follows its angles) it is narrower than the marginal one: only
-54-71 % of truths lay within two of it (bench/pendulum.py). The reported `spread` is therefore
-never below q(y | x)'s own standard deviation, which is trained on the labels: a flat likelihood
-shows as a wide spread (still 69 % coverage at 2 spreads for the pendulum's near-deterministic
-shadow length)."""
+54-71 % of truths lay within two of it on a 10-minute model (bench/pendulum.py). The reported
+`spread` is therefore never below q(y | x)'s own standard deviation, which is trained on the
+labels: a flat likelihood shows as a wide spread (98-100 % coverage at 2 spreads on a 20-minute
+pendulum model; 69 % for the shadow length on the 10-minute one)."""
 
 from __future__ import annotations
 

@@ -323,9 +323,8 @@ class ConditionalVAE(FactorMechanisms):
         recon, kl = self.elbo_terms(x, y, features, noise, weights, beta)
         classifier = self.classifier_loss(x, y, features)
         nelbo = (kl_weight * kl - recon).mean()
-        mechanisms = self.mechanism_loss(y).mean()
         return {
-            "loss": nelbo + classifier_weight * classifier.mean() + mechanisms,
+            "loss": nelbo + classifier_weight * classifier.mean(),
             "recon": -recon.mean(),
             "kl": kl.mean(),
             "classifier": classifier.mean(),
