@@ -18,6 +18,9 @@ from causal_sprites.benchmark_contenders import load_contenders, load_factory
 from causal_sprites.benchmark_queries import draw_queries
 from causal_sprites.benchmark_truth import Known, VariantTruth, known_data
 from causal_sprites.data import pendulum
+from causal_sprites.data.continuous_spec import ContinuousSpec
+from causal_sprites.data.continuous_variants import ContinuousTruth, sample_continuous
+from causal_sprites.data.variant_spec import load_any, parse_any
 from causal_sprites.data.variants import parse_spec, sample_variant, true_counterfactual
 from causal_sprites.errors import CausalSpritesError
 from tests.cli_run import run
@@ -160,6 +163,23 @@ def test_pendulum_truth_scored_by_error(tmp_path: Path) -> None:
     assert oracle["truth_mae"] == 0.0 and oracle["truth_psnr"] == 100.0
     assert identity["truth_mae"] > 1.0 and identity["composition_10"] == 0.0
     assert "effectiveness" not in oracle
+
+
+def test_continuous_variant_truth_is_found_and_scored(tmp_path: Path) -> None:
+    spec = load_any(Path(__file__).parents[1] / "examples" / "variants" / "chain_continuous.yaml")
+    assert isinstance(spec, ContinuousSpec)
+    small = parse_any({**spec.to_dict(), "num_samples": 60})
+    assert isinstance(small, ContinuousSpec)
+    known = known_data(str(sample_continuous(small, tmp_path / "chain.npz")))
+    assert isinstance(known.truth, ContinuousTruth) and known.edges == spec.edges
+    assert known.descendants(["scale"]) == {"posX", "posY"} and known.identified(["scale"])
+    contenders = load_contenders(
+        ["oracle", "identity"], known.schema, known.truth, torch.device("cpu")
+    )
+    result, _ = run_benchmark(known, contenders, draw_queries(known.data, 12, seed=0), seed=0)
+    oracle, identity = (m["metrics"] for m in result["models"])
+    assert result["truth_metric"] == "truth_iou" and result["identified_fraction"] == 1.0
+    assert oracle["truth_iou"] == 1.0 and identity["truth_iou"] < 0.8
 
 
 def test_user_model_through_the_cli(tmp_path: Path) -> None:
