@@ -180,6 +180,8 @@ def test_continuous_variant_truth_is_found_and_scored(tmp_path: Path) -> None:
     oracle, identity = (m["metrics"] for m in result["models"])
     assert result["truth_metric"] == "truth_iou" and result["identified_fraction"] == 1.0
     assert oracle["truth_iou"] == 1.0 and identity["truth_iou"] < 0.8
+    # dSprites' oracle reads grid classes: it must not read continuous values back.
+    assert result["reader"].startswith("none") and "effectiveness" not in oracle
 
 
 def test_user_model_through_the_cli(tmp_path: Path) -> None:

@@ -68,9 +68,11 @@ class Prepared:
 
 
 def choose_reader(known: Known, contenders: list[Contender]) -> tuple[Any, str]:
-    """dSprites' oracle classifier on dSprites-like data; elsewhere the first run's posterior
-    p(y | x) (self-consistency only, named in the JSON); else no reader."""
-    if known.schema.names == DSprites.schema.names and known.schema.binary:
+    """dSprites' oracle classifier on data with dSprites' factors and images (dSprites and its
+    categorical variants: it reads grid classes, not a continuous variant's values); elsewhere
+    the first run's posterior p(y | x) (self-consistency only, named in the JSON); else none."""
+    dsprites = DSprites.schema
+    if (known.schema.factors, known.schema.image_shape) == (dsprites.factors, dsprites.image_shape):
         return load_oracle("pretrained"), ORACLE_READER
     for contender in contenders:
         if isinstance(contender.model, RunModel):
