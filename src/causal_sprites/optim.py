@@ -1,10 +1,12 @@
 """The optimiser's side of training: Adam's parameter groups (the decoder may learn at its own
-rate) and the learning-rate schedule over the run's budget."""
+rate), the learning-rate schedule over the run's budget, and the gradients a step checks."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import torch
 
 from causal_sprites.config import RunConfig
 from causal_sprites.model.vae import ConditionalVAE
@@ -42,3 +44,8 @@ def parameter_groups(model: ConditionalVAE, config: RunConfig) -> list[dict[str,
         {"params": rest, "lr": train.lr},
         {"params": list(model.decoder.parameters()), "lr": train.decoder_lr},
     ]
+
+
+def gradients(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The gradients the last backward pass left (parameters without one are left out)."""
+    return [p.grad for p in model.parameters() if p.grad is not None]

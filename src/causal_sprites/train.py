@@ -37,7 +37,7 @@ from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.readout import SearchBudget, elbo, infer_posterior, likelihood_range
 from causal_sprites.model.refine import propose
 from causal_sprites.model.vae import ConditionalVAE, topological_order
-from causal_sprites.optim import lr_factor, parameter_groups
+from causal_sprites.optim import gradients, lr_factor, parameter_groups
 from causal_sprites.runs import (
     CHECKPOINT_FILE,
     append_metrics,
@@ -408,11 +408,6 @@ def _fit(
     if writer is not None:
         writer.close()
     return final
-
-
-def gradients(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The gradients the last backward pass left (parameters without one are left out)."""
-    return [p.grad for p in model.parameters() if p.grad is not None]
 
 
 def _tensorboard_writer(run_dir: Path) -> Any:
