@@ -75,6 +75,29 @@ def test_queries_take_and_give_continuous_values(
     assert isinstance(inferred["candidates"][0]["factors"]["left"], float)
 
 
+def test_a_do_outside_the_data_is_said_to_be_an_extrapolation(
+    trained: tuple[Path, Path, np.ndarray],
+) -> None:
+    """side follows left (5 + 0.3 (left - 4) + N(0, 0.5)): at left near 4 a side of 16 is 20
+    noise SDs away, one near the mechanism is not, and a root is never flagged."""
+    _, run_dir, _ = trained
+    _, factors, _ = sliding(96, seed=0)
+    index = int(np.argmin(factors[:, 1]))  # the square furthest left
+    typical = 5.0 + 0.3 * (factors[index, 1] - 4.0)
+    args = ("counterfactual", run_dir, "--index", index, "--json")
+    far = json.loads(run(*args, "--do", "side=16")[0])["queries"][0]
+    assert len(far["warnings"]) == 1 and far["warnings"][0].startswith(
+        "do(side=16) has probability"
+    )
+    assert "extrapolation" in far["warnings"][0]
+    near = json.loads(run(*args, "--do", f"side={typical:.2f}")[0])["queries"][0]
+    assert near["warnings"] == []
+    moved = json.loads(run(*args, "--do", "left=29")[0])["queries"][0]
+    assert moved["warnings"] == []  # left is a root: no mechanism to leave
+    text, _ = run(*args[:-1], "--do", "side=16")
+    assert "  warning: do(side=16) has probability" in text
+
+
 def test_bad_continuous_input_is_one_line(trained: tuple[Path, Path, np.ndarray]) -> None:
     _, run_dir, _ = trained
     never = "/tmp/never.png"

@@ -305,6 +305,7 @@ def counterfactual(
         write_png(figure, out)
     if out_npz is not None:
         _write_npz(out_npz, factual, images)
+    warnings = model.support_warnings(answers.counterfactual, [list(i.do) for i in items])
     records: list[dict[str, Any]] = [
         {
             "index": item.index,
@@ -313,6 +314,7 @@ def counterfactual(
             "labels": "given" if k in labels else "inferred",
             "factual": model.schema.format(answers.factual[k]),
             "counterfactual": model.schema.format(answers.counterfactual[k]),
+            "warnings": warnings[k],
         }
         for k, item in enumerate(items)
     ]
@@ -335,6 +337,8 @@ def counterfactual(
     for query in records[:20]:
         source = f"index {query['index']}" if query["index"] is not None else query["image"]
         typer.echo(f"{source}: {_changes(query['factual'], query['counterfactual'], model.schema)}")
+        for warning in query["warnings"]:
+            typer.echo(f"  warning: {warning}")
         spread = query.get("distribution", [])
         for entry in spread[:5] if len(spread) > 1 else []:
             text = assignment_text(entry["factors"], model.schema)

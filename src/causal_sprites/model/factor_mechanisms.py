@@ -152,6 +152,18 @@ class FactorMechanisms(nn.Module):
                 total = total + F.cross_entropy(logits, target.long(), reduction="none")
         return total
 
+    def typicality(self, name: str, values: Mapping[str, Tensor]) -> Tensor:
+        """How typical the value of factor `name` in `values` {factor: (B,)} is of its mechanism
+        given the parents there (B,): the two-sided tail probability of its noise for a
+        continuous factor (1 at the mechanism's median), its class's probability for a
+        categorical one. A value the training data makes this rare was never drawn."""
+        if name in self.flows:
+            noise = self.flow(name).abduct(values[name], self.parent_codes(name, values))
+            return torch.special.erfc(noise.abs() / math.sqrt(2.0))
+        probs = cast(dist.Categorical, self.factor_dist(name, values)).probs
+        chosen = values[name].long().reshape(-1, 1)
+        return probs.expand(len(chosen), -1).gather(-1, chosen).squeeze(-1)
+
     def flow(self, name: str) -> ContinuousMechanism:
         """A continuous factor's mechanism (`model/flows.py`)."""
         return cast(ContinuousMechanism, self.flows[name])

@@ -5,7 +5,7 @@ with Gumbel-max factors (Oberst & Sontag 2019) and ChiRho's twin-world counterfa
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,10 @@ from causal_sprites.scm.results import (
     CounterfactualResult,
 )
 from causal_sprites.scm.structural import CHUNK, StructuralModel, world_slice
+
+#: An intervened value with parents rarer than this under the model's mechanism given them
+#: (`FactorMechanisms.typicality`) is outside the training data: `support_warnings` says so.
+RARE = 1e-4
 
 
 class CausalModel:
@@ -295,6 +299,31 @@ class CausalModel:
                 for world in (0, 1)
             )
         return worlds[0], worlds[1]
+
+    def support_warnings(
+        self, rows: np.ndarray, intervened: Sequence[Iterable[str]]
+    ) -> list[list[str]]:
+        """Per row of counterfactual factors (B, K), a warning for each intervened factor with
+        parents whose value the model's mechanism makes rarer than `RARE` given the parents
+        there: the image drawn for it is an extrapolation beyond the training data (the
+        pendulum's shadow moved off its angles' projection is drawn worse than no change)."""
+        names = {n for chosen in intervened for n in chosen if self.model.parents[n]}
+        device = next(self.model.parameters()).device
+        values = {
+            n: torch.as_tensor(rows[:, k]).to(device) for k, n in enumerate(self.schema.names)
+        }
+        with torch.no_grad():
+            typical = {n: self.model.typicality(n, values).cpu().numpy() for n in names}
+        return [
+            [
+                f"do({n}={self.schema.factor(n).text(rows[b, self.schema.index(n)])}) has "
+                f"probability {typical[n][b]:.1g} given its parents under the model: outside "
+                "the data it learned from, the image is an extrapolation"
+                for n in chosen
+                if n in typical and typical[n][b] < RARE
+            ]
+            for b, chosen in enumerate(intervened)
+        ]
 
     def counterfactual_query(
         self,
