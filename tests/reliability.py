@@ -349,6 +349,10 @@ CASES: list[Case] = [
     Case("benchmark", "a model without counterfactual", (*BENCH, "{bad}", "--model", "tests.user_model:broken"), _pendulum),
     Case("benchmark", "a run directory that does not exist", (*BENCH, "{bad}", "--model", "{tmp}/norun"), _pendulum),
     Case("benchmark", "a model named twice", (*BENCH, "{bad}", "--model", "identity", "--model", "identity"), _pendulum),
+    Case("benchmark", "seed without a baseline (MLP) run among the models", (*BENCH, "dsprites", "--model", "seed")),
+    Case("benchmark", "seed beside runs none of which is a baseline run", (*BENCH, "dsprites", "--model", "{run}", "--model", "seed")),
+    Case("benchmark", "seed asked to answer no queries", (*BENCH, "dsprites", "--model", "seed", "--seed-queries", "0")),
+    Case("benchmark", "seed named twice", (*BENCH, "dsprites", "--model", "{run}", "--model", "seed", "--model", "seed")),
 ]  # fmt: skip
 
 runner = CliRunner()

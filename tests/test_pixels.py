@@ -88,6 +88,25 @@ def test_logistic_gradients_are_finite_at_the_extremes() -> None:
     assert params.grad is not None and torch.isfinite(params.grad).all()
 
 
+def test_logistic_log_prob_stays_finite_for_a_diverged_decoder() -> None:
+    """Log-scales of hundreds (a pendulum run's decoder at z ~ 30) made exp(-log_scale) 0, a
+    bin's mass 0 and the loss NaN; bounded at 7 the loss and its gradient stay finite, and the
+    bound does not move values inside it."""
+    mean = torch.tensor([[[[0.0, 600.0]]]])
+    log_scale = torch.tensor([[[[300.0, 1500.0]]]])
+    params = torch.cat([mean, log_scale], dim=1).requires_grad_(True)
+    x = torch.tensor([[[[128, 3]]]], dtype=torch.uint8)
+    log_prob = LOGISTIC.pixel_log_prob(params, x)
+    assert torch.isfinite(log_prob).all()
+    LOGISTIC.training_log_prob(params, x, 1.0).sum().backward()
+    assert params.grad is not None and torch.isfinite(params.grad).all()
+    inside = torch.tensor([[[[0.1]], [[6.9]]]]).reshape(1, 2, 1, 1)
+    wide = math.exp(-6.9) * 2 / 255  # the bin's width over the scale: mass ~ width / 4
+    assert LOGISTIC.pixel_log_prob(inside, torch.tensor([[[[140]]]], dtype=torch.uint8)).item() == (
+        pytest.approx(math.log(wide / 4), abs=1e-3)
+    )
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_logistic_counterfactual_with_the_same_params_returns_x(dtype: torch.dtype) -> None:
     shape = (64, 3, 8, 8)

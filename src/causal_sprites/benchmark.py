@@ -9,7 +9,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -17,8 +17,11 @@ import numpy as np
 import torch
 from scipy import stats
 
+from causal_sprites.benchmark_checkpoints import across_checkpoints
 from causal_sprites.benchmark_contenders import Contender, RunModel
+from causal_sprites.benchmark_page import markdown_table
 from causal_sprites.benchmark_queries import QuerySet
+from causal_sprites.benchmark_seed import subset_queries
 from causal_sprites.benchmark_truth import Known
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.errors import CausalSpritesError
@@ -103,6 +106,21 @@ def prepare(known: Known, queries: QuerySet, reader: Any, reader_name: str) -> P
         known, queries, images, factors, truth_factors, truth_images, asked,
         intervened, preserved, identified, reader, reader_name,
     )  # fmt: skip
+
+
+def restrict(prepared: Prepared, chosen: np.ndarray) -> Prepared:
+    """The queries `chosen` (indices (M,)) of `prepared` alone, in that order: what a contender
+    answering a subset of the queries (`Contender.subset`) is scored on."""
+    q = prepared.queries
+    values = {name: value[chosen] for name, value in q.values.items()}
+    arrays = {
+        f.name: getattr(prepared, f.name)[chosen]
+        for f in fields(prepared)
+        if isinstance(getattr(prepared, f.name), np.ndarray)
+    }
+    return replace(
+        prepared, queries=QuerySet(q.rows[chosen], q.kinds, q.kind[chosen], values), **arrays
+    )
 
 
 def _checked(out: Any, expected: tuple[int, ...], binary: bool) -> np.ndarray:
@@ -291,6 +309,24 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _on_subset(model: dict[str, Any]) -> dict[str, Any]:
+    """A model's entry as scored on the subset queries (`metrics_on_subset`, else its own)."""
+    metrics = model.get("metrics_on_subset", model["metrics"])
+    return {"status": model["status"] if metrics else "failed", "metrics": metrics}
+
+
+def _correlations(result: dict[str, Any]) -> None:
+    """The proxies' rank correlations of `result`'s models: over the models that answered every
+    query, and, with a subset contender, over every model on the subset."""
+    key, models = result["truth_metric"], result["models"]
+    full = [m for m in models if not m.get("subset")]
+    result["proxy_rank_correlation"] = rank_correlations(full, key)
+    if "subset_queries" in result:
+        result["proxy_rank_correlation_subset"] = rank_correlations(
+            [_on_subset(m) for m in models], key
+        )
+
+
 def run_benchmark(
     known: Known,
     contenders: list[Contender],
@@ -301,12 +337,20 @@ def run_benchmark(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Every contender on the same queries: the benchmark's JSON, and the answers of a few
     queries per model (`shown`) for the page. `written(result, shown)` is called after each
-    model, so what ran is kept if a later one takes long or the run is stopped."""
+    model, so what ran is kept if a later one takes long or the run is stopped. A contender
+    that answers a subset (`Contender.subset`: `seed`) answers a seeded subset of the queries;
+    every other model is then also scored on that subset (`metrics_on_subset`), the proxies'
+    rank correlations leave it out (`proxy_rank_correlation_excludes`) and are given on the
+    subset too (`proxy_rank_correlation_subset`)."""
     reader, reader_name = choose_reader(known, contenders)
     prepared = prepare(known, queries, reader, reader_name)
     schema = known.schema
     truth_key = "truth_iou" if schema.binary else "truth_mae"
-    picked = np.unique(np.linspace(0, len(queries) - 1, min(6, len(queries))).astype(int))
+    sizes = [c.subset for c in contenders if c.subset is not None]
+    common = subset_queries(len(queries), min(sizes), seed) if sizes else np.arange(len(queries))
+    small = restrict(prepared, common) if len(common) < len(queries) else None
+    at = np.unique(np.linspace(0, len(common) - 1, min(6, len(common))).astype(int))
+    picked = common[at]  # queries every model answered
     shown = {
         "queries": picked,
         "factual": prepared.images[picked],
@@ -327,49 +371,32 @@ def run_benchmark(
         "models": [],
         "proxy_rank_correlation": {},
     }
+    if small is not None:
+        result["subset_queries"] = len(common)
+        result["proxy_rank_correlation_excludes"] = [
+            c.name for c in contenders if c.subset is not None
+        ]
     if reader is not None:
         read = np.asarray(reader.predict(prepared.truth_images), np.float64)
         result["reader_ceiling"] = _agreement(prepared, read, prepared.asked, prepared.intervened)
     for contender in contenders:
-        entry, answers = score_contender(contender, prepared, progress)
+        partial = contender.subset is not None and small is not None
+        asked = small if small is not None and partial else prepared
+        entry, answers = score_contender(contender, asked, progress)
+        if contender.subset is not None:
+            entry |= {"queries_answered": len(common), "subset": partial}
+        elif small is not None and entry["status"] == "ok":
+            entry["metrics_on_subset"] = score_contender(contender, small, progress)[0]["metrics"]
         result["models"].append(entry)
         if answers is not None:
-            shown[contender.name] = answers[picked]
-        result["proxy_rank_correlation"] = rank_correlations(result["models"], truth_key)
+            shown[contender.name] = answers[at if partial else picked]
+        _correlations(result)
+        result["proxies_across_checkpoints"] = across_checkpoints(
+            result["models"], truth_key, PROXIES
+        )
         if written is not None:
             written(_finite(result), shown)
     return _finite(result), shown
-
-
-def markdown_table(result: dict[str, Any]) -> str:
-    """The leaderboard as a markdown table, one row per model."""
-    key = result["truth_metric"]
-    columns = [key, f"{key}_identified", "effectiveness", "preservation", "composition_1",
-               "composition_10", "reversibility", "realism_fd"]  # fmt: skip
-    lines = [
-        f"Benchmark on {result['dataset']}: {result['num_queries']:,} queries "
-        f"(sha256 {result['query_hash'][:12]}), reader: {result['reader']}",
-        "",
-        f"{key}, composition_* and reversibility: "
-        + ("IoU, higher is better" if key == "truth_iou" else "MAE (0-255), lower is better")
-        + "; effectiveness, preservation: fraction read right; realism_fd: lower is better.",
-        "",
-        "| model | status | " + " | ".join(columns) + " | s / 1000 queries |",
-        "|---|---|" + "---:|" * (len(columns) + 1),
-    ]
-    for model in result["models"]:
-        values = [_cell(model["metrics"].get(c)) for c in columns]
-        status = model["status"] if model["status"] == "ok" else f"failed: {model['error']}"
-        lines.append(
-            f"| {model['name']} | {status} | "
-            + " | ".join(values)
-            + f" | {_cell(model['seconds_per_1000'])} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _cell(value: Any) -> str:
-    return "" if value is None else f"{value:.3f}"
 
 
 def write_outputs(out: Path, result: dict[str, Any], jsonl: str | None = None) -> None:

@@ -1,7 +1,7 @@
 """What `benchmark` scores: any object with a batched `counterfactual(images, factors, do)`
 (`CounterfactualModel`), named on the command line as a run directory, `pretrained`, a built-in
-contender that brackets the scores (`oracle`, `identity`, `resample`) or a user's
-`package.module:factory`."""
+contender that brackets the scores (`oracle`, `identity`, `resample`), the seed project's recipe
+(`seed`, `benchmark_seed`) or a user's `package.module:factory`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from chirho.interventional.handlers import do as chirho_do
 
+from causal_sprites.benchmark_seed import SEED_QUERIES, SeedModel, is_seed_run, seed_run_missing
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.schema import Schema
 from causal_sprites.errors import CausalSpritesError
@@ -28,6 +29,7 @@ BUILT_IN: Final = {
     "oracle": "the truth itself (the upper bound)",
     "identity": "returns the input (perfect composition, no effectiveness)",
     "resample": "our model with fresh noise instead of abduction (an intervention)",
+    "seed": "the baseline MLP VAE with z found by gradient steps (the seed's recipe)",
 }
 
 
@@ -106,11 +108,13 @@ class TruthModel:
 
 @dataclass
 class Contender:
-    """A model under test: its name as given, what it is, and the model."""
+    """A model under test: its name as given, what it is, and the model; `subset`: it answers
+    only that many queries (a seeded subset, `benchmark_seed.subset_queries`), None: all."""
 
     name: str
     kind: str
     model: Any
+    subset: int | None = None
 
     def answer(
         self,
@@ -167,10 +171,17 @@ def load_factory(spec: str, schema: Schema, device: str) -> Any:
 
 
 def load_contenders(
-    names: list[str], schema: Schema, truth: Truth, device: torch.device, seed: int = 0
+    names: list[str],
+    schema: Schema,
+    truth: Truth,
+    device: torch.device,
+    seed: int = 0,
+    seed_queries: int = SEED_QUERIES,
 ) -> list[Contender]:
     """The contenders `--model` names, in order: built-ins, `module:factory`, run directories
-    or `pretrained`. `resample` resamples the first run named (else `pretrained` on dSprites)."""
+    or `pretrained`. `resample` resamples the first run named (else `pretrained` on dSprites);
+    `seed` searches z with the first run named whose decoder is the MLP (none: an error), on
+    `seed_queries` of the queries."""
     if not names:
         raise CausalSpritesError("name at least one --model")
     runs: dict[str, CausalModel] = {}
@@ -183,18 +194,24 @@ def load_contenders(
 
     out: list[Contender] = []
     for name in names:
-        if name in [c.name for c in out]:
+        if names.count(name) > 1:
             raise CausalSpritesError(f"--model {name} is named twice")
         if name == "oracle":
             out.append(Contender(name, BUILT_IN[name], TruthModel(truth)))
         elif name == "identity":
             out.append(Contender(name, BUILT_IN[name], IdentityModel()))
-        elif name == "resample":
+        elif name in ("resample", "seed"):
             continue  # once every run is known
         elif ":" in name and not os.path.isdir(name):
             out.append(Contender(name, "user model", load_factory(name, schema, str(device))))
         else:
             out.append(Contender(name, "run", RunModel(run_of(name), seed)))
+    if "seed" in names:
+        base = next((n for n, run in runs.items() if is_seed_run(run)), None)
+        if base is None:
+            raise seed_run_missing(list(runs))
+        kind = f"{base} {BUILT_IN['seed']}"
+        out.append(Contender("seed", kind, SeedModel(runs[base], seed), seed_queries))
     if "resample" in names:
         first = next(iter(runs), None)
         if first is None and schema.name != DSprites.schema.name:
@@ -203,7 +220,5 @@ def load_contenders(
             )
         base = first or "pretrained"
         model = ResampleModel(run_of(base), seed)
-        out.insert(
-            names.index("resample"), Contender("resample", f"{base} {BUILT_IN['resample']}", model)
-        )
-    return out
+        out.append(Contender("resample", f"{base} {BUILT_IN['resample']}", model))
+    return sorted(out, key=lambda contender: names.index(contender.name))

@@ -84,13 +84,14 @@ def total_steps(config: RunConfig, per_epoch: int) -> int | None:
 
 def objective_weights(config: RunConfig, fraction: float) -> dict[str, float]:
     """The loss's weights at `fraction` of the budget (the larger of the steps' and the
-    minutes'): none (the model's own objective) without a schedule; with "anneal" `kl_weight`
-    KL_START falling linearly to 1 over the first KL_SHARE, and `beta` 1 falling linearly to 0
-    over the last BETA_SHARE, so that the last steps follow the ELBO whose value is reported."""
+    minutes'): the independence term's if any; with "anneal" `kl_weight` KL_START falling to 1
+    over the first KL_SHARE, `beta` 1 falling to 0 over the last BETA_SHARE (ends on the ELBO)."""
+    weights = {"independence_weight": w} if (w := config.train.independence_weight) else {}
     if config.train.objective_schedule == "none":
-        return {}
+        return weights
     fraction = min(max(fraction, 0.0), 1.0)
     return {
+        **weights,
         "kl_weight": KL_START + (1.0 - KL_START) * min(fraction / KL_SHARE, 1.0),
         "beta": min((1.0 - fraction) / BETA_SHARE, 1.0),
     }

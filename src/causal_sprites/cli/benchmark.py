@@ -13,6 +13,7 @@ from causal_sprites.benchmark import markdown_table, run_benchmark, write_output
 from causal_sprites.benchmark_contenders import load_contenders
 from causal_sprites.benchmark_page import write_page
 from causal_sprites.benchmark_queries import check_num_queries, draw_queries
+from causal_sprites.benchmark_seed import SEED_QUERIES, check_seed_queries
 from causal_sprites.benchmark_truth import known_data
 from causal_sprites.cli.common import DeviceOption, JsonOption, SeedOption, app
 from causal_sprites.errors import CausalSpritesError
@@ -31,11 +32,19 @@ def benchmark(
     model: Annotated[
         list[str],
         typer.Option(
-            help="A run directory, pretrained, oracle, identity, resample, or "
-            "package.module:factory (factory(schema, device) returns the model); repeat it."
+            help="A run directory, pretrained, oracle, identity, resample, seed (needs a run of "
+            "the baseline preset among the models), or package.module:factory "
+            "(factory(schema, device) returns the model); repeat it."
         ),
     ],
     queries: Annotated[int, typer.Option(help="Queries to draw (1 to 100,000).")] = 1000,
+    seed_queries: Annotated[
+        int,
+        typer.Option(
+            help="Queries the seed contender answers (a seeded subset: each answer is a "
+            "300-step search); every model is also scored on that subset."
+        ),
+    ] = SEED_QUERIES,
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
     out: Annotated[Path, typer.Option(help="Directory for the results.")] = Path("benchmark"),
@@ -50,10 +59,11 @@ def benchmark(
     if out.exists() and not out.is_dir():
         raise CausalSpritesError(f"--out {out} is a file, not a directory")
     check_num_queries(queries)
+    check_seed_queries(seed_queries)
     known = known_data(dataset)
     query_set = draw_queries(known.data, queries, seed)
     chosen = choose_device(device)
-    contenders = load_contenders(model, known.schema, known.truth, chosen, seed)
+    contenders = load_contenders(model, known.schema, known.truth, chosen, seed, seed_queries)
     records = query_set.records(known.schema)
     jsonl = query_set.jsonl(known.schema)
 

@@ -32,6 +32,12 @@ __all__ = [
 NUM_BINS = 256
 #: PixelCNN++'s floor on the log-scale: narrower logistics only cost precision.
 MIN_LOG_SCALE = -7.0
+#: The widest logistic, e^7 ~ 1,100 times the [-1, 1] range (a flat bin mass ~2e-6): wider,
+#: exp(-log_scale) underflows, a bin's mass becomes 0 and its log -inf. A pendulum run whose
+#: encoder diverged drew z ~ 30 and log-scales of 300 to 1,500 from them: every batch's loss was
+#: NaN and training stopped (10 skipped in a row); bounded, the loss stays finite and the KL
+#: pulls the encoder back.
+MAX_LOG_SCALE = 7.0
 
 Number = TypeVar("Number", float, Tensor)
 
@@ -163,9 +169,9 @@ class DiscretisedLogistic(PixelLikelihood):
 
     @staticmethod
     def split_params(params: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, 2C, H, W) -> mean and log-scale (B, C, H, W), the log-scale floored at -7."""
+        """(B, 2C, H, W) -> mean and log-scale (B, C, H, W), the log-scale within [-7, 7]."""
         mean, log_scale = params.chunk(2, dim=-3)
-        return mean, log_scale.clamp_min(MIN_LOG_SCALE)
+        return mean, log_scale.clamp(MIN_LOG_SCALE, MAX_LOG_SCALE)
 
     def pixel_log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         """log P(x | params) per sub-pixel, (B, C, H, W), x in {0, ..., 255}."""

@@ -308,6 +308,7 @@ class ConditionalVAE(FactorMechanisms):
         uniform: Tensor | None = None,
         kl_weight: float = 1.0,
         beta: float = TRAINING_BETA,
+        independence_weight: float = 0.0,
     ) -> dict[str, Tensor]:
         """Training objective: mean NELBO of x | y plus the weighted classifier cross-entropy.
 
@@ -323,12 +324,17 @@ class ConditionalVAE(FactorMechanisms):
         recon, kl = self.elbo_terms(x, y, features, noise, weights, beta)
         classifier = self.classifier_loss(x, y, features)
         nelbo = (kl_weight * kl - recon).mean()
-        return {
+        parts = {
             "loss": nelbo + classifier_weight * classifier.mean(),
             "recon": -recon.mean(),
             "kl": kl.mean(),
             "classifier": classifier.mean(),
         }
+        if independence_weight:
+            z_loc = cast(dist.Independent, self.z_posterior(x, y, features)).base_dist.loc
+            parts["dependence"] = hsic(z_loc, encode_factors(y, self.schema.factors))
+            parts["loss"] = parts["loss"] + independence_weight * parts["dependence"]
+        return parts
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         """The training loss (what DistributedDataParallel calls): `loss` with its arguments."""
@@ -389,6 +395,22 @@ class ConditionalVAE(FactorMechanisms):
             else:
                 total = total + F.cross_entropy(out, y[:, i].long(), reduction="none")
         return total
+
+
+def hsic(first: Tensor, second: Tensor) -> Tensor:
+    """The (biased) Hilbert-Schmidt independence criterion of two batches of vectors (B, D1),
+    (B, D2) with Gaussian kernels of median-distance bandwidths (Gretton et al. 2005): 0 where
+    they are independent. Training pulls q(z | x, y)'s mean towards independence of the factors,
+    as the SCM assumes of the image noise."""
+    if len(first) < 2:
+        return first.new_zeros(())
+    centred = torch.eye(len(first), device=first.device) - 1.0 / len(first)
+    grams = []
+    for values in (first.float(), second.float()):
+        distances = torch.cdist(values, values).square()
+        bandwidth = distances.detach().median().clamp_min(1e-6)
+        grams.append(centred @ torch.exp(-distances / bandwidth) @ centred)
+    return (grams[0] * grams[1]).sum() / (len(first) - 1) ** 2
 
 
 def _scaled_normal(out: Tensor) -> dist.Normal:
