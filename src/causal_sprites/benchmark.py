@@ -5,6 +5,7 @@ reversibility), and how well each proxy ranks the models as the truth does."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -15,9 +16,8 @@ from typing import Any, Final
 
 import numpy as np
 import torch
-from scipy import stats
 
-from causal_sprites.benchmark_checkpoints import across_checkpoints
+from causal_sprites.benchmark_checkpoints import across_checkpoints, describe_run, spearman
 from causal_sprites.benchmark_contenders import Contender, RunModel
 from causal_sprites.benchmark_page import markdown_table
 from causal_sprites.benchmark_queries import QuerySet
@@ -294,7 +294,7 @@ def rank_correlations(models: list[dict[str, Any]], truth_key: str) -> dict[str,
         if len(pairs) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
             out[proxy] = None
             continue
-        out[proxy] = float(np.corrcoef(stats.rankdata(a), stats.rankdata(b))[0, 1])
+        out[proxy] = spearman(a, b)
     return out
 
 
@@ -379,6 +379,7 @@ def run_benchmark(
     if reader is not None:
         read = np.asarray(reader.predict(prepared.truth_images), np.float64)
         result["reader_ceiling"] = _agreement(prepared, read, prepared.asked, prepared.intervened)
+    describe = functools.cache(describe_run)  # each run's files read once, not once per model
     for contender in contenders:
         partial = contender.subset is not None and small is not None
         asked = small if small is not None and partial else prepared
@@ -392,7 +393,7 @@ def run_benchmark(
             shown[contender.name] = answers[at if partial else picked]
         _correlations(result)
         result["proxies_across_checkpoints"] = across_checkpoints(
-            result["models"], truth_key, PROXIES
+            result["models"], truth_key, PROXIES, describe
         )
         if written is not None:
             written(_finite(result), shown)

@@ -79,9 +79,9 @@ def checkpoint_series(
     return [sorted(g, key=lambda m: (m[1] is None, m[1] or 0)) for g in series]
 
 
-def spearman(first: Sequence[float], second: Sequence[float]) -> float:
+def spearman(first: Sequence[float] | np.ndarray, second: Sequence[float] | np.ndarray) -> float:
     """Spearman's rho of two equally long samples: Pearson's correlation of their ranks (ties
-    share the mean rank), as `benchmark.rank_correlations` computes it across models."""
+    share the mean rank); across checkpoints here, across models in `benchmark`."""
     a, b = stats.rankdata(first), stats.rankdata(second)
     return float(np.corrcoef(a, b)[0, 1])
 
@@ -142,7 +142,8 @@ def across_checkpoints(
     return [correlate(s, truth_key, proxies) for s in checkpoint_series(models, describe)]
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A table cell of a score: three decimals, empty for None."""
     return "" if value is None else f"{value:.3f}"
 
 
@@ -164,7 +165,7 @@ def checkpoints_markdown(result: dict[str, Any]) -> str:
             "|---|---:|---|",
         ]
         for proxy, rho in series["rho"].items():
-            lines.append(f"| {proxy} | {_cell(rho)} | {series['why_null'].get(proxy, '')} |")
+            lines.append(f"| {proxy} | {cell(rho)} | {series['why_null'].get(proxy, '')} |")
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -175,7 +176,7 @@ def checkpoints_html(result: dict[str, Any]) -> str:
     for series in result.get("proxies_across_checkpoints") or []:
         names = html.escape(", ".join(c["name"] for c in series["checkpoints"]))
         rows = "".join(
-            f"<tr><td class=name>{html.escape(p)}</td><td>{_cell(rho)}</td>"
+            f"<tr><td class=name>{html.escape(p)}</td><td>{cell(rho)}</td>"
             f"<td class=name>{html.escape(series['why_null'].get(p, ''))}</td></tr>"
             for p, rho in series["rho"].items()
         )

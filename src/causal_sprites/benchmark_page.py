@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from causal_sprites.benchmark_checkpoints import checkpoints_html, checkpoints_markdown
+from causal_sprites.benchmark_checkpoints import cell, checkpoints_html, checkpoints_markdown
 from causal_sprites.data.schema import Schema
 from causal_sprites.report import png_uri
 from causal_sprites.runs import write_text_atomic
@@ -80,18 +80,18 @@ def markdown_table(result: dict[str, Any]) -> str:
         "|---|---|" + "---:|" * (len(shown) + 1),
     ]
     for model in result["models"]:
-        values = [_number(model["metrics"].get(c)) for c in shown]
+        values = [cell(model["metrics"].get(c)) for c in shown]
         lines.append(
             f"| {model_name(model)} | {model_status(model)} | "
             + " | ".join(values)
-            + f" | {_number(model['seconds_per_1000'])} |"
+            + f" | {cell(model['seconds_per_1000'])} |"
         )
     note = subset_note(result)
     if note:
         lines += ["", note, "", f"On the {result['subset_queries']:,} subset queries:", ""]
         lines += ["| model | " + " | ".join(shown) + " |", "|---|" + "---:|" * len(shown)]
         for model in result["models"]:
-            values = [_number(subset_metrics(model).get(c)) for c in shown]
+            values = [cell(subset_metrics(model).get(c)) for c in shown]
             lines.append(f"| {model_name(model)} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n" + checkpoints_markdown(result)
 
@@ -102,10 +102,6 @@ def _png(image: np.ndarray, binary: bool) -> str:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buffer, "PNG")
     return png_uri(buffer.getvalue())
-
-
-def _number(value: Any) -> str:
-    return "" if value is None else f"{value:.3f}"
 
 
 def page(
@@ -125,8 +121,8 @@ def page(
         board += f"<p>{html.escape(note)}</p><h2>On the subset</h2>{subset}"
     on_subset = result.get("proxy_rank_correlation_subset", {})
     proxies = "".join(
-        f"<tr><td class=name>{html.escape(p)}</td><td>{_number(rho)}</td>"
-        + (f"<td>{_number(on_subset.get(p))}</td>" if on_subset else "")
+        f"<tr><td class=name>{html.escape(p)}</td><td>{cell(rho)}</td>"
+        + (f"<td>{cell(on_subset.get(p))}</td>" if on_subset else "")
         + "</tr>"
         for p, rho in result["proxy_rank_correlation"].items()
     )
@@ -166,7 +162,7 @@ def _html_table(
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["model", *(["status"] * status), *shown])
     rows = []
     for model in models:
-        cells = "".join(f"<td>{_number(metrics(model).get(c))}</td>" for c in shown)
+        cells = "".join(f"<td>{cell(metrics(model).get(c))}</td>" for c in shown)
         said = f"<td class=name>{html.escape(model_status(model))}</td>" if status else ""
         rows.append(f"<tr><td class=name>{html.escape(model_name(model))}</td>{said}{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
