@@ -22,11 +22,11 @@ from causal_sprites.cli.common import (
 )
 from causal_sprites.config import PRESETS, parse_graph
 from causal_sprites.data import dsprites
-from causal_sprites.data.dsprites import DSprites
 from causal_sprites.data.load import load_data
 from causal_sprites.data.variant_spec import load_graph
 from causal_sprites.demo import run_demo
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.nets import pose_draws
 from causal_sprites.model.pixels import bits_per_dim
 from causal_sprites.oracle import train_oracle as fit_oracle
 from causal_sprites.runs import read_metrics
@@ -98,7 +98,8 @@ def train(
     if minutes is None and epochs is None and steps is None:
         raise CausalSpritesError("give a budget: --minutes, --epochs or --steps")
     store = load_data(data)
-    base = PRESETS[preset or ("default" if isinstance(store, DSprites) else "images")]
+    drawn_by_pose = pose_draws(store.schema) and store.schema.binary
+    base = PRESETS[preset or ("default" if drawn_by_pose else "images")]
     overrides: dict[str, Any] = {
         "seed": seed,
         "checkpoint_every": checkpoint_every,

@@ -171,6 +171,16 @@ def edge_pixels(x: Tensor) -> Tensor:
     return grown & ~shrunk
 
 
+def pose_draws(schema: Schema) -> bool:
+    """Whether the pose decoder draws a dataset's images: dSprites' factors on 64x64 images,
+    shape a class, the others classes or continuous values in the grid's unit (a variant)."""
+    return (
+        schema.names == POSE_FACTORS
+        and schema.image_shape == (IMAGE_SIZE, IMAGE_SIZE, 1)
+        and schema.factors[0].kind == "categorical"
+    )
+
+
 class PoseDecoder(nn.Module):
     """p(x | y, z) as an implicit shape function evaluated in the sprite's frame.
 
@@ -180,7 +190,9 @@ class PoseDecoder(nn.Module):
     logit. The MLP runs on a window around the centre (sprites never reach further): `window`
     pixels square, or with `scale_windows` the window of the sprite's scale (SCALE_WINDOWS, at
     most `window`); the rest of the canvas gets one learned background logit. The factors'
-    grids (scale, orientation, position values) come from the dSprites schema given.
+    grids (scale, orientation, position values) come from the dSprites schema given; where the
+    schema makes scale, orientation or a position continuous (a continuous variant of dSprites),
+    its column holds the value itself, in the grid's unit.
     """
 
     scales: Tensor
@@ -200,18 +212,25 @@ class PoseDecoder(nn.Module):
         scale_windows: bool = False,
     ) -> None:
         super().__init__()
-        if schema.names != POSE_FACTORS or schema.image_shape != (64, 64, 1):
+        if not pose_draws(schema):
             raise CausalSpritesError(
-                f"the pose decoder draws dSprites (64x64 images of {', '.join(POSE_FACTORS)}); "
-                f"dataset {schema.name!r} needs another decoder"
+                f"the pose decoder draws dSprites (64x64 images of {', '.join(POSE_FACTORS)}, "
+                f"shape a class); dataset {schema.name!r} needs another decoder"
             )
-        grid = {f.name: f.values or tuple(range(f.size)) for f in schema.factors}
-        num_scales, self.num_shapes = len(grid["scale"]), len(grid["shape"])
-        sizes = [min(w, window) for w in SCALE_WINDOWS] if scale_windows else [window] * num_scales
+        self.continuous = tuple(f.kind == "continuous" for f in schema.factors)
+        grid = {
+            f.name: (f.values or tuple(range(f.size))) if f.kind == "categorical" else ()
+            for f in schema.factors
+        }
+        self.num_shapes = len(grid["shape"])
+        sizes = [min(w, window) if scale_windows else window for w in SCALE_WINDOWS]
+        if self.continuous[1]:  # one window, the largest scale's
+            sizes = sizes[-1:]
         self.register_buffer("windows", torch.tensor(sizes), persistent=False)
         self.register_buffer("scales", torch.tensor(grid["scale"], dtype=torch.float32))
         self.register_buffer("angles", torch.tensor(grid["orientation"], dtype=torch.float32))
-        self.register_buffer("positions", torch.tensor(grid["posX"], dtype=torch.float32))
+        positions = grid["posX"] or grid["posY"]
+        self.register_buffer("positions", torch.tensor(positions, dtype=torch.float32))
         self.register_buffer("frequencies", (2.0 ** torch.arange(num_frequencies)) * math.pi / 16)
         num_features = 2 + 4 * num_frequencies
         self.coordinate_layer = nn.Linear(num_features, hidden)
@@ -224,7 +243,7 @@ class PoseDecoder(nn.Module):
 
     def window_pixels(self, y: Tensor, window: int) -> tuple[Tensor, Tensor]:
         """Canvas rows and columns (B, window**2) of each image's window around its centre."""
-        centre = 16 + 32 * self.positions[y[:, 3:5]]
+        centre = 16 + 32 * self.position_values(y)
         origin = (centre.floor().long() - window // 2).clamp(0, IMAGE_SIZE - window)
         offsets = torch.arange(window, device=y.device)
         shape = (len(y), window, window)
@@ -235,7 +254,7 @@ class PoseDecoder(nn.Module):
     def window_groups(self, y: Tensor) -> Iterator[tuple[int, Tensor, Tensor, Tensor, Tensor]]:
         """Images grouped by window size: (window, the images (b,), their window's canvas rows
         and columns (b, window**2), and those pixels' places in the flat batch canvas)."""
-        sizes = self.windows[y[:, 1]]
+        sizes = self.windows[self.scale_classes(y)]
         for window in sizes.unique().tolist():
             chosen = (sizes == window).nonzero().squeeze(1)
             rows, cols = self.window_pixels(y[chosen], window)
@@ -247,11 +266,31 @@ class PoseDecoder(nn.Module):
                 chosen[:, None] * IMAGE_SIZE**2 + rows * IMAGE_SIZE + cols,
             )
 
+    def value(self, y: Tensor, column: int, grid: Tensor) -> Tensor:
+        """(B,) the factor in `column` in its unit: its class's grid value, or the value itself
+        where the factor is continuous."""
+        if self.continuous[column]:
+            return y[:, column].float()
+        return grid[y[:, column].long()]
+
+    def position_values(self, y: Tensor) -> Tensor:
+        """(B, 2) posX and posY in [0, 1]."""
+        if not any(self.continuous[3:5]):
+            return self.positions[y[:, 3:5].long()]
+        return torch.stack([self.value(y, 3, self.positions), self.value(y, 4, self.positions)], 1)
+
+    def scale_classes(self, y: Tensor) -> Tensor:
+        """(B,) each image's index into `windows`: its scale class, or 0 (the one window) where
+        scale is continuous."""
+        if self.continuous[1]:
+            return torch.zeros(len(y), dtype=torch.long, device=y.device)
+        return y[:, 1].long()
+
     def sprite_coordinates(self, y: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         """(B, P, 2) coordinates (u, v) in the sprite frame of pixel centres (B, P)."""
-        scale = self.scales[y[:, 1]][:, None]
-        angle = self.angles[y[:, 2]][:, None]
-        centre = 16 + 32 * self.positions[y[:, 3:5]]
+        scale = self.value(y, 1, self.scales)[:, None]
+        angle = self.value(y, 2, self.angles)[:, None]
+        centre = 16 + 32 * self.position_values(y)
         dx = cols + 0.5 - centre[:, 0:1]
         dy = rows + 0.5 - centre[:, 1:2]
         cos, sin = angle.cos(), angle.sin()
@@ -288,7 +327,7 @@ class PoseDecoder(nn.Module):
         `training_pixels`, the MLP runs only on the kept pixels (the same number in every window
         of a size); the others get the background logit."""
         batch = len(y)
-        shapes = F.one_hot(y[:, 0], self.num_shapes).float()
+        shapes = F.one_hot(y[:, 0].long(), self.num_shapes).float()
         bias = self.image_bias(torch.cat([shapes, z], dim=-1))
         places, hidden = [], []
         for _, chosen, rows, cols, place in self.window_groups(y):

@@ -116,14 +116,22 @@ class ConditionalVAE(FactorMechanisms):
                 hidden,
                 film=config.decoder_film,
             )
-        elif schema.continuous:
-            raise CausalSpritesError(
-                f"the {config.decoder} decoder reads categorical factors only; "
-                f"{schema.continuous[0]!r} is continuous: use the conv decoder"
-            )
         elif config.decoder == "pose":
-            self.encoder = ConvEncoder(
-                config.z_dim, config.encoder_channels, config.encoder_hidden, self.widths
+            # A continuous variant of dSprites: the general encoder, whose head gives continuous
+            # factors a location and a scale.
+            self.encoder = (
+                convnets.ConvEncoder(
+                    schema.image_shape,
+                    self.head_dims,
+                    sum(self.widths),
+                    config.z_dim,
+                    config.conv_channels,
+                    config.encoder_hidden,
+                )
+                if schema.continuous
+                else ConvEncoder(
+                    config.z_dim, config.encoder_channels, config.encoder_hidden, self.widths
+                )
             )
             self.decoder = PoseDecoder(
                 schema,
@@ -133,6 +141,11 @@ class ConditionalVAE(FactorMechanisms):
                 config.num_frequencies,
                 config.window,
                 config.scale_windows,
+            )
+        elif schema.continuous:
+            raise CausalSpritesError(
+                f"the {config.decoder} decoder reads categorical factors only; "
+                f"{schema.continuous[0]!r} is continuous: use the conv or the pose decoder"
             )
         elif config.decoder == "mlp":
             self.encoder = MLPEncoder(config.z_dim, config.mlp_hidden, self.widths)
