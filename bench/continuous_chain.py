@@ -4,11 +4,11 @@ noise is recorded, so the true counterfactual of every held-out image under any 
 exactly. The `--preset` (default: `default`, dSprites' pose decoder, which draws continuous
 scale and positions; `images` is the conv decoder) is trained for --minutes CPU-minutes on one
 torch thread, twice side by side (one process each): with the spec's graph and ignoring it
-(every factor a root). Per
-model it reports the readout from pixels (mean absolute error per continuous factor in its unit,
-accuracy per categorical one), `evaluate --counterfactual`'s scores against the true renders
-(IoU per intervened factor, the descendants' counterfactual values against the truth's,
-composition) and discovery from the pixels; once, discovery from the labels.
+(every factor a root). Per model it reports the readout from pixels (mean absolute error per
+continuous factor in its unit, accuracy per categorical one), `evaluate --counterfactual`'s
+scores against the true renders (IoU per intervened factor, the descendants' counterfactual
+values against the truth's, composition) and discovery from the pixels; once, discovery from
+the labels.
 
 Run `.venv/bin/python bench/continuous_chain.py [--minutes 10]` (two processes: give it both
 cores); prints markdown tables and writes bench/results/continuous_chain.json.
