@@ -323,6 +323,7 @@ CASES: list[Case] = [
     Case("continuous factor", "values as evidence (each within 1 % of its range) too rare", ("condition", *SQUARES, "--given", "side=16", "--given", "left=4")),
     Case("continuous factor", "a query file's do() out of range", ("counterfactual", *SQUARES, "--queries", "{bad}"), _queries(['{"index": 0, "do": {"left": 99}}'])),
     Case("continuous factor", "data show given a value out of range", ("data", "show", "--data", "{bad}", "--given", "pendulum_angle=50", "--out", "{tmp}/grid.png"), _pendulum),
+    Case("continuous factor", "the pose decoder (default preset) on data it does not draw", ("train", "--out", "{tmp}/new", "--data", "{bad}", "--preset", "default", "--steps", "1", "--no-progress"), _pendulum),
     Case("pendulum", "a size other than 64 or 96", (*PENDULUM, "--size", "50")),
     Case("pendulum", "negative shadow noise", (*PENDULUM, "--shadow-noise", "-1")),
     Case("pendulum", "a grid and a number of images", (*PENDULUM, "--grid", "causalvae", "--num-samples", "10")),

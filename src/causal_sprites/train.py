@@ -243,6 +243,7 @@ def fit(
     """
     # Refuse bad input before touching the run directory.
     topological_order(config.graph, data.schema.names)
+    ConditionalVAE(config.model, config.graph, data.schema)  # a decoder that cannot draw the data
     if total_steps(config, 1) is None and config.train.max_minutes is None:
         raise CausalSpritesError("give a budget: --steps, --epochs or --minutes")
     config, resuming = prepare_run(
