@@ -275,8 +275,6 @@ class PoseDecoder(nn.Module):
 
     def position_values(self, y: Tensor) -> Tensor:
         """(B, 2) posX and posY in [0, 1]."""
-        if not any(self.continuous[3:5]):
-            return self.positions[y[:, 3:5].long()]
         return torch.stack([self.value(y, 3, self.positions), self.value(y, 4, self.positions)], 1)
 
     def scale_classes(self, y: Tensor) -> Tensor:
