@@ -6,6 +6,8 @@ and bad input refused in one line with nothing written."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +16,21 @@ import pytest
 import torch
 
 from causal_sprites.benchmark import frechet_distance, rank_correlations, run_benchmark
-from causal_sprites.benchmark_contenders import load_contenders, load_factory
+from causal_sprites.benchmark_contenders import Contender, load_contenders, load_factory
 from causal_sprites.benchmark_queries import draw_queries
 from causal_sprites.benchmark_truth import Known, VariantTruth, known_data
 from causal_sprites.data import pendulum
 from causal_sprites.data.continuous_spec import ContinuousSpec
 from causal_sprites.data.continuous_variants import ContinuousTruth, sample_continuous
 from causal_sprites.data.variant_spec import load_any, parse_any
-from causal_sprites.data.variants import parse_spec, sample_variant, true_counterfactual
+from causal_sprites.data.variants import (
+    abduct_noise,
+    parse_spec,
+    sample_variant,
+    true_counterfactual,
+)
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.scm.mechanisms import sample_gumbels
 from tests.cli_run import run
 
 NUM_QUERIES = 32
@@ -149,6 +157,53 @@ def test_variant_truth_and_identification(tmp_path: Path) -> None:
     oracle, identity = (m["metrics"] for m in result["models"])
     assert 0 < result["identified_fraction"] < 1
     assert oracle["truth_iou"] == 1.0 and identity["truth_iou"] < 0.6
+
+
+@dataclass
+class VariantModel:
+    """The variant's own tables answering from the factual classes: noise drawn from its exact
+    posterior (a perfect model) or, with `prior`, from its prior (an intervention)."""
+
+    spec: Any
+    prior: bool = False
+
+    def counterfactual(
+        self, images: np.ndarray, factors: np.ndarray, do: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
+        classes = np.asarray(factors, np.int64)
+        noise = abduct_noise(self.spec, classes, seed=7)
+        if self.prior:
+            noise = {k: sample_gumbels(v.shape, torch.Generator().manual_seed(7)).numpy()
+                     for k, v in noise.items()}  # fmt: skip
+        out = np.empty_like(images)
+        keys = np.stack([np.asarray(v) for v in do.values()], 1) if do else np.zeros((len(out), 0))
+        for key in np.unique(keys, axis=0):
+            at = (keys == key).all(1)
+            one = {name: int(v) for name, v in zip(do, key, strict=True)}
+            part = {k: v[at] for k, v in noise.items()}
+            out[at] = true_counterfactual(self.spec, part, classes[at], one)[1]
+        return out
+
+
+def test_distribution_distance_on_unidentified_queries(tmp_path: Path) -> None:
+    """On a variant's unidentified queries a perfect model's answers sit at the floor of the
+    (factual, counterfactual) distribution's TV, an intervention and identity above it; the
+    truth itself below it (it knows the recorded noise)."""
+    spec = replace(CHAIN, num_samples=3000)
+    known = known_data(str(sample_variant(spec, tmp_path / "chain.npz")))
+    models = {"perfect": VariantModel(spec), "prior": VariantModel(spec, prior=True)}
+    contenders = load_contenders(["oracle", "identity"], known.schema, known.truth, "cpu")
+    contenders += [Contender(name, "test", model) for name, model in models.items()]
+    queries = draw_queries(known.data, 450, seed=0)
+    result, _ = run_benchmark(known, contenders, queries, seed=0)
+    scores = {m["name"]: m["metrics"] for m in result["models"]}
+    assert set(scores["perfect"]["distribution"]) == {"scale", "posX"}
+    floor = scores["perfect"]["distribution_tv_floor"]
+    assert all(s["distribution_tv_floor"] == floor for s in scores.values())
+    assert scores["oracle"]["distribution_tv"] < 0.05 < floor
+    assert abs(scores["perfect"]["distribution_tv"] - floor) < 0.08
+    assert scores["prior"]["distribution_tv"] > floor + 0.1
+    assert scores["identity"]["distribution_tv"] > floor + 0.1
 
 
 def test_pendulum_truth_scored_by_error(tmp_path: Path) -> None:

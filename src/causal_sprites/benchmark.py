@@ -19,6 +19,7 @@ import torch
 
 from causal_sprites.benchmark_checkpoints import across_checkpoints, describe_run, spearman
 from causal_sprites.benchmark_contenders import Contender, RunModel
+from causal_sprites.benchmark_distributions import distribution_scores
 from causal_sprites.benchmark_page import markdown_table
 from causal_sprites.benchmark_queries import QuerySet
 from causal_sprites.benchmark_seed import subset_queries
@@ -264,6 +265,7 @@ def _score(
         read = np.asarray(prepared.reader.predict(answers), np.float64)
         metrics["effectiveness"] = _agreement(prepared, read, prepared.asked, prepared.intervened)
         metrics["preservation"] = _agreement(prepared, read, prepared.factors, prepared.preserved)
+        metrics |= _distributions(prepared, read)
     if prepared.reader_name == ORACLE_READER and len(answers) > 1:
         real = _features(prepared.reader, prepared.truth_images)
         metrics["realism_fd"] = frechet_distance(_features(prepared.reader, answers), real)
@@ -274,6 +276,22 @@ def _score(
         "+".join(kind): _mean(error[queries.kind == k]) for k, kind in enumerate(queries.kinds)
     }
     return metrics, seconds, answers
+
+
+def _distributions(prepared: Prepared, read: np.ndarray) -> dict[str, Any]:
+    """`distribution` per descendant factor of the unidentified queries (`benchmark_distributions`)
+    and the means of its TVs and floors; {} where every query is identified."""
+    per_factor = distribution_scores(
+        prepared.known, prepared.queries, prepared.identified, prepared.factors,
+        prepared.truth_factors, read, seed=0,
+    )  # fmt: skip
+    if not per_factor:
+        return {}
+    return {
+        "distribution_tv": _mean(np.array([s["tv"] for s in per_factor.values()])),
+        "distribution_tv_floor": _mean(np.array([s["floor"] for s in per_factor.values()])),
+        "distribution": per_factor,
+    }
 
 
 def rank_correlations(models: list[dict[str, Any]], truth_key: str) -> dict[str, float | None]:

@@ -31,10 +31,15 @@ STYLE = (
 SUBSET_MARK = "\u2020"
 
 
-def columns(key: str) -> list[str]:
-    """The leaderboard's metric columns, the error against the truth (`key`) first."""
-    return [key, f"{key}_identified", "effectiveness", "preservation", "composition_1",
-            "composition_10", "reversibility", "realism_fd"]  # fmt: skip
+def columns(result: dict[str, Any]) -> list[str]:
+    """The leaderboard's metric columns, the error against the truth first; the distance of the
+    answers' distribution to the truth's, beside its floor, where some query is unidentified."""
+    key = result["truth_metric"]
+    shown = [key, f"{key}_identified", "effectiveness", "preservation", "composition_1",
+             "composition_10", "reversibility", "realism_fd"]  # fmt: skip
+    if any("distribution_tv" in model["metrics"] for model in result["models"]):
+        shown += ["distribution_tv", "distribution_tv_floor"]
+    return shown
 
 
 def model_name(model: dict[str, Any]) -> str:
@@ -67,14 +72,15 @@ def markdown_table(result: dict[str, Any]) -> str:
     """The leaderboard as a markdown table, one row per model (and with a subset contender, a
     second table: every model on the subset it answered)."""
     key = result["truth_metric"]
-    shown = columns(key)
+    shown = columns(result)
     lines = [
         f"Benchmark on {result['dataset']}: {result['num_queries']:,} queries "
         f"(sha256 {result['query_hash'][:12]}), reader: {result['reader']}",
         "",
         f"{key}, composition_* and reversibility: "
         + ("IoU, higher is better" if key == "truth_iou" else "MAE (0-255), lower is better")
-        + "; effectiveness, preservation: fraction read right; realism_fd: lower is better.",
+        + "; effectiveness, preservation: fraction read right; realism_fd: lower is better"
+        + "; distribution_tv (unidentified queries): lower is better, at best its floor.",
         "",
         "| model | status | " + " | ".join(shown) + " | s / 1000 queries |",
         "|---|---|" + "---:|" * (len(shown) + 1),
@@ -114,10 +120,10 @@ def page(
     (`shown["queries"]` their indices, then factual, truth and one array per model) and the
     query records (`QuerySet.records`) of the data set's `schema`."""
     key = result["truth_metric"]
-    board = _html_table(result["models"], columns(key), lambda m: m["metrics"], True)
+    board = _html_table(result["models"], columns(result), lambda m: m["metrics"], True)
     note = subset_note(result)
     if note:
-        subset = _html_table(result["models"], columns(key), subset_metrics, False)
+        subset = _html_table(result["models"], columns(result), subset_metrics, False)
         board += f"<p>{html.escape(note)}</p><h2>On the subset</h2>{subset}"
     on_subset = result.get("proxy_rank_correlation_subset", {})
     proxies = "".join(

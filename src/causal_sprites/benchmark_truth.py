@@ -22,9 +22,11 @@ from causal_sprites.data.schema import Schema
 from causal_sprites.data.variants import (
     BASE_ROW,
     VariantSpec,
+    abduct_noise,
+    counterfactual_classes,
     load_spec,
     sample_variant,
-    true_counterfactual,
+    true_images,
     variant_of,
 )
 from causal_sprites.errors import CausalSpritesError
@@ -78,28 +80,42 @@ class VariantTruth:
     def counterfactual(
         self, rows: np.ndarray, do: Mapping[str, np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray]:
-        factual = np.asarray(self.data.factors(rows), np.int64)
+        classes = self._classes(rows, do, {k: v[rows] for k, v in self.noise.items()})
         base_rows = None
         if self.spec.dataset is not None:
             base_rows = np.asarray(self.data.extra[BASE_ROW])[rows]
+        return classes, true_images(self.spec, classes, base_rows)
+
+    def posterior_classes(
+        self, rows: np.ndarray, do: Mapping[str, np.ndarray], seed: int
+    ) -> np.ndarray:
+        """Counterfactual classes (B, K) from noise drawn from its exact posterior given the
+        rows' classes instead of the recorded noise: a perfect model's answer, one draw."""
+        factual = np.asarray(self.data.factors(rows), np.int64)
+        return self._classes(rows, do, abduct_noise(self.spec, factual, seed))
+
+    def _classes(
+        self, rows: np.ndarray, do: Mapping[str, np.ndarray], noise: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
+        """Counterfactual classes (B, K) of `rows` under per-row `do` with the rows' noise
+        {factor: (B, K_f)}, one distinct do() tuple at a time."""
+        factual = np.asarray(self.data.factors(rows), np.int64)
         names = list(do)
-        keys = np.stack([np.asarray(do[n], np.int64) for n in names], 1) if names else None
-        if keys is None:
-            unique, inverse = np.zeros((1, 0), np.int64), np.zeros(len(rows), np.int64)
-        else:
+        if names:
+            keys = np.stack([np.asarray(do[n], np.int64) for n in names], 1)
             unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+        else:
+            unique, inverse = np.zeros((1, 0), np.int64), np.zeros(len(rows), np.int64)
         classes = np.empty_like(factual)
-        images = np.empty((len(rows), *self.data.images(rows[:1]).shape[1:]), np.uint8)
         for j, values in enumerate(unique):
             chosen = inverse.reshape(-1) == j
-            classes[chosen], images[chosen] = true_counterfactual(
+            classes[chosen] = counterfactual_classes(
                 self.spec,
-                {k: v[rows[chosen]] for k, v in self.noise.items()},
+                {k: v[chosen] for k, v in noise.items()},
                 factual[chosen],
                 {n: int(v) for n, v in zip(names, values, strict=True)},
-                None if base_rows is None else base_rows[chosen],
             )
-        return classes, images
+        return classes
 
 
 @dataclass(frozen=True)
