@@ -1,14 +1,14 @@
-"""The continuous chain variant of dSprites (issue 21): scale -> posX -> posY, all three
-continuous (examples/variants/chain_continuous.yaml), shape and orientation uniform classes. Its
-noise is recorded, so the true counterfactual of every held-out image under any do() is rendered
-exactly. The `--preset` (default: `default`, dSprites' pose decoder, which draws continuous
-scale and positions; `images` is the conv decoder) is trained for --minutes CPU-minutes on one
-torch thread, twice side by side (one process each): with the spec's graph and ignoring it
-(every factor a root). Per model it reports the readout from pixels (mean absolute error per
-continuous factor in its unit, accuracy per categorical one), `evaluate --counterfactual`'s
-scores against the true renders (IoU per intervened factor, the descendants' counterfactual
-values against the truth's, composition) and discovery from the pixels; once, discovery from
-the labels.
+"""The continuous chain variant of dSprites (issue 21): scale -> posX -> posY, all three continuous
+(examples/variants/chain_continuous.yaml), shape and orientation uniform classes. Its noise is
+recorded, so the true counterfactual of every held-out image under any do() is rendered exactly.
+The `--preset` (default: `continuous-sprites`, dSprites' pose decoder at batch 64, which draws
+continuous scale and positions; `images` is the conv decoder) is trained for --minutes
+CPU-minutes on one torch thread, twice side by side (one process each): with the spec's graph
+and ignoring it (every factor a root). Per model it reports the readout from pixels (mean
+absolute error per continuous factor in its unit, accuracy per categorical one), `evaluate
+--counterfactual`'s scores against the true renders (IoU per intervened factor, the descendants'
+counterfactual values against the truth's, composition) and discovery from the pixels; once,
+discovery from the labels.
 
 Run `.venv/bin/python bench/continuous_chain.py [--minutes 10]` (two processes: give it both
 cores); prints markdown tables and writes bench/results/continuous_chain.json.
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--counterfactuals", type=int, default=200, help="images per do()")
     parser.add_argument("--discovery-images", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="continuous-sprites")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/chain-bench"))
     parser.add_argument("--out", type=Path, default=RESULTS / "continuous_chain.json")
     parser.add_argument("--rescore", action="store_true", help="score the runs in --workdir")

@@ -14,7 +14,9 @@ import torch
 import yaml
 from scipy.special import expit
 
-from causal_sprites.config import ModelConfig
+from causal_sprites.cli.training import default_preset
+from causal_sprites.config import PRESETS, ModelConfig
+from causal_sprites.data import pendulum
 from causal_sprites.data.continuous_spec import ContinuousSpec, Sigmoid
 from causal_sprites.data.continuous_variants import (
     SPEC_KEY,
@@ -338,3 +340,14 @@ def test_a_pose_model_of_the_chain_reads_values_and_answers(sampled: Path, tmp_p
     query = json.loads(stdout)["queries"][0]
     assert query["counterfactual"]["scale"] == pytest.approx(0.9, abs=1e-6)
     assert query["counterfactual"]["posX"] != pytest.approx(query["factual"]["posX"], abs=1e-4)
+
+
+def test_train_picks_the_preset_that_fits_the_data(chain: ContinuousSpec) -> None:
+    """Without --preset: dSprites and its categorical variants the pose decoder at batch 256,
+    its continuous variants the pose decoder at batch 64, any other data the conv decoder."""
+    assert default_preset(SCHEMA) == "default"
+    assert default_preset(chain.schema) == "continuous-sprites"
+    assert default_preset(pendulum.SCHEMA) == "images"
+    pose = PRESETS["continuous-sprites"]
+    assert pose.train.batch_size == 64 and pose.model == PRESETS["default"].model
+    assert replace(pose.train, batch_size=256) == PRESETS["default"].train

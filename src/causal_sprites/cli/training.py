@@ -23,6 +23,7 @@ from causal_sprites.cli.common import (
 from causal_sprites.config import PRESETS, parse_graph
 from causal_sprites.data import dsprites
 from causal_sprites.data.load import load_data
+from causal_sprites.data.schema import Schema
 from causal_sprites.data.variant_spec import load_graph
 from causal_sprites.demo import run_demo
 from causal_sprites.errors import CausalSpritesError
@@ -42,7 +43,8 @@ def train(
     preset: Annotated[
         str | None,
         typer.Option(
-            help="default, images, baseline or tiny (default: default on dSprites, images on "
+            help="default, continuous-sprites, images, baseline or tiny (default: default on "
+            "dSprites and its variants, continuous-sprites on its continuous variants, images on "
             "any other data)."
         ),
     ] = None,
@@ -98,8 +100,7 @@ def train(
     if minutes is None and epochs is None and steps is None:
         raise CausalSpritesError("give a budget: --minutes, --epochs or --steps")
     store = load_data(data)
-    drawn_by_pose = pose_draws(store.schema) and store.schema.binary
-    base = PRESETS[preset or ("default" if drawn_by_pose else "images")]
+    base = PRESETS[preset or default_preset(store.schema)]
     overrides: dict[str, Any] = {
         "seed": seed,
         "checkpoint_every": checkpoint_every,
@@ -146,6 +147,14 @@ def _graph(text: str | None, spec: Path | None) -> tuple[tuple[str, str], ...]:
     if spec is not None:
         return load_graph(spec)
     return parse_graph(text) if text else ()
+
+
+def default_preset(schema: Schema) -> str:
+    """The preset `train` starts from when none is named: dSprites' pose decoder for binary
+    data it draws (`continuous-sprites` where some factor is continuous), else `images`."""
+    if not (pose_draws(schema) and schema.binary):
+        return "images"
+    return "default" if schema.categorical else "continuous-sprites"
 
 
 def _launch_torchrun(nproc: int) -> int:
