@@ -1,11 +1,12 @@
 """`causal-sprites benchmark` on the three shipped categorical variants (issue 22): for each of
-chain, fork and collider, the `default` preset trained with the spec's graph for --minutes on one
-thread, kept at --snapshots fractions of the budget (`benchmark_checkpoints.Snapshots`, a step
-hook that only reads the weights, so the final run is the one an unsnapshotted run would be), then
-oracle, identity, resample (of the final run), the final run and its snapshots on the same seeded
-queries. Targets: our model within 0.01 IoU of the oracle on identified queries, the oracle
-perfect, identity and resample below our model. Reports the proxies' rank correlation with the
-truth across the contenders and across the checkpoints.
+chain, fork and collider, the `default` preset trained with the spec's graph for --minutes on
+one thread, kept at --snapshots fractions of the budget (`benchmark_checkpoints.Snapshots`, a
+step hook that only reads the weights, so the final run is the one an unsnapshotted run would
+be), then oracle, identity, resample (of the final run), the final run and its snapshots on the
+same seeded queries. Targets: our model within 0.01 IoU of the oracle on identified queries, the
+oracle perfect, identity and resample below our model; on the unidentified queries the distance
+of the answers' distribution to the truth's beside its floor (`distribution_tv`). Reports the
+proxies' rank correlation with the truth across the contenders and across the checkpoints.
 
 Run `.venv/bin/python bench/benchmark_variants.py [--minutes 10] [--queries 1000]
 [--snapshots 0.1,0.25,0.5,0.75] [--samples N] [--steps N] [--jobs 2]`; one spawned process per
@@ -43,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("chain", "fork", "collider")
 MARKER = ".benchmark-variants"  # a work directory this script made (and may remove)
 COLUMNS = ("truth_iou", "truth_iou_identified", "effectiveness", "preservation",
-           "composition_10", "reversibility", "realism_fd")  # fmt: skip
+           "composition_10", "reversibility", "realism_fd", "distribution_tv",
+           "distribution_tv_floor")  # fmt: skip
 
 
 def spec_path(name: str, args: argparse.Namespace) -> Path:
