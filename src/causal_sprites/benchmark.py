@@ -15,22 +15,21 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-import torch
 
 from causal_sprites.benchmark_checkpoints import across_checkpoints, describe_run, spearman
-from causal_sprites.benchmark_contenders import Contender, RunModel
+from causal_sprites.benchmark_contenders import Contender
 from causal_sprites.benchmark_distributions import distribution_scores
 from causal_sprites.benchmark_page import markdown_table
 from causal_sprites.benchmark_queries import QuerySet
 from causal_sprites.benchmark_seed import subset_queries
 from causal_sprites.benchmark_truth import Known
 from causal_sprites.data.dsprites import DSprites
+from causal_sprites.data_oracle import DataOracleConfig, cached_oracle
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.metrics import TOLERANCE, factor_matches, iou, mean_abs_error, psnr
 from causal_sprites.oracle import load_oracle
 from causal_sprites.progress import progress_bar
 from causal_sprites.runs import write_text_atomic
-from causal_sprites.variant_image_scores import PosteriorReader
 
 #: Queries a model answers per call.
 BATCH: Final = 256
@@ -55,7 +54,7 @@ class Prepared:
     """What every contender is scored on: the queries' factual images (N, ...) and factors
     (N, K), the true counterfactual factors and images, the factors asked for (N, K), masks
     (N, K) of the intervened factors and of those the true graph leaves alone, which queries are
-    identified (N,), and the reader that reads factors off images (None: no reader)."""
+    identified (N,), and the oracle that reads factors off images (`reader`)."""
 
     known: Known
     queries: QuerySet
@@ -71,17 +70,20 @@ class Prepared:
     reader_name: str
 
 
-def choose_reader(known: Known, contenders: list[Contender]) -> tuple[Any, str]:
+def choose_reader(known: Known, oracle_steps: int, progress: bool) -> tuple[Any, str]:
     """dSprites' oracle classifier on data with dSprites' factors and images (dSprites and its
-    categorical variants: it reads grid classes, not a continuous variant's values); elsewhere
-    the first run's posterior p(y | x) (self-consistency only, named in the JSON); else none."""
+    categorical variants); any other dataset file's own oracle (`data_oracle`: trained on the
+    rows the queries never use, `oracle_steps` steps, once per file and kept)."""
     dsprites = DSprites.schema
     if (known.schema.factors, known.schema.image_shape) == (dsprites.factors, dsprites.image_shape):
         return load_oracle("pretrained"), ORACLE_READER
-    for contender in contenders:
-        if isinstance(contender.model, RunModel):
-            return PosteriorReader(contender.model.run), f"{PosteriorReader.name}: {contender.name}"
-    return None, "none (no oracle for this dataset and no run among the models)"
+    config = DataOracleConfig(steps=oracle_steps)
+    oracle = cached_oracle(known.data, Path(known.source), config, progress)
+    held_out = ", ".join(f"{k} {v:.3g}" for k, v in oracle.info["held_out"].items())
+    return oracle, (
+        f"an oracle trained on the dataset's other rows ({oracle_steps} steps, data_oracle.py; "
+        f"held out: {held_out} (accuracy of a class, mean error of a value))"
+    )
 
 
 def prepare(known: Known, queries: QuerySet, reader: Any, reader_name: str) -> Prepared:
@@ -179,13 +181,6 @@ def frechet_distance(first: np.ndarray, second: np.ndarray) -> float:
     return max(0.0, float(distance))  # rounding leaves identical sets a hair below 0
 
 
-def _features(reader: Any, images: np.ndarray) -> np.ndarray:
-    """The oracle's features of images (N, 64, 64): its per-factor class probabilities,
-    concatenated (N, 113) (its logits hold -1e4 for positions it does not consider)."""
-    probabilities = [logits.softmax(-1) for logits in reader.logits(images)]
-    return torch.cat(probabilities, -1).numpy().astype(np.float64)
-
-
 def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
@@ -261,14 +256,13 @@ def _score(
     metrics: dict[str, Any] = {key: _mean(error), f"{key}_identified": _mean(error[identified])}
     if not schema.binary:
         metrics["truth_psnr"] = _mean(psnr(answers, prepared.truth_images))
-    if prepared.reader is not None:
-        read = np.asarray(prepared.reader.predict(answers), np.float64)
-        metrics["effectiveness"] = _agreement(prepared, read, prepared.asked, prepared.intervened)
-        metrics["preservation"] = _agreement(prepared, read, prepared.factors, prepared.preserved)
-        metrics |= _distributions(prepared, read)
-    if prepared.reader_name == ORACLE_READER and len(answers) > 1:
-        real = _features(prepared.reader, prepared.truth_images)
-        metrics["realism_fd"] = frechet_distance(_features(prepared.reader, answers), real)
+    read = np.asarray(prepared.reader.predict(answers), np.float64)
+    metrics["effectiveness"] = _agreement(prepared, read, prepared.asked, prepared.intervened)
+    metrics["preservation"] = _agreement(prepared, read, prepared.factors, prepared.preserved)
+    metrics |= _distributions(prepared, read)
+    if len(answers) > 1:
+        real = prepared.reader.features(prepared.truth_images)
+        metrics["realism_fd"] = frechet_distance(prepared.reader.features(answers), real)
     metrics["composition_1"] = _mean(after[0])
     metrics["composition_10"] = _mean(after[9])
     metrics["reversibility"] = _mean(_errors(prepared, back, prepared.images))
@@ -352,6 +346,7 @@ def run_benchmark(
     seed: int,
     progress: bool = False,
     written: Callable[[dict[str, Any], dict[str, np.ndarray]], None] | None = None,
+    oracle_steps: int = DataOracleConfig.steps,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Every contender on the same queries: the benchmark's JSON, and the answers of a few
     queries per model (`shown`) for the page. `written(result, shown)` is called after each
@@ -360,7 +355,7 @@ def run_benchmark(
     every other model is then also scored on that subset (`metrics_on_subset`), the proxies'
     rank correlations leave it out (`proxy_rank_correlation_excludes`) and are given on the
     subset too (`proxy_rank_correlation_subset`)."""
-    reader, reader_name = choose_reader(known, contenders)
+    reader, reader_name = choose_reader(known, oracle_steps, progress)
     prepared = prepare(known, queries, reader, reader_name)
     schema = known.schema
     truth_key = "truth_iou" if schema.binary else "truth_mae"
@@ -394,9 +389,8 @@ def run_benchmark(
         result["proxy_rank_correlation_excludes"] = [
             c.name for c in contenders if c.subset is not None
         ]
-    if reader is not None:
-        read = np.asarray(reader.predict(prepared.truth_images), np.float64)
-        result["reader_ceiling"] = _agreement(prepared, read, prepared.asked, prepared.intervened)
+    read = np.asarray(reader.predict(prepared.truth_images), np.float64)
+    result["reader_ceiling"] = _agreement(prepared, read, prepared.asked, prepared.intervened)
     describe = functools.cache(describe_run)  # each run's files read once, not once per model
     for contender in contenders:
         partial = contender.subset is not None and small is not None

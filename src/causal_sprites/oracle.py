@@ -125,6 +125,12 @@ class Oracle:
         joined = torch.cat(out) if out else torch.zeros(0, sum(GRID))
         return list(torch.split(joined, list(GRID), dim=-1))
 
+    def features(self, images: np.ndarray | Tensor) -> np.ndarray:
+        """Features (B, 113) float64 for a Fréchet distance: the per-factor class probabilities,
+        concatenated (the logits hold -1e4 for positions the crop does not consider)."""
+        probabilities = [logits.softmax(-1) for logits in self.logits(images)]
+        return torch.cat(probabilities, -1).numpy().astype(np.float64)
+
     def predict(self, images: np.ndarray | Tensor) -> np.ndarray:
         """Most likely factor classes (B, 5) int64 of 0/1 images (B, 64, 64)."""
         logits = self.logits(images)

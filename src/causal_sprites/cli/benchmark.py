@@ -16,6 +16,7 @@ from causal_sprites.benchmark_queries import check_num_queries, draw_queries
 from causal_sprites.benchmark_seed import SEED_QUERIES, check_seed_queries
 from causal_sprites.benchmark_truth import known_data
 from causal_sprites.cli.common import DeviceOption, JsonOption, SeedOption, app
+from causal_sprites.data_oracle import DataOracleConfig
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.runtime import choose_device
 
@@ -45,6 +46,14 @@ def benchmark(
             "300-step search); every model is also scored on that subset."
         ),
     ] = SEED_QUERIES,
+    oracle_steps: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Training steps of the dataset's own oracle (any data but dSprites and its "
+            "categorical variants; trained once per dataset file and kept in the data directory).",
+        ),
+    ] = DataOracleConfig.steps,
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
     out: Annotated[Path, typer.Option(help="Directory for the results.")] = Path("benchmark"),
@@ -70,7 +79,9 @@ def benchmark(
     def written(result: dict[str, Any], shown: dict[str, np.ndarray]) -> None:
         write_outputs(out, result, jsonl)
 
-    result, shown = run_benchmark(known, contenders, query_set, seed, True, written)
+    result, shown = run_benchmark(
+        known, contenders, query_set, seed, True, written, oracle_steps=oracle_steps
+    )
     write_outputs(out, result, jsonl)
     write_page(out, result, shown, records, known.schema)
     failed = [m for m in result["models"] if m["status"] != "ok"]

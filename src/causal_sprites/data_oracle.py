@@ -1,0 +1,187 @@
+"""An oracle for any dataset with known factors: a conv net (`convnets.ConvTrunk`) trained on the
+dataset's own training rows to read its factors (logits per categorical factor, a value per
+continuous one), apart from every model it scores. `benchmark` reads counterfactuals with it
+where dSprites' oracle cannot (the pendulum, continuous variants, imported sets); it is trained
+once per dataset file and kept in the data directory under the file's hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from causal_sprites.benchmark_queries import SPLIT_SEED, TEST_FRACTION
+from causal_sprites.data.dataset import random_split
+from causal_sprites.data.official import data_dir
+from causal_sprites.data.schema import Schema
+from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.convnets import ConvTrunk
+from causal_sprites.progress import progress_bar
+from causal_sprites.runs import load_tensors, save_tensors_atomic, write_text_atomic
+
+WEIGHTS_FILE: Final = "oracle.safetensors"
+INFO_FILE: Final = "oracle.json"
+_CHUNK: Final = 512
+#: Held-out rows the oracle's own error is measured on.
+NUM_EVAL: Final = 1024
+
+
+@dataclass(frozen=True)
+class DataOracleConfig:
+    """Architecture and training settings; part of the cache key and stored in oracle.json."""
+
+    channels: int = 32
+    hidden: int = 256
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    steps: int = 3000
+    seed: int = 0
+
+
+class DataOracle(nn.Module):
+    """Images (B, H, W) or (B, H, W, C) uint8 -> factors (B, K): a class per categorical factor,
+    a value in its range per continuous one (regressed as a fraction of the range)."""
+
+    def __init__(self, schema: Schema, config: DataOracleConfig) -> None:
+        super().__init__()
+        self.schema = schema
+        self.config = config
+        self.sizes = [f.size if f.kind == "categorical" else 1 for f in schema.factors]
+        self.trunk = ConvTrunk(schema.image_shape, config.channels, config.hidden)
+        self.head = nn.Linear(config.hidden, sum(self.sizes))
+        self.info: dict[str, Any] = {}
+
+    def _input(self, images: np.ndarray) -> Tensor:
+        x = torch.as_tensor(np.asarray(images)).float()
+        x = x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)
+        return x if self.schema.binary else x / 255.0
+
+    def _outputs(self, images: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Features (B, hidden) and head outputs (B, sum(sizes)) of images, in chunks."""
+        x = self._input(images)
+        features = torch.cat([self.trunk(x[s : s + _CHUNK]) for s in range(0, len(x), _CHUNK)])
+        return features, self.head(features)
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """The trunk's features (B, hidden) float64, for `benchmark`'s Fréchet distance."""
+        self.eval()
+        return self._outputs(images)[0].numpy().astype(np.float64)
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Factors (B, K) float64 read off images: class indices and values in their unit."""
+        self.eval()
+        parts = torch.split(self._outputs(images)[1], self.sizes, dim=-1)
+        out = []
+        for factor, part in zip(self.schema.factors, parts, strict=True):
+            if factor.kind == "categorical":
+                out.append(part.argmax(-1).double())
+            else:
+                low, high = _range(factor)
+                out.append(low + (high - low) * part[:, 0].double().clamp(0, 1))
+        return torch.stack(out, -1).numpy()
+
+    def loss(self, images: np.ndarray, factors: np.ndarray) -> Tensor:
+        """Cross-entropy per categorical factor plus squared error per continuous fraction."""
+        parts = torch.split(self._outputs(images)[1], self.sizes, dim=-1)
+        target = torch.as_tensor(np.asarray(factors, np.float64))
+        total = torch.zeros(())
+        for column, (factor, part) in enumerate(zip(self.schema.factors, parts, strict=True)):
+            if factor.kind == "categorical":
+                total = total + F.cross_entropy(part, target[:, column].long())
+            else:
+                low, high = _range(factor)
+                fraction = ((target[:, column] - low) / (high - low)).float()
+                total = total + 10.0 * F.mse_loss(part[:, 0], fraction)
+        return total
+
+
+def _range(factor: Any) -> tuple[float, float]:
+    assert factor.low is not None and factor.high is not None
+    return float(factor.low), float(factor.high)
+
+
+def oracle_errors(oracle: DataOracle, images: np.ndarray, factors: np.ndarray) -> dict[str, float]:
+    """Per factor: accuracy of a categorical one, mean absolute error (its unit) of a continuous."""
+    read = oracle.predict(images)
+    out = {}
+    for column, factor in enumerate(oracle.schema.factors):
+        hit = read[:, column] == factors[:, column]
+        miss = np.abs(read[:, column] - factors[:, column])
+        out[factor.name] = float(hit.mean() if factor.kind == "categorical" else miss.mean())
+    return out
+
+
+def train_data_oracle(
+    data: Any, config: DataOracleConfig = DataOracleConfig(), progress: bool = False
+) -> DataOracle:
+    """Train on random batches of the rows the benchmark never queries (its random split), and
+    measure per factor on up to `NUM_EVAL` of the held-out rows (`info["held_out"]`)."""
+    if config.steps < 1:
+        raise CausalSpritesError(f"oracle steps must be >= 1, got {config.steps}")
+    torch.manual_seed(config.seed)
+    oracle = DataOracle(data.schema, config)
+    train_rows, test_rows = random_split(len(data), TEST_FRACTION, SPLIT_SEED)
+    optimizer = torch.optim.AdamW(oracle.parameters(), lr=config.learning_rate)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, config.learning_rate, total_steps=config.steps, pct_start=0.1
+    )
+    rng = np.random.default_rng(config.seed)
+    start = time.perf_counter()
+    oracle.train()
+    with progress_bar(f"training the oracle of {data.schema.name}", progress) as update:
+        for step in range(config.steps):
+            rows = np.sort(rng.choice(train_rows, config.batch_size))
+            loss = oracle.loss(data.images(rows), data.factors(rows))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            update(step + 1, config.steps)
+    eval_rows = np.sort(rng.permutation(test_rows)[:NUM_EVAL])
+    held_out = oracle_errors(oracle, data.images(eval_rows), np.asarray(data.factors(eval_rows)))
+    oracle.info = {
+        "held_out": held_out,
+        "num_eval": len(eval_rows),
+        "train_seconds": time.perf_counter() - start,
+        "torch": torch.__version__,
+    }
+    return oracle.eval()
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_oracle(
+    data: Any, source: Path, config: DataOracleConfig = DataOracleConfig(), progress: bool = False
+) -> DataOracle:
+    """The oracle of the dataset file `source` (loaded as `data`): read from the data directory
+    (`oracles/<file hash>-<config hash>`) if trained before, else trained and saved there."""
+    settings = json.dumps(asdict(config), sort_keys=True)
+    key = f"{_file_hash(source)[:16]}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
+    directory = data_dir() / "oracles" / key
+    oracle = DataOracle(data.schema, config)
+    if (directory / INFO_FILE).is_file():
+        oracle.load_state_dict(load_tensors(directory / WEIGHTS_FILE))
+        oracle.info = json.loads((directory / INFO_FILE).read_text())["info"]
+        return oracle.eval()
+    oracle = train_data_oracle(data, config, progress)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_tensors_atomic(directory / WEIGHTS_FILE, oracle.state_dict(), {"format": "data-oracle"})
+    text = json.dumps({"config": asdict(config), "info": oracle.info, "source": str(source)})
+    write_text_atomic(directory / INFO_FILE, text + "\n")
+    return oracle
