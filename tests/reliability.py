@@ -354,6 +354,7 @@ CASES: list[Case] = [
     Case("benchmark", "seed beside runs none of which is a baseline run", (*BENCH, "dsprites", "--model", "{run}", "--model", "seed")),
     Case("benchmark", "seed asked to answer no queries", (*BENCH, "dsprites", "--model", "seed", "--seed-queries", "0")),
     Case("benchmark", "seed named twice", (*BENCH, "dsprites", "--model", "{run}", "--model", "seed", "--model", "seed")),
+    Case("benchmark", "the data's oracle given no training steps", (*BENCH, "{bad}", "--model", "identity", "--oracle-steps", "0")),
 ]  # fmt: skip
 
 runner = CliRunner()

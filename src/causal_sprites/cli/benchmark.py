@@ -49,7 +49,6 @@ def benchmark(
     oracle_steps: Annotated[
         int,
         typer.Option(
-            min=1,
             help="Training steps of the dataset's own oracle (any data but dSprites and its "
             "categorical variants; trained once per dataset file and kept in the data directory).",
         ),
@@ -69,6 +68,8 @@ def benchmark(
         raise CausalSpritesError(f"--out {out} is a file, not a directory")
     check_num_queries(queries)
     check_seed_queries(seed_queries)
+    if oracle_steps < 1:
+        raise CausalSpritesError(f"--oracle-steps must be >= 1, got {oracle_steps}")
     known = known_data(dataset)
     query_set = draw_queries(known.data, queries, seed)
     chosen = choose_device(device)
