@@ -163,10 +163,12 @@ def factor_matches(
         ],
         axis=-1,
     )
-    if symmetric:
+    if symmetric:  # the hints number the categorical columns alone
         equivalents = SearchSpace.of(schema).equivalents
+        columns = [i for i, f in enumerate(schema.factors) if f.kind == "categorical"]
         for b, row in enumerate(target.tolist()):
-            for i, classes in equivalents(tuple(row)).items():
+            for j, classes in equivalents(tuple(int(row[i]) for i in columns)).items():
+                i = columns[j]
                 f, near = schema.factors[i], np.asarray(list(classes))
                 distance = class_distance(f, np.full(len(near), predicted[b, i]), near)
                 matches[b, i] |= bool(len(near)) and distance.min() <= limits[i]

@@ -6,7 +6,7 @@ Follows the official file (Matthey et al. 2017) and disentanglement_lib's `dspri
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import numpy as np
@@ -92,6 +92,19 @@ def equivalent_poses(center: tuple[int, ...]) -> dict[int, list[int]]:
     """The readout's dSprites hint: {orientation's column: the turns of the tuple's shape that
     draw (nearly) its image}, proposed beside the grid neighbours."""
     return {2: EQUIVALENT_ORIENTATIONS[center[0]][center[2]]}
+
+
+def turn_hint(schema: Schema) -> Callable[[tuple[int, ...]], dict[int, list[int]]] | None:
+    """`equivalent_poses` for any schema holding dSprites' shape and orientation as classes (a
+    continuous variant, whose other factors are values), on its categorical columns; None for
+    a schema without them. Without it a square's posterior sat on one of its four look-alike
+    turns, which tied the drawn orientation to the shape (an edge discovery then found)."""
+    columns = [f for f in schema.factors if f.kind == "categorical"]
+    shape, turn = SCHEMA.factor("shape"), SCHEMA.factor("orientation")
+    if shape not in columns or turn not in columns:
+        return None
+    s, o = columns.index(shape), columns.index(turn)
+    return lambda center: {o: EQUIVALENT_ORIENTATIONS[center[s]][center[o]]}
 
 
 def nearby_poses(center: tuple[int, ...]) -> set[tuple[int, ...]]:

@@ -3,8 +3,9 @@ classifier's likely classes and the grid neighbours of ordered factors (wrapping
 then wider and wider sets for a tuple that still explains its image badly.
 
 A dataset may add its own knowledge of which tuples draw alike (`HINTS`, keyed by schema name):
-dSprites proposes the turns of a symmetric sprite that look the same, and as its last resort every
-shape, scale and orientation around the position; any other dataset's last resort is every class
+dSprites proposes the turns of a symmetric sprite that look the same (so do its continuous
+variants, `dsprites.turn_hint`), and as its last resort every shape, scale and orientation around
+the position; any other dataset's last resort is every class
 of every factor, one factor at a time.
 """
 
@@ -49,7 +50,8 @@ class SearchSpace:
     def of(cls, schema: Schema) -> SearchSpace:
         """The search space of a schema's categorical factors (its columns number them in
         order; continuous factors are refined apart), with its dataset's hints if it has any."""
-        equivalents, wide = HINTS.get(schema.name, (_no_equivalents, None))
+        hinted = HINTS.get(schema.name)
+        equivalents, wide = hinted or (dsprites.turn_hint(schema) or _no_equivalents, None)
         columns = list(enumerate(f for f in schema.factors if f.kind == "categorical"))
         return cls(
             tuple(f.size for _, f in columns),
