@@ -18,7 +18,7 @@ from causal_sprites.data.variant_spec import load_any, parse_any
 from causal_sprites.data_oracle import DataOracleConfig, cached_oracle, train_data_oracle
 from causal_sprites.errors import CausalSpritesError
 
-STEPS = 200
+STEPS = 100
 
 
 @pytest.fixture(scope="module")
