@@ -109,7 +109,9 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="continuous-sprites")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/chain-bench"))
     parser.add_argument("--out", type=Path, default=RESULTS / "continuous_chain.json")
-    parser.add_argument("--rescore", action="store_true", help="score the runs in --workdir")
+    parser.add_argument(
+        "--rescore", action="store_true", help="score the runs in --workdir, one at a time"
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()
     spec = load_any(SPEC)
@@ -117,7 +119,7 @@ def main() -> None:
     labels = np.asarray(data.factors(np.arange(2000)), np.float64)
     kinds = [f.kind for f in data.schema.factors]
     models = {"graph": spec.edges, "no_graph": ()}
-    scored = side_by_side(train_and_score, models, args)
+    scored = side_by_side(train_and_score, models, args, processes=1 if args.rescore else None)
     results = {
         "benchmark": "continuous_chain",
         "command": " ".join([".venv/bin/python", *sys.argv]),

@@ -19,9 +19,12 @@ def side_by_side(
     train_and_score: Callable[[str, Graph, Any], dict[str, Any]],
     models: Mapping[str, Graph],
     args: Any,
+    processes: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """`train_and_score(name, graph, args)` for every model at once, each in its own process."""
-    with ProcessPoolExecutor(len(models), mp_context=get_context("spawn")) as pool:
+    """`train_and_score(name, graph, args)` for every model at once, each in its own process
+    (or at most `processes` at a time: for work that is not timed)."""
+    workers = min(len(models), processes or len(models))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = {n: pool.submit(train_and_score, n, g, args) for n, g in models.items()}
         return {name: future.result() for name, future in futures.items()}
 
