@@ -78,11 +78,13 @@ def choose_reader(known: Known, oracle_steps: int, progress: bool) -> tuple[Any,
     if (known.schema.factors, known.schema.image_shape) == (dsprites.factors, dsprites.image_shape):
         return load_oracle("pretrained"), ORACLE_READER
     config = DataOracleConfig(steps=oracle_steps)
-    oracle = cached_oracle(known.data, Path(known.source), config, progress)
+    oracle = cached_oracle(known.data, Path(known.source), config, progress, known.truth)
     held_out = ", ".join(f"{k} {v:.3g}" for k, v in oracle.info["held_out"].items())
+    moved = ", ".join(f"{k} {v:.3g}" for k, v in oracle.info["held_out_intervened"].items())
     return oracle, (
-        f"an oracle trained on the dataset's other rows ({oracle_steps} steps, data_oracle.py; "
-        f"held out: {held_out} (accuracy of a class, mean error of a value))"
+        f"an oracle trained on the dataset's other rows, half of them rendered under a random "
+        f"do() ({oracle_steps} steps, data_oracle.py; held out: {held_out}; intervened on: "
+        f"{moved} (accuracy of a class, mean error of a value))"
     )
 
 

@@ -44,6 +44,11 @@ class DataOracleConfig:
     learning_rate: float = 2e-3
     steps: int = 3000
     seed: int = 0
+    #: Share of each batch rendered by the data's generator (where one is known) under a random
+    #: do() of one factor: factors moved apart from their causes, so the oracle cannot read one
+    #: off another (trained on observational images only, the pendulum's oracle read a shadow
+    #: moved by hand where the angles put it: do(shadow_position) right 0.10).
+    intervened_share: float = 0.5
 
 
 class DataOracle(nn.Module):
@@ -121,11 +126,41 @@ def oracle_errors(oracle: DataOracle, images: np.ndarray, factors: np.ndarray) -
     return out
 
 
+def _intervened(
+    truth: Any, schema: Schema, rows: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images and factors (B, K) of `rows` rendered by `truth` under do() of one random factor
+    to random values (a class, or a value uniform over the range)."""
+    factor = schema.factors[int(rng.integers(len(schema.factors)))]
+    if factor.kind == "categorical":
+        values: np.ndarray = rng.integers(0, factor.size, len(rows))
+    else:
+        values = rng.uniform(*_range(factor), len(rows))
+    factors, images = truth.counterfactual(rows, {factor.name: values})
+    return images, np.asarray(factors, np.float64)
+
+
+def _batch(
+    data: Any, truth: Any, rows: np.ndarray, share: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images and factors of `rows`, the first `share` of them intervened on (with a truth)."""
+    images, factors = data.images(rows), np.asarray(data.factors(rows), np.float64)
+    cut = round(share * len(rows)) if truth is not None else 0
+    if cut:
+        images[:cut], factors[:cut] = _intervened(truth, data.schema, rows[:cut], rng)
+    return images, factors
+
+
 def train_data_oracle(
-    data: Any, config: DataOracleConfig = DataOracleConfig(), progress: bool = False
+    data: Any,
+    config: DataOracleConfig = DataOracleConfig(),
+    progress: bool = False,
+    truth: Any = None,
 ) -> DataOracle:
-    """Train on random batches of the rows the benchmark never queries (its random split), and
-    measure per factor on up to `NUM_EVAL` of the held-out rows (`info["held_out"]`)."""
+    """Train on random batches of the rows the benchmark never queries (its random split), part
+    of each rendered under a random do() where the data's generator `truth` is known; measure
+    per factor on up to `NUM_EVAL` of the held-out rows (`info["held_out"]`) and, with a truth,
+    on the same rows intervened on (`info["held_out_intervened"]`)."""
     if config.steps < 1:
         raise CausalSpritesError(f"oracle steps must be >= 1, got {config.steps}")
     torch.manual_seed(config.seed)
@@ -141,7 +176,7 @@ def train_data_oracle(
     with progress_bar(f"training the oracle of {data.schema.name}", progress) as update:
         for step in range(config.steps):
             rows = np.sort(rng.choice(train_rows, config.batch_size))
-            loss = oracle.loss(data.images(rows), data.factors(rows))
+            loss = oracle.loss(*_batch(data, truth, rows, config.intervened_share, rng))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -149,7 +184,15 @@ def train_data_oracle(
             update(step + 1, config.steps)
     eval_rows = np.sort(rng.permutation(test_rows)[:NUM_EVAL])
     held_out = oracle_errors(oracle, data.images(eval_rows), np.asarray(data.factors(eval_rows)))
-    oracle.info = {
+    if truth is not None:  # a random factor per batch, as in training
+        chunks = [
+            eval_rows[i : i + config.batch_size]
+            for i in range(0, len(eval_rows), config.batch_size)
+        ]
+        moved = [_batch(data, truth, chunk, 1.0, rng) for chunk in chunks]
+        images, factors = (np.concatenate(part) for part in zip(*moved, strict=True))
+        oracle.info["held_out_intervened"] = oracle_errors(oracle, images, factors)
+    oracle.info |= {
         "held_out": held_out,
         "num_eval": len(eval_rows),
         "train_seconds": time.perf_counter() - start,
@@ -167,11 +210,16 @@ def _file_hash(path: Path) -> str:
 
 
 def cached_oracle(
-    data: Any, source: Path, config: DataOracleConfig = DataOracleConfig(), progress: bool = False
+    data: Any,
+    source: Path,
+    config: DataOracleConfig = DataOracleConfig(),
+    progress: bool = False,
+    truth: Any = None,
 ) -> DataOracle:
-    """The oracle of the dataset file `source` (loaded as `data`): read from the data directory
-    (`oracles/<file hash>-<config hash>`) if trained before, else trained and saved there."""
-    settings = json.dumps(asdict(config), sort_keys=True)
+    """The oracle of the dataset file `source` (loaded as `data`, its generator `truth` if
+    known): read from the data directory (`oracles/<file hash>-<settings hash>`) if trained
+    before, else trained and saved there."""
+    settings = json.dumps({**asdict(config), "intervened": truth is not None}, sort_keys=True)
     key = f"{_file_hash(source)[:16]}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
     directory = data_dir() / "oracles" / key
     oracle = DataOracle(data.schema, config)
@@ -179,7 +227,7 @@ def cached_oracle(
         oracle.load_state_dict(load_tensors(directory / WEIGHTS_FILE))
         oracle.info = json.loads((directory / INFO_FILE).read_text())["info"]
         return oracle.eval()
-    oracle = train_data_oracle(data, config, progress)
+    oracle = train_data_oracle(data, config, progress, truth)
     directory.mkdir(parents=True, exist_ok=True)
     save_tensors_atomic(directory / WEIGHTS_FILE, oracle.state_dict(), {"format": "data-oracle"})
     text = json.dumps({"config": asdict(config), "info": oracle.info, "source": str(source)})
