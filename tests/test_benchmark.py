@@ -222,6 +222,12 @@ def test_pendulum_truth_scored_by_error(tmp_path: Path) -> None:
     assert identity["truth_mae"] > 1.0 and identity["composition_10"] == 0.0
     assert abs(oracle["realism_fd"]) < 1e-6 < identity["realism_fd"]
     assert oracle["effectiveness"] == result["reader_ceiling"]
+    # Per intervened factor too: the truth's answers read as well as the reader reads the truth.
+    per_factor = result["reader_ceiling_per_factor"]
+    assert oracle["effectiveness_per_factor"] == per_factor
+    assert set(per_factor) <= set(known.schema.names) and len(per_factor) >= 2
+    assert all(0.0 <= value <= 1.0 for value in per_factor.values())
+    assert identity["effectiveness_per_factor"].keys() == per_factor.keys()
 
 
 def test_continuous_variant_truth_is_found_and_scored(tmp_path: Path) -> None:

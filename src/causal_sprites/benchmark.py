@@ -162,6 +162,18 @@ def _agreement(
     return float((matches & mask).sum() / mask.sum()) if mask.any() else math.nan
 
 
+def _effectiveness_per_factor(prepared: Prepared, read: np.ndarray) -> dict[str, float]:
+    """Effectiveness per intervened factor: beside the reader's own ceiling per factor, it says
+    which factor's failures are the reader's (a factor moved off the values it saw, as the
+    pendulum's shadow) and which the model's."""
+    factors = prepared.known.schema.factors
+    return {
+        factor.name: _agreement(prepared, read, prepared.asked, prepared.intervened & column)
+        for factor, column in zip(factors, np.eye(len(factors), dtype=bool), strict=True)
+        if prepared.intervened[:, column].any()
+    }
+
+
 def _errors(prepared: Prepared, images: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per image (N,): IoU with the reference on binary data, else MAE on the 0-255 scale."""
     if prepared.known.schema.binary:
@@ -259,6 +271,7 @@ def _score(
         metrics["truth_psnr"] = _mean(psnr(answers, prepared.truth_images))
     read = np.asarray(prepared.reader.predict(answers), np.float64)
     metrics["effectiveness"] = _agreement(prepared, read, prepared.asked, prepared.intervened)
+    metrics["effectiveness_per_factor"] = _effectiveness_per_factor(prepared, read)
     metrics["preservation"] = _agreement(prepared, read, prepared.factors, prepared.preserved)
     metrics |= _distributions(prepared, read)
     if len(answers) > 1:
@@ -392,6 +405,7 @@ def run_benchmark(
         ]
     read = np.asarray(reader.predict(prepared.truth_images), np.float64)
     result["reader_ceiling"] = _agreement(prepared, read, prepared.asked, prepared.intervened)
+    result["reader_ceiling_per_factor"] = _effectiveness_per_factor(prepared, read)
     describe = functools.cache(describe_run)  # each run's files read once, not once per model
     for contender in contenders:
         partial = contender.subset is not None and small is not None
