@@ -239,6 +239,39 @@ def pixel_scores(
     }
 
 
+def where_the_error_is(
+    model: CausalModel,
+    answer: np.ndarray,
+    factual: np.ndarray,
+    factual_classes: np.ndarray,
+    truth: np.ndarray,
+    true_classes: np.ndarray,
+    recon_of_truth: np.ndarray,
+) -> dict[str, float]:
+    """Where a counterfactual's error comes from. Per-image MAE split over the pixels the true
+    counterfactual changes and those it keeps (each part a share of the whole image's MAE, so
+    the two add up), for the answer, the model's reconstruction of the true image (its decoder's
+    mode with the true image's z) and the decoder's mode at the true counterfactual classes with
+    the factual image's z (the answer without the pixel noise carried over); and how far the
+    factual z is from the true image's (z's own error, in the prior's units)."""
+    changed = (factual != truth).any(-1)
+    share = changed.reshape(len(changed), -1).mean(1)
+    z_factual = model.encode(factual, factual_classes)
+    z_truth = model.encode(truth, true_classes)
+    candidates = {
+        "answer": answer,
+        "recon_of_truth": recon_of_truth,
+        "mode_with_factual_z": model.decode(true_classes, z_factual),
+    }
+    out = {"changed_pixel_share": float(share.mean())}
+    for key, images in candidates.items():
+        error = np.abs(images.astype(np.float64) - truth.astype(np.float64)).mean(-1)
+        for part, where in (("changed", changed), ("kept", ~changed)):
+            out[f"{key}_mae_{part}"] = float((error * where).reshape(len(error), -1).mean(1).mean())
+    out["z_distance_factual_to_truth"] = float((z_factual - z_truth).norm(dim=1).mean())
+    return out
+
+
 def nelbo(model: CausalModel, data: Any, rows: np.ndarray) -> dict[str, Any]:
     """Test NELBO (nats per image and bits per dimension) on dataset rows."""
     device = torch.device("cpu")
@@ -402,6 +435,9 @@ def score_colour(
             "effectiveness": float(
                 (drawn_classes(result.images, grey) == result.counterfactual).all(1).mean()
             ),
+            "where_the_error_is": where_the_error_is(
+                model, result.images, images, classes, truth, true_classes, recon_truth
+            ),
         }
         if noise is not None:
             entry["class_agreement_ceiling"] = ceiling(classes, noise, name, target, true_classes)
@@ -502,7 +538,16 @@ def train_colour(
     config = replace(
         preset,
         graph=edges,
-        train=replace(preset.train, max_minutes=args.minutes, seed=args.seed),
+        train=replace(
+            preset.train,
+            max_minutes=args.minutes,
+            seed=args.seed,
+            independence_weight=(
+                preset.train.independence_weight
+                if args.independence_weight is None
+                else args.independence_weight
+            ),
+        ),
     )
     run_dir = workdir / kind
     start = time.perf_counter()
@@ -866,6 +911,9 @@ def main() -> None:
         "--only", choices=("independent", "variant", "none"), help="colour sets to train"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--independence-weight", type=float, help="the HSIC weight (default: the preset's)"
+    )
     parser.add_argument("--keep-runs", type=Path, default=None, help="keep the trained runs here")
     parser.add_argument("--out", type=Path, default=RESULTS / "own-data.json")
     args = parser.parse_args()

@@ -254,6 +254,9 @@ def main() -> None:
         "--discovery-images", type=int, default=1000, help="held-out images for discovery"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--only", nargs="+", choices=("graph", "no_graph"), help="models to train (default: both)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/pendulum-bench"))
     parser.add_argument("--out", type=Path, default=RESULTS / "pendulum.json")
     parser.add_argument(
@@ -262,6 +265,7 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()
     models = {"graph": pendulum.EDGES, "no_graph": ()}
+    models = {name: models[name] for name in args.only or models}
     scored = side_by_side(train_and_score, models, args)
     train_data, test_data = datasets(args)
     kinds = [f.kind for f in test_data.schema.factors]
