@@ -542,11 +542,11 @@ def train_colour(
             preset.train,
             max_minutes=args.minutes,
             seed=args.seed,
-            independence_weight=(
-                preset.train.independence_weight
-                if args.independence_weight is None
-                else args.independence_weight
-            ),
+            **{
+                name: weight
+                for name in ("independence_weight", "change_weight")
+                if (weight := getattr(args, name)) is not None
+            },
         ),
     )
     run_dir = workdir / kind
@@ -913,6 +913,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--independence-weight", type=float, help="the HSIC weight (default: the preset's)"
+    )
+    parser.add_argument(
+        "--change-weight", type=float, help="the small-change term's weight (default: the preset's)"
     )
     parser.add_argument("--keep-runs", type=Path, default=None, help="keep the trained runs here")
     parser.add_argument("--out", type=Path, default=RESULTS / "own-data.json")

@@ -355,6 +355,7 @@ CASES: list[Case] = [
     Case("benchmark", "seed asked to answer no queries", (*BENCH, "dsprites", "--model", "seed", "--seed-queries", "0")),
     Case("benchmark", "seed named twice", (*BENCH, "dsprites", "--model", "{run}", "--model", "seed", "--model", "seed")),
     Case("benchmark", "the data's oracle given no training steps", (*BENCH, "{bad}", "--model", "identity", "--oracle-steps", "0")),
+    Case("CLI arguments", "the small-change term on binary images", (*TRAIN, "--steps", "1", "--change-weight", "0.1")),
 ]  # fmt: skip
 
 runner = CliRunner()

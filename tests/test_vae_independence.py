@@ -1,4 +1,4 @@
-"""The independence term of training (`vae.hsic`): zero for independent batches, large where z
+"""The independence term of training (`penalties.hsic`): zero for independent batches, large where z
 is a function of the factors, and a loss part of the `images` preset."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from causal_sprites.config import PRESETS
-from causal_sprites.model.vae import hsic
+from causal_sprites.model.penalties import hsic
 from causal_sprites.train import objective_weights
 
 

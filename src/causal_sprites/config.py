@@ -67,8 +67,13 @@ class TrainConfig:
     objective_schedule: Literal["none", "anneal"] = "none"
     classifier_weight: float = 1.0
     #: The weight of a term pulling q(z | x, y)'s mean towards independence of the factors
-    #: (`vae.hsic`); 0: none.
+    #: (`penalties.hsic`); 0: none.
     independence_weight: float = 0.0
+    #: The weight of a term charging the decoder for changing its mean by less than a few grey
+    #: levels when one factor is redrawn at the same z (`penalties.small_change_cost`): a
+    #: factor's change shows by a lot where it shows and leaves the rest as it was. 8-bit
+    #: images only; 0: none.
+    change_weight: float = 0.0
     seed: int = 0
     split: Literal["random", "heldout"] = "random"
     test_fraction: float = 0.05
@@ -186,7 +191,7 @@ PRESETS: dict[str, RunConfig] = {
     # the pixels (`model/pixels.py`), a larger z for the unlabelled nuisances; FiLM and the
     # annealed objective so that the decoder draws an object's colour from its factors, not from
     # z, and training ends on the ELBO (bench/colour_fix.py); z held independent of the factors
-    # (HSIC, `vae.hsic`): without it z abducted from one image did not carry over to other
+    # (HSIC, `penalties.hsic`): without it z abducted from one image did not carry over to other
     # factors, and counterfactuals on the pendulum were 2.2-3.2x the reconstruction's error
     # (bench/pendulum.py; BENCHMARKS.md).
     "images": RunConfig(

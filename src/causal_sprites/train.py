@@ -34,6 +34,7 @@ from causal_sprites.config import RunConfig
 from causal_sprites.data.dataset import Dataset
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.pixels import DiscretisedLogistic
 from causal_sprites.model.readout import SearchBudget, elbo, infer_posterior, likelihood_range
 from causal_sprites.model.refine import propose
 from causal_sprites.model.vae import ConditionalVAE, topological_order
@@ -62,12 +63,12 @@ from causal_sprites.runtime import (
 
 StepHook = Callable[[int, ConditionalVAE], None]
 LOG_EVERY = 50
-#: Steps in a row whose gradient is not finite that a run skips before it stops.
-MAX_SKIPPED_STEPS = 10
+MAX_SKIPPED_STEPS = 10  # steps in a row whose gradient is not finite before a run stops
 #: The "anneal" objective schedule (`objective_weights`): the KL's weight at the start, the
 #: share of the budget over which it falls to 1, and the last share over which the beta-NLL
 #: weighting falls to the plain likelihood (beta 0), while the "decay" learning rate anneals.
 KL_START, KL_SHARE, BETA_SHARE = 8.0, 0.5, 0.2
+EXTRA_TERMS = ("independence_weight", "change_weight")  # weights of `model/penalties.py`'s terms
 #: Held-out images whose log-likelihoods set a run's usual range (about 2 s on 2 cores).
 LIKELIHOOD_IMAGES = 256
 
@@ -84,9 +85,9 @@ def total_steps(config: RunConfig, per_epoch: int) -> int | None:
 
 def objective_weights(config: RunConfig, fraction: float) -> dict[str, float]:
     """The loss's weights at `fraction` of the budget (the larger of the steps' and the
-    minutes'): the independence term's if any; with "anneal" `kl_weight` KL_START falling to 1
-    over the first KL_SHARE, `beta` 1 falling to 0 over the last BETA_SHARE (ends on the ELBO)."""
-    weights = {"independence_weight": w} if (w := config.train.independence_weight) else {}
+    minutes'): the extra terms' (`EXTRA_TERMS`) if any; with "anneal" `kl_weight` KL_START falling
+    to 1 over the first KL_SHARE, `beta` 1 falling to 0 over the last BETA_SHARE (ends on ELBO)."""
+    weights = {name: w for name in EXTRA_TERMS if (w := getattr(config.train, name))}
     if config.train.objective_schedule == "none":
         return weights
     fraction = min(max(fraction, 0.0), 1.0)
@@ -243,7 +244,9 @@ def fit(
     """
     # Refuse bad input before touching the run directory.
     topological_order(config.graph, data.schema.names)
-    ConditionalVAE(config.model, config.graph, data.schema)  # a decoder that cannot draw the data
+    model = ConditionalVAE(config.model, config.graph, data.schema)  # can it draw the data?
+    if config.train.change_weight and not isinstance(model.likelihood, DiscretisedLogistic):
+        raise CausalSpritesError("--change-weight is for 8-bit images; this data is binary")
     if total_steps(config, 1) is None and config.train.max_minutes is None:
         raise CausalSpritesError("give a budget: --steps, --epochs or --minutes")
     config, resuming = prepare_run(
@@ -389,11 +392,8 @@ def _fit(
                 evaluation = evaluate_nelbo(model, images, labels, eval_rows)
                 append_metrics(run_dir, {"step": step, "elapsed": elapsed, **evaluation})
                 _log_scalars(writer, evaluation, step)
-            minutes_since = (time.monotonic() - last_checkpoint) / 60
-            if (
-                step % train_cfg.checkpoint_every == 0
-                or minutes_since >= train_cfg.checkpoint_minutes
-            ):
+            minutes = (time.monotonic() - last_checkpoint) / 60
+            if step % train_cfg.checkpoint_every == 0 or minutes >= train_cfg.checkpoint_minutes:
                 checkpoint()
                 last_checkpoint = time.monotonic()
     checkpoint()

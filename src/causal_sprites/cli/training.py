@@ -75,6 +75,14 @@ def train(
     pixel_sample: Annotated[
         bool | None, typer.Option(help="Subsampled (unbiased) reconstruction term in training.")
     ] = None,
+    change_weight: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Charge the decoder for small changes when one factor is redrawn (8-bit images; "
+            "README: the small-change term).",
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard events.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -112,6 +120,7 @@ def train(
         "subset": subset,
         "bf16": bf16,
         "pixel_sample": pixel_sample,
+        "change_weight": change_weight,
     }
     train_config = replace(
         base.train,

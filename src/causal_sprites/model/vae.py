@@ -33,7 +33,13 @@ from causal_sprites.model.nets import (
     encode_factors,
     split_factor_logits,
 )
-from causal_sprites.model.pixels import Bernoulli, PixelLikelihood, get_likelihood
+from causal_sprites.model.penalties import hsic, redraw_one_factor, small_change_cost
+from causal_sprites.model.pixels import (
+    Bernoulli,
+    DiscretisedLogistic,
+    PixelLikelihood,
+    get_likelihood,
+)
 from causal_sprites.scm.graph import parents_from_edges
 from causal_sprites.scm.graph import topological_order as factor_order
 from causal_sprites.scm.mechanisms import pixel_mechanism, pixel_noise_posterior
@@ -322,6 +328,7 @@ class ConditionalVAE(FactorMechanisms):
         kl_weight: float = 1.0,
         beta: float = TRAINING_BETA,
         independence_weight: float = 0.0,
+        change_weight: float = 0.0,
     ) -> dict[str, Tensor]:
         """Training objective: mean NELBO of x | y plus the weighted classifier cross-entropy.
 
@@ -331,6 +338,8 @@ class ConditionalVAE(FactorMechanisms):
         (W the largest window), when given, draws the pixels of an unbiased subsampled
         reconstruction term. `kl_weight` and `beta` (8-bit images' beta-NLL weighting) are the
         training schedule's (`train.objective_weights`); 1 and 0 give the plain NELBO.
+        `independence_weight` and `change_weight` add `penalties.hsic` of q(z | x, y)'s mean and
+        `penalties.small_change_cost` at it (parts `dependence` and `small_change`).
         """
         features = self.features(x)
         weights = self.training_pixels(x, y, uniform)
@@ -343,10 +352,20 @@ class ConditionalVAE(FactorMechanisms):
             "kl": kl.mean(),
             "classifier": classifier.mean(),
         }
-        if independence_weight:
+        if independence_weight or change_weight:
             z_loc = cast(dist.Independent, self.z_posterior(x, y, features)).base_dist.loc
+        if independence_weight:
             parts["dependence"] = hsic(z_loc, encode_factors(y, self.schema.factors))
             parts["loss"] = parts["loss"] + independence_weight * parts["dependence"]
+        if change_weight:
+            if not isinstance(self.likelihood, DiscretisedLogistic):
+                raise CausalSpritesError("change_weight is for 8-bit images")
+            means = [
+                self.likelihood.split_params(self.x_logits(labels, z_loc.detach()))[0]
+                for labels in (y, redraw_one_factor(y, self.schema.factors))
+            ]
+            parts["small_change"] = small_change_cost(*means).mean()
+            parts["loss"] = parts["loss"] + change_weight * parts["small_change"]
         return parts
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
@@ -408,34 +427,6 @@ class ConditionalVAE(FactorMechanisms):
             else:
                 total = total + F.cross_entropy(out, y[:, i].long(), reduction="none")
         return total
-
-
-def hsic(first: Tensor, second: Tensor) -> Tensor:
-    """The Hilbert-Schmidt independence criterion (Gretton et al. 2005) of each column of a batch
-    (B, D1) with a batch of vectors (B, D2), summed over the columns: its unbiased estimator
-    (Song et al. 2012), whose mean is 0 where each column is independent of the second. Gaussian
-    kernels of median-distance bandwidths, one per column. Two failures of the simpler forms on
-    the colour set (bench/own_data.py, BENCHMARKS.md): with one kernel over all of z, training
-    stretched an independent column (the background's brightness, to 3 prior units) until the
-    median bandwidth hid the others' dependence on the factors; the biased estimator is positive
-    for independent columns too (about 1/B), so training shrank z to a constant, brightness
-    with it. Training pulls q(z | x, y)'s mean towards independence of the factors, as the SCM
-    assumes of the image noise."""
-    size = len(first)
-    if size < 4:
-        return first.new_zeros(())
-
-    def gram(values: Tensor) -> Tensor:  # (..., B, k) -> (..., B, B), zero diagonal
-        distances = torch.cdist(values, values).square()
-        bandwidth = distances.detach().flatten(-2).median(-1).values.clamp_min(1e-6)
-        kernel = torch.exp(-distances / bandwidth[..., None, None])
-        return kernel * (1.0 - torch.eye(size, device=values.device))
-
-    columns, factors = gram(first.float().T[..., None]), gram(second.float())
-    trace = (columns * factors).sum((-2, -1))
-    sums = columns.sum((-2, -1)) * factors.sum() / ((size - 1) * (size - 2))
-    cross = (columns.sum(-1) * factors.sum(-1)).sum(-1) * 2.0 / (size - 2)
-    return ((trace + sums - cross) / (size * (size - 3))).sum()
 
 
 def _scaled_normal(out: Tensor) -> dist.Normal:
