@@ -193,9 +193,10 @@ def train_and_score(name: str, graph: tuple[tuple[str, str], ...], args: Any) ->
     torch.set_num_threads(1)
     train_data, test_data = datasets(args)
     preset = PRESETS["images"]
-    config = replace(
-        preset, graph=graph, train=replace(preset.train, max_minutes=args.minutes, seed=args.seed)
-    )
+    train = replace(preset.train, max_minutes=args.minutes, seed=args.seed)
+    if args.change_weight is not None:
+        train = replace(train, change_weight=args.change_weight)
+    config = replace(preset, graph=graph, train=train)
     run_dir = args.workdir / name
     start = time.perf_counter()
     if args.rescore:
@@ -254,6 +255,9 @@ def main() -> None:
         "--discovery-images", type=int, default=1000, help="held-out images for discovery"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--change-weight", type=float, help="the small-change term's weight (default: the preset's)"
+    )
     parser.add_argument(
         "--only", nargs="+", choices=("graph", "no_graph"), help="models to train (default: both)"
     )

@@ -12,6 +12,7 @@ from causal_sprites.config import RunConfig
 from causal_sprites.data.factors import SCHEMA
 from causal_sprites.data.schema import Factor, Schema, categorical
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.scm.inputs import as_labels
 
 COLOUR = Schema(
     name="squares",
@@ -97,3 +98,17 @@ def test_a_run_config_carries_its_schema() -> None:
         RunConfig.from_json(
             RunConfig(schema={**COLOUR.to_json(), "image_shape": [8, 8, 1]}).to_json()
         )
+
+
+def test_a_value_at_the_range_edge_in_float32_is_in_range() -> None:
+    """The readout returns float32 values: its value at the top of the pendulum's light_angle
+    range (132.3, as float32 132.3000031) once made a counterfactual from read labels fail."""
+    schema = Schema(
+        name="edge",
+        factors=(Factor("angle", kind="continuous", low=54.0, high=132.3),),
+        image_shape=(32, 32, 3),
+    )
+    edge = np.array([[np.float32(132.3)], [np.float32(54.0)]])
+    np.testing.assert_array_equal(as_labels(edge, 2, schema).numpy(), edge.astype(np.float32))
+    with pytest.raises(CausalSpritesError, match=r"out of its range 54\.\.132\.3"):
+        as_labels(np.array([[132.31]]), 1, schema)
