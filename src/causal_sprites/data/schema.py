@@ -105,6 +105,15 @@ class Factor:
         """Width of the factor's code for the networks: its classes one-hot, or one value."""
         return len(self.classes) if self.kind == "categorical" else 1
 
+    def within_range(self, values: np.ndarray | float) -> bool:
+        """Whether every value is finite and within the continuous factor's range, compared as
+        the model holds values (float32): the readout's own value at an edge (132.3 is
+        132.3000031 in float32) is in range, not an error."""
+        assert self.low is not None and self.high is not None
+        single = np.asarray(values, dtype=np.float32)
+        low, high = np.float32(self.low), np.float32(self.high)
+        return bool((np.isfinite(single) & (single >= low) & (single <= high)).all())
+
     def parse(self, text: str | int | float) -> int | float:
         """A value as the user writes it: a class by name, else by index; a continuous value
         as a number in the factor's unit, within its range."""
@@ -116,8 +125,7 @@ class Factor:
                 raise CausalSpritesError(
                     f"bad value {text!r} for {self.name}: expected a number"
                 ) from None
-            assert self.low is not None and self.high is not None
-            if not (math.isfinite(value) and self.low <= value <= self.high):
+            if not self.within_range(value):
                 raise CausalSpritesError(
                     f"value {text} for {self.name} is out of its range "
                     f"{self.low:g}..{self.high:g}{' ' + self.unit if self.unit else ''}"

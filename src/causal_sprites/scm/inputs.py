@@ -77,14 +77,9 @@ def as_labels(y: np.ndarray | Tensor, batch: int, schema: Schema) -> Tensor:
     for i, factor in enumerate(schema.factors):
         column = labels[:, i]
         if factor.kind == "continuous":
-            low, high = factor.low, factor.high
-            assert low is not None and high is not None
-            # Checked as the float32 values returned: the readout's own value at the range's
-            # edge (132.3 as float32 is 132.3000031) is in range, not a user's error.
-            single = column.to(torch.float32)
-            if not bool(((single >= np.float32(low)) & (single <= np.float32(high))).all()):
+            if not factor.within_range(column.numpy()):
                 raise CausalSpritesError(
-                    f"value of {factor.name} out of its range {low:g}..{high:g}"
+                    f"value of {factor.name} out of its range {factor.low:g}..{factor.high:g}"
                 )
         elif not bool(((column >= 0) & (column < factor.size) & (column == column.round())).all()):
             raise CausalSpritesError(f"label for {factor.name} out of range 0..{factor.size - 1}")
