@@ -13,7 +13,12 @@ import torch
 from causal_sprites.config import PRESETS
 from causal_sprites.data.schema import Factor, categorical
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.model.penalties import CHANGE_CAP, redraw_one_factor, small_change_cost
+from causal_sprites.model.penalties import (
+    CHANGE_CAP,
+    change_rows,
+    redraw_one_factor,
+    small_change_cost,
+)
 from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.train import objective_weights
 from tests.cli_run import run
@@ -76,6 +81,24 @@ def test_the_loss_adds_the_weighted_term_on_8_bit_images() -> None:
     weighted = replace(preset, train=replace(preset.train, change_weight=0.02))
     assert objective_weights(weighted, 0.5)["change_weight"] == 0.02
     assert "change_weight" not in objective_weights(preset, 0.5)
+
+
+def test_the_term_is_estimated_on_the_first_quarter_of_the_batch() -> None:
+    assert [change_rows(b) for b in (64, 256, 10, 3)] == [16, 64, 4, 3]
+    preset = PRESETS["images"]
+    model = ConditionalVAE(
+        replace(preset.model, conv_channels=16, encoder_hidden=64), (), SCHEMA
+    ).train()
+    images, classes, _ = squares(1, seed=0)
+    x, y = torch.from_numpy(images).permute(0, 3, 1, 2).float()[:16], torch.from_numpy(classes)
+    other_rows = x.clone()
+    other_rows[4:] = 255 - other_rows[4:]
+    terms = []
+    for batch in (x, other_rows):
+        torch.manual_seed(0)
+        terms.append(model.loss(batch, y[:16], 1.0, change_weight=0.5)["small_change"])
+    assert terms[0].item() > 0
+    torch.testing.assert_close(terms[0], terms[1])  # rows past the first 4 do not enter
 
 
 def test_binary_images_refuse_the_term(tiny_data_file: Path, tmp_path: Path) -> None:

@@ -33,7 +33,12 @@ from causal_sprites.model.nets import (
     encode_factors,
     split_factor_logits,
 )
-from causal_sprites.model.penalties import hsic, redraw_one_factor, small_change_cost
+from causal_sprites.model.penalties import (
+    change_rows,
+    hsic,
+    redraw_one_factor,
+    small_change_cost,
+)
 from causal_sprites.model.pixels import (
     Bernoulli,
     DiscretisedLogistic,
@@ -339,7 +344,8 @@ class ConditionalVAE(FactorMechanisms):
         reconstruction term. `kl_weight` and `beta` (8-bit images' beta-NLL weighting) are the
         training schedule's (`train.objective_weights`); 1 and 0 give the plain NELBO.
         `independence_weight` and `change_weight` add `penalties.hsic` of q(z | x, y)'s mean and
-        `penalties.small_change_cost` at it (parts `dependence` and `small_change`).
+        `penalties.small_change_cost` at it on `penalties.change_rows` of the batch (parts
+        `dependence` and `small_change`).
         """
         features = self.features(x)
         weights = self.training_pixels(x, y, uniform)
@@ -360,9 +366,10 @@ class ConditionalVAE(FactorMechanisms):
         if change_weight:
             if not isinstance(self.likelihood, DiscretisedLogistic):
                 raise CausalSpritesError("change_weight is for 8-bit images")
+            rows = change_rows(len(y))
             means = [
-                self.likelihood.split_params(self.x_logits(labels, z_loc.detach()))[0]
-                for labels in (y, redraw_one_factor(y, self.schema.factors))
+                self.likelihood.split_params(self.x_logits(labels, z_loc[:rows].detach()))[0]
+                for labels in (y[:rows], redraw_one_factor(y[:rows], self.schema.factors))
             ]
             parts["small_change"] = small_change_cost(*means).mean()
             parts["loss"] = parts["loss"] + change_weight * parts["small_change"]
