@@ -32,7 +32,7 @@ browser:
 	else echo "NOTE: $(CHROMIUM) is missing and installing it needs root: the browser tests will skip"; fi
 
 test: lint browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # The benchmarks of BENCHMARKS.md (about 35 minutes on 2 cores).
 bench: $(STAMP)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("GOMP_SPINCOUNT", "3000")  # before torch loads: causal_sprites/openmp.py
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs a worker per core: one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import http.server
 import threading
