@@ -41,7 +41,6 @@ def test_the_run_trains_with_the_images_preset_and_reports_bits_per_dim(
     _, run_dir, _ = trained
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model"]["decoder"] == "conv" and config["schema"]["name"] == "labels"
-    assert config["train"]["change_weight"] == 0.02  # the preset's small-change term
     assert [f["name"] for f in config["schema"]["factors"]] == ["hue", "side", "left"]
 
 

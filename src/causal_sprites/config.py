@@ -193,10 +193,7 @@ PRESETS: dict[str, RunConfig] = {
     # z, and training ends on the ELBO (bench/colour_fix.py); z held independent of the factors
     # (HSIC, `penalties.hsic`): without it z abducted from one image did not carry over to other
     # factors, and counterfactuals on the pendulum were 2.2-3.2x the reconstruction's error
-    # (bench/pendulum.py; BENCHMARKS.md); on 8-bit images the decoder charged for small changes
-    # (`penalties.small_change_cost`; `train` sets it to 0 for binary data): without it do(hue)
-    # on the colour set redrew the background off by a grey level, 2.4x the reconstruction's
-    # error (bench/own_data.py).
+    # (bench/pendulum.py; BENCHMARKS.md).
     "images": RunConfig(
         model=ModelConfig(decoder="conv", z_dim=8, decoder_film=True),
         train=TrainConfig(
@@ -206,7 +203,6 @@ PRESETS: dict[str, RunConfig] = {
             pixel_sample=False,
             objective_schedule="anneal",
             independence_weight=1e4,
-            change_weight=0.02,
         ),
     ),
     # Seconds-long runs for tests and trying things.

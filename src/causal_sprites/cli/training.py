@@ -80,7 +80,7 @@ def train(
         typer.Option(
             min=0,
             help="Charge the decoder for small changes when one factor is redrawn (8-bit images; "
-            "the images preset: 0.02, 0 turns it off; README: the small-change term).",
+            "README: the small-change term).",
         ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
@@ -122,8 +122,6 @@ def train(
         "pixel_sample": pixel_sample,
         "change_weight": change_weight,
     }
-    if change_weight is None and store.schema.binary:
-        overrides["change_weight"] = 0.0  # the preset's small-change term is for 8-bit images
     train_config = replace(
         base.train,
         max_minutes=minutes,
