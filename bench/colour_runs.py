@@ -45,7 +45,7 @@ def diagnose(run: Path, num_images: int) -> dict[str, Any]:
     model = load_run(run)
     classes, grey = own_data.independent_draws(num_images, 1000)
     images = own_data.render(classes, grey)
-    final = read_metrics(run)[-1]
+    final = next(r for r in reversed(read_metrics(run)) if "test_nelbo" in r)  # the last eval
     out: dict[str, Any] = {
         "run": str(run),
         "steps": final["step"],
