@@ -34,7 +34,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def edge_pixels(masks: np.ndarray) -> np.ndarray:
-    """Object pixels (B, H, W) with a 4-neighbour outside the object."""
+    """Object pixels (B, H, W) with a 4-neighbour outside the object: the outline's own side
+    (`nets.edge_pixels`, which the pose decoder's training samples, takes both sides)."""
     padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)))
     inside = padded[:, 2:, 1:-1] & padded[:, :-2, 1:-1] & padded[:, 1:-1, 2:] & padded[:, 1:-1, :-2]
     return masks & ~inside
