@@ -21,9 +21,9 @@ plain NLL (beta = 0), under which a decoder explains a small object by a wide sc
 gives `PixelDistribution` an `expand` that keeps it one (a no-op once vae.py does so itself).
 `+beta-anneal` takes that weighting from 1 to 0 over the last fifth of the steps, so training ends
 on the ELBO; `bnll+film+kl-anneal+beta-anneal` is the `images` preset's FiLM decoder and "anneal"
-objective schedule (`train.objective_weights`). Every contender starts from the preset with the
-plain decoder and no objective schedule. Measured against commit 5ae133b's vae.py
-(bench/results/colour-fix.json says how).
+objective schedule (`optim.objective_weights`). Every contender starts from the preset with the
+plain decoder (no FiLM, no coordinates) and no objective schedule. Measured against commit
+5ae133b's vae.py (bench/results/colour-fix.json says how).
 
 Run `.venv/bin/python bench/colour_fix.py [--steps 6000] [--jobs 2] [--only a,b]`; writes
 bench/results/colour-fix.json (or --out) and prints a table.
@@ -142,7 +142,7 @@ def schedules(spec: dict[str, Any], steps: int) -> Callable[[int, ConditionalVAE
     steps; `beta_anneal` takes the beta-NLL weighting from 1 to 0 over the steps' last fifth
     (where the learning rate decays), so that the last steps follow the plain ELBO. Both act on
     the model's and the likelihood's methods, whatever weights the loss passes them; evaluation,
-    in eval mode, is always the plain bound. (The same as `train.objective_weights`' "anneal".)"""
+    in eval mode, is always the plain bound. (The same as `optim.objective_weights`' "anneal".)"""
     if not (spec.get("kl_anneal") or spec.get("beta_anneal")):
         return None
     weight, beta = [KL_START if spec.get("kl_anneal") else 1.0], [1.0]
@@ -225,7 +225,10 @@ def run_contender(name: str, args: argparse.Namespace) -> dict[str, Any]:
     config = replace(
         preset,
         # The plain decoder and objective; a contender changes one thing at a time.
-        model=replace(preset.model, **{"decoder_film": False, **spec.get("model", {})}),
+        model=replace(
+            preset.model,
+            **{"decoder_film": False, "decoder_coords": False, **spec.get("model", {})},
+        ),
         train=replace(
             preset.train,
             objective_schedule="none",

@@ -8,7 +8,10 @@
 - for do(shape) and do(hue), the share of answers that show the new class (the nearest exact
   render): the decoder's mode at the abducted z (no pixel noise), and the counterfactual itself,
   which keeps each pixel's abducted noise. Where the decoder's edges are off, that noise holds
-  the old object's edges and the counterfactual keeps them though the decoder draws the change.
+  the old object's edges and the counterfactual keeps them though the decoder draws the change;
+- of the counterfactuals that do not show the new class, the share that the model's own readers,
+  q(y | x) and the posterior's mode, read as the new class all the same: how much a self-check
+  of the answer by the model itself could catch (it catches the rest).
 
 Run `.venv/bin/python bench/colour_runs.py RUN [RUN ...] [--out PATH]`; prints a markdown table
 and writes bench/results/colour-runs.json (or --out).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,6 +81,20 @@ def diagnose(run: Path, num_images: int) -> dict[str, Any]:
             kind: float((own_data.drawn_classes(drawn, grey)[:, column] == target).mean())
             for kind, drawn in (("decoder_mode", mode), ("counterfactual", answer))
         }
+        missed = own_data.drawn_classes(answer, grey)[:, column] != target
+        if not missed.any():
+            out[f"do_{name}_missed_read_as_asked"] = {"num_missed": 0}
+            continue
+        with torch.no_grad():
+            pixels = torch.as_tensor(answer[missed]).permute(0, 3, 1, 2)
+            read_by = {
+                "classifier": model.model.classify(pixels)[column].argmax(-1).numpy(),
+                "posterior": model.infer_labels(answer[missed])[:, column],
+            }
+        out[f"do_{name}_missed_read_as_asked"] = {
+            "num_missed": int(missed.sum()),
+            **{k: float((v == target[missed]).mean()) for k, v in read_by.items()},
+        }
     return out
 
 
@@ -90,16 +108,23 @@ def main() -> None:
     rows = [diagnose(run, args.images) for run in args.runs]
     print(
         "| run | steps | bits/dim | edge MAE / scale | interior MAE | background MAE | "
-        "do(shape) shown: mode / CF | do(hue) shown: mode / CF |\n|---|---|---|---|---|---|---|---|"
+        "do(shape) shown: mode / CF | do(hue) shown: mode / CF | do(shape) missed: number, "
+        "read as asked by q(y | x) / posterior |\n|---|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
-        shape, hue = r["do_shape_shown"], r["do_hue_shown"]
+        shape, hue, missed = (
+            r["do_shape_shown"],
+            r["do_hue_shown"],
+            r["do_shape_missed_read_as_asked"],
+        )
         print(
             f"| {r['run']} | {r['steps']} | {r['bits_per_dim']:.3f} | "
             f"{r['edge']['mean_mae']:.1f} / {r['edge']['median_scale']:.1f} | "
             f"{r['interior']['mean_mae']:.2f} | {r['background']['mean_mae']:.2f} | "
             f"{shape['decoder_mode']:.3f} / {shape['counterfactual']:.3f} | "
-            f"{hue['decoder_mode']:.3f} / {hue['counterfactual']:.3f} |"
+            f"{hue['decoder_mode']:.3f} / {hue['counterfactual']:.3f} | "
+            f"{missed['num_missed']}: {missed.get('classifier', math.nan):.2f} / "
+            f"{missed.get('posterior', math.nan):.2f} |"
         )
     args.out.write_text(json.dumps({"command": sys.argv, "runs": rows}, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)

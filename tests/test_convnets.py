@@ -1,6 +1,6 @@
 """The general conv encoder and decoder: shapes for any image size, gradients, bad shapes, FiLM,
-the images preset's annealed objective, and short training runs on a tiny colour dataset that
-must draw each factor combination."""
+CoordConv, the images preset's annealed objective, and short training runs on a tiny colour
+dataset that must draw each factor combination."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from torch.nn import functional as F
 
 from causal_sprites.config import PRESETS
 from causal_sprites.errors import CausalSpritesError
-from causal_sprites.model.convnets import ConvDecoder, ConvEncoder
+from causal_sprites.model.convnets import ConvDecoder, ConvEncoder, with_coordinates
 from causal_sprites.model.pixels import DiscretisedLogistic, bits_per_dim
-from causal_sprites.train import budget_fraction, objective_weights
+from causal_sprites.optim import budget_fraction, objective_weights
 
 LOGISTIC = DiscretisedLogistic()
 FACTOR_DIMS = [3, 4]
@@ -58,10 +58,11 @@ def test_odd_and_uneven_sides(height: int, width: int) -> None:
     assert decoder(torch.zeros(1, Y_DIM), torch.zeros(1, Z_DIM)).shape == (1, 6, height, width)
 
 
-def test_gradients_reach_every_parameter() -> None:
+@pytest.mark.parametrize("coords", [False, True])
+def test_gradients_reach_every_parameter(coords: bool) -> None:
     shape = (32, 48, 3)
     encoder = ConvEncoder(shape, FACTOR_DIMS, Y_DIM, Z_DIM, channels=16, hidden=32)
-    decoder = ConvDecoder(shape, Y_DIM, Z_DIM, 16, 2, hidden=32)
+    decoder = ConvDecoder(shape, Y_DIM, Z_DIM, 16, 2, hidden=32, coords=coords)
     x = torch.randint(0, 256, (4, 3, 32, 48), dtype=torch.uint8)
     y = torch.tensor([[0, 0], [1, 1], [2, 2], [0, 3]])
     features = encoder.features(LOGISTIC.network_input(x))
@@ -106,6 +107,32 @@ def test_film_scales_and_shifts_each_layer_by_the_code() -> None:
     last = [m for m in decoder.convs if isinstance(m, torch.nn.ConvTranspose2d)][-1]
     assert last.bias is not None
     assert torch.allclose(params[0], last.bias[:, None, None].expand_as(params[0]))
+
+
+def test_coordinate_channels_hold_each_pixels_row_and_column() -> None:
+    maps = torch.randn(2, 5, 4, 7)
+    out = with_coordinates(maps)
+    assert out.shape == (2, 7, 4, 7) and torch.equal(out[:, :5], maps)
+    rows, columns = out[1, 5], out[1, 6]
+    assert torch.equal(rows[:, 0], torch.linspace(-1, 1, 4)) and (rows == rows[:, :1]).all()
+    assert torch.equal(columns[0], torch.linspace(-1, 1, 7)) and (columns == columns[:1]).all()
+
+
+def test_a_coordconv_decoder_draws_position_from_the_coordinates_alone() -> None:
+    """With every layer's features zeroed by FiLM (as above), the plain decoder's output is its
+    last bias everywhere; the CoordConv decoder's still varies with position: each transposed
+    convolution reads the coordinates besides the features."""
+    shape = (32, 48, 3)
+    torch.manual_seed(0)
+    decoder = ConvDecoder(shape, Y_DIM, Z_DIM, 16, 2, hidden=32, film=True, coords=True)
+    assert decoder.film is not None
+    with torch.no_grad():
+        decoder.film.bias[: sum(decoder.widths)] = -1.0
+    params = decoder(torch.zeros(1, Y_DIM), torch.zeros(1, Z_DIM))
+    assert params.shape == (1, 6, 32, 48)
+    assert params[0, 0].std() > 1e-3 and params[0, 0, 0].std() > 1e-3  # across rows and columns
+    first = next(m for m in decoder.convs if isinstance(m, torch.nn.ConvTranspose2d))
+    assert first.in_channels == decoder.widths[0] + 2
 
 
 @pytest.mark.parametrize("shape", [(27, 64, 3), (64, 129, 1), (64, 64, 0), (64, 64)])

@@ -20,7 +20,7 @@ from causal_sprites.model.penalties import (
     small_change_cost,
 )
 from causal_sprites.model.vae import ConditionalVAE
-from causal_sprites.train import objective_weights
+from causal_sprites.optim import objective_weights
 from tests.cli_run import run
 from tests.test_any_images import SCHEMA, squares
 
@@ -81,6 +81,19 @@ def test_the_loss_adds_the_weighted_term_on_8_bit_images() -> None:
     weighted = replace(preset, train=replace(preset.train, change_weight=0.02))
     assert objective_weights(weighted, 0.5)["change_weight"] == 0.02
     assert "change_weight" not in objective_weights(preset, 0.5)
+
+
+def test_the_annealed_schedule_charges_the_change_only_in_the_middle_of_the_budget() -> None:
+    """From 0.3 of the budget until beta-NLL starts to anneal at 0.8: not while the decoder first
+    learns the factors, nor while the last fifth sharpens the edges. Without the schedule the
+    term is on throughout."""
+    preset = PRESETS["images"]
+    weighted = replace(preset, train=replace(preset.train, change_weight=0.02))
+    charged = {f: "change_weight" in objective_weights(weighted, f) for f in (0.0, 0.29, 0.3)}
+    charged |= {f: "change_weight" in objective_weights(weighted, f) for f in (0.79, 0.8, 1.0)}
+    assert charged == {0.0: False, 0.29: False, 0.3: True, 0.79: True, 0.8: False, 1.0: False}
+    flat = replace(weighted, train=replace(weighted.train, objective_schedule="none"))
+    assert all(objective_weights(flat, f)["change_weight"] == 0.02 for f in (0.0, 0.5, 0.9))
 
 
 def test_the_term_is_estimated_on_the_first_quarter_of_the_batch() -> None:

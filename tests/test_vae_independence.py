@@ -7,7 +7,7 @@ import torch
 
 from causal_sprites.config import PRESETS
 from causal_sprites.model.penalties import hsic
-from causal_sprites.train import objective_weights
+from causal_sprites.optim import objective_weights
 
 
 def test_hsic_tells_dependent_from_independent_batches() -> None:

@@ -41,6 +41,9 @@ class ModelConfig:
     #: The conv decoder's (y, z) also scale and shift every layer's channels (FiLM,
     #: `convnets.ConvDecoder`); off in runs from before it existed.
     decoder_film: bool = False
+    #: Its transposed convolutions also read their pixels' coordinates (CoordConv,
+    #: `convnets.ConvDecoder`); off in runs from before it existed.
+    decoder_coords: bool = False
     #: Factors whose mechanism is a network of their parents (its logits) rather than a table of
     #: counts per parent row: chosen at training time where the rows outnumber what the data
     #: supports (`scm.graph.needs_network`).
@@ -63,7 +66,8 @@ class TrainConfig:
     #: "anneal" weights the KL term 8 falling to 1 over the budget's first half (the decoder
     #: learns to read the factors before z can stand in for them) and takes the 8-bit images'
     #: beta-NLL weighting to the plain likelihood over its last fifth, so training ends on the
-    #: ELBO (`train.objective_weights`); "none" trains the model's own objective throughout.
+    #: ELBO, and charges the small-change term from 0.3 of the budget until that last fifth
+    #: (`optim.objective_weights`); "none" trains the model's own objective throughout.
     objective_schedule: Literal["none", "anneal"] = "none"
     classifier_weight: float = 1.0
     #: The weight of a term pulling q(z | x, y)'s mean towards independence of the factors
@@ -195,7 +199,7 @@ PRESETS: dict[str, RunConfig] = {
     # factors, and counterfactuals on the pendulum were 2.2-3.2x the reconstruction's error
     # (bench/pendulum.py; BENCHMARKS.md).
     "images": RunConfig(
-        model=ModelConfig(decoder="conv", z_dim=8, decoder_film=True),
+        model=ModelConfig(decoder="conv", z_dim=8, decoder_film=True, decoder_coords=True),
         train=TrainConfig(
             lr=2e-3,
             lr_schedule="decay",

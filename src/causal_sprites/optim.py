@@ -13,20 +13,50 @@ from causal_sprites.model.vae import ConditionalVAE
 
 #: The share of the budget over which the "decay" schedule anneals, after a constant rate.
 DECAY_SHARE = 0.2
+#: The "anneal" objective schedule (`objective_weights`): the KL's weight at the start, the
+#: share of the budget over which it falls to 1, the last share over which the beta-NLL
+#: weighting falls to the plain likelihood (beta 0), while the "decay" learning rate anneals,
+#: and where the small-change term starts; it stops where beta starts to fall. On through the
+#: last share, where the decoder sharpens the objects' edges, it spoilt the edges of 2 runs in 4;
+#: from 0.3 to 0.8 of the budget every run kept them (bench/own_data.py; BENCHMARKS.md).
+KL_START, KL_SHARE, BETA_SHARE, CHANGE_START = 8.0, 0.5, 0.2, 0.3
+EXTRA_TERMS = ("independence_weight", "change_weight")  # weights of `model/penalties.py`'s terms
+
+
+def budget_fraction(config: RunConfig, step: int, steps: int | None, elapsed: float) -> float:
+    """How much of the budget is used: the larger of the steps' and the minutes' shares (so a
+    resumed run continues its schedules)."""
+    used = [step / steps] if steps else []
+    if config.train.max_minutes:
+        used.append(elapsed / (60 * config.train.max_minutes))
+    return min(max(used, default=0.0), 1.0)
+
+
+def objective_weights(config: RunConfig, fraction: float) -> dict[str, float]:
+    """The loss's weights at `fraction` of the budget (`budget_fraction`): the extra terms'
+    (`EXTRA_TERMS`) if any; with "anneal" `kl_weight` KL_START falling to 1 over the first
+    KL_SHARE, `beta` 1 falling to 0 over the last BETA_SHARE (ends on ELBO), and the
+    small-change term only from CHANGE_START until beta falls."""
+    weights = {name: w for name in EXTRA_TERMS if (w := getattr(config.train, name))}
+    if config.train.objective_schedule == "none":
+        return weights
+    fraction = min(max(fraction, 0.0), 1.0)
+    if not CHANGE_START <= fraction < 1.0 - BETA_SHARE:
+        weights.pop("change_weight", None)
+    return {
+        **weights,
+        "kl_weight": KL_START + (1.0 - KL_START) * min(fraction / KL_SHARE, 1.0),
+        "beta": min((1.0 - fraction) / BETA_SHARE, 1.0),
+    }
 
 
 def lr_factor(config: RunConfig, step: int, steps: int | None, elapsed: float) -> float:
     """The schedule's factor of the next step: 1 (constant); cosine-annealed to 0.02 over the
-    budget; or ("decay") 1, then so annealed over the budget's last DECAY_SHARE. The budget
-    used is the larger of the step and the time fraction, so a resume continues it."""
-    train = config.train
-    if train.lr_schedule == "constant":
+    budget; or ("decay") 1, then so annealed over the budget's last DECAY_SHARE."""
+    if config.train.lr_schedule == "constant":
         return 1.0
-    used = [step / steps] if steps else []
-    if train.max_minutes:
-        used.append(elapsed / (60 * train.max_minutes))
-    fraction = min(max(used, default=0.0), 1.0)
-    if train.lr_schedule == "decay":
+    fraction = budget_fraction(config, step, steps, elapsed)
+    if config.train.lr_schedule == "decay":
         fraction = max(fraction - (1 - DECAY_SHARE), 0.0) / DECAY_SHARE
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * fraction))
 

@@ -38,7 +38,13 @@ from causal_sprites.model.pixels import DiscretisedLogistic
 from causal_sprites.model.readout import SearchBudget, elbo, infer_posterior, likelihood_range
 from causal_sprites.model.refine import propose
 from causal_sprites.model.vae import ConditionalVAE, topological_order
-from causal_sprites.optim import gradients, lr_factor, parameter_groups
+from causal_sprites.optim import (
+    budget_fraction,
+    gradients,
+    lr_factor,
+    objective_weights,
+    parameter_groups,
+)
 from causal_sprites.runs import (
     CHECKPOINT_FILE,
     append_metrics,
@@ -64,11 +70,6 @@ from causal_sprites.runtime import (
 StepHook = Callable[[int, ConditionalVAE], None]
 LOG_EVERY = 50
 MAX_SKIPPED_STEPS = 10  # steps in a row whose gradient is not finite before a run stops
-#: The "anneal" objective schedule (`objective_weights`): the KL's weight at the start, the
-#: share of the budget over which it falls to 1, and the last share over which the beta-NLL
-#: weighting falls to the plain likelihood (beta 0), while the "decay" learning rate anneals.
-KL_START, KL_SHARE, BETA_SHARE = 8.0, 0.5, 0.2
-EXTRA_TERMS = ("independence_weight", "change_weight")  # weights of `model/penalties.py`'s terms
 #: Held-out images whose log-likelihoods set a run's usual range (about 2 s on 2 cores).
 LIKELIHOOD_IMAGES = 256
 
@@ -81,29 +82,6 @@ def total_steps(config: RunConfig, per_epoch: int) -> int | None:
     if config.train.max_epochs is not None:
         budgets.append(math.ceil(config.train.max_epochs * per_epoch))
     return min(budgets) if budgets else None
-
-
-def objective_weights(config: RunConfig, fraction: float) -> dict[str, float]:
-    """The loss's weights at `fraction` of the budget (the larger of the steps' and the
-    minutes'): the extra terms' (`EXTRA_TERMS`) if any; with "anneal" `kl_weight` KL_START falling
-    to 1 over the first KL_SHARE, `beta` 1 falling to 0 over the last BETA_SHARE (ends on ELBO)."""
-    weights = {name: w for name in EXTRA_TERMS if (w := getattr(config.train, name))}
-    if config.train.objective_schedule == "none":
-        return weights
-    fraction = min(max(fraction, 0.0), 1.0)
-    return {
-        **weights,
-        "kl_weight": KL_START + (1.0 - KL_START) * min(fraction / KL_SHARE, 1.0),
-        "beta": min((1.0 - fraction) / BETA_SHARE, 1.0),
-    }
-
-
-def budget_fraction(config: RunConfig, step: int, steps: int | None, elapsed: float) -> float:
-    """How much of the budget is used: the larger of the steps' and the minutes' shares."""
-    used = [step / steps] if steps else []
-    if config.train.max_minutes:
-        used.append(elapsed / (60 * config.train.max_minutes))
-    return min(max(used, default=0.0), 1.0)
 
 
 @torch.no_grad()

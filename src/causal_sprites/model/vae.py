@@ -126,6 +126,7 @@ class ConditionalVAE(FactorMechanisms):
                 self.likelihood.params_per_channel,
                 hidden,
                 film=config.decoder_film,
+                coords=config.decoder_coords,
             )
         elif config.decoder == "pose":
             # A continuous variant of dSprites: the general encoder, whose head gives continuous
@@ -342,7 +343,7 @@ class ConditionalVAE(FactorMechanisms):
         sample, so training randomness can be a pure function of the step; `uniform` (B, W, W)
         (W the largest window), when given, draws the pixels of an unbiased subsampled
         reconstruction term. `kl_weight` and `beta` (8-bit images' beta-NLL weighting) are the
-        training schedule's (`train.objective_weights`); 1 and 0 give the plain NELBO.
+        training schedule's (`optim.objective_weights`); 1 and 0 give the plain NELBO.
         `independence_weight` and `change_weight` add `penalties.hsic` of q(z | x, y)'s mean and
         `penalties.small_change_cost` at it on `penalties.change_rows` of the batch (parts
         `dependence` and `small_change`).
