@@ -157,8 +157,9 @@ class ConvDecoder(nn.Module):
     With `coords`, every transposed convolution also reads two channels of its map's pixel
     coordinates in [-1, 1] (CoordConv, Liu et al. 2018): an object's outline at a position is
     then a function of the position, not of zero padding seen through the layers. On
-    bench/own_data.py's colour set its edges were 10-17 grey levels off on three seeds of three
-    against 13-30 (BENCHMARKS.md), for 1.3 % more time a step.
+    bench/own_data.py's colour set its object edges were 10-17 grey levels off in every run
+    measured (3 seeds, with and without the small-change term), without it 12-30, one seed in
+    three far off (BENCHMARKS.md); a step takes 1.3 % longer.
     """
 
     def __init__(
