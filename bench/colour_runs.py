@@ -32,6 +32,7 @@ import torch
 
 from causal_sprites.model.pixels import bits_per_dim
 from causal_sprites.runs import read_metrics
+from causal_sprites.scm.inputs import as_images
 from causal_sprites.scm.queries import load_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -77,16 +78,16 @@ def diagnose(run: Path, num_images: int) -> dict[str, Any]:
         new[:, column] = target
         mode = model.decode(new, z)
         answer = model.counterfactual(images, classes, do={name: target}, seed=0)
-        out[f"do_{name}_shown"] = {
-            kind: float((own_data.drawn_classes(drawn, grey)[:, column] == target).mean())
-            for kind, drawn in (("decoder_mode", mode), ("counterfactual", answer))
-        }
         missed = own_data.drawn_classes(answer, grey)[:, column] != target
+        out[f"do_{name}_shown"] = {
+            "decoder_mode": float((own_data.drawn_classes(mode, grey)[:, column] == target).mean()),
+            "counterfactual": float(1.0 - missed.mean()),
+        }
         if not missed.any():
             out[f"do_{name}_missed_read_as_asked"] = {"num_missed": 0}
             continue
         with torch.no_grad():
-            pixels = torch.as_tensor(answer[missed]).permute(0, 3, 1, 2)
+            pixels = as_images(answer[missed], model.schema)
             read_by = {
                 "classifier": model.model.classify(pixels)[column].argmax(-1).numpy(),
                 "posterior": model.infer_labels(answer[missed])[:, column],

@@ -89,8 +89,8 @@ def test_the_annealed_schedule_charges_the_change_only_in_the_middle_of_the_budg
     term is on throughout."""
     preset = PRESETS["images"]
     weighted = replace(preset, train=replace(preset.train, change_weight=0.02))
-    charged = {f: "change_weight" in objective_weights(weighted, f) for f in (0.0, 0.29, 0.3)}
-    charged |= {f: "change_weight" in objective_weights(weighted, f) for f in (0.79, 0.8, 1.0)}
+    fractions = (0.0, 0.29, 0.3, 0.79, 0.8, 1.0)
+    charged = {f: "change_weight" in objective_weights(weighted, f) for f in fractions}
     assert charged == {0.0: False, 0.29: False, 0.3: True, 0.79: True, 0.8: False, 1.0: False}
     flat = replace(weighted, train=replace(weighted.train, objective_schedule="none"))
     assert all(objective_weights(flat, f)["change_weight"] == 0.02 for f in (0.0, 0.5, 0.9))
