@@ -79,6 +79,23 @@ def test_a_counterfactual_with_the_observed_factors_returns_the_image_exactly(
     np.testing.assert_array_equal(same, images)
 
 
+def test_one_answer_takes_each_pixel_s_median_noise_and_samples_draw(run: CausalModel) -> None:
+    images, classes, _ = squares(1, seed=4)
+    do = {"hue": (classes[:, 0] + 1) % 3}
+    one = run.counterfactual_query(images, classes, do=do, seed=0)
+    median = run.counterfactual_query(images, classes, do=do, seed=5, pixel_noise="median")
+    drawn = run.counterfactual_query(images, classes, do=do, seed=0, pixel_noise="draw")
+    np.testing.assert_array_equal(one.images, median.images)  # the default; no seed matters
+    assert (drawn.images != one.images).any()
+    same = run.counterfactual_query(images, classes, do={"hue": classes[:, 0]}, pixel_noise="draw")
+    np.testing.assert_array_equal(same.images, images)  # either rule gives the input back
+    samples = run.counterfactual_query(images[:3], classes[:3], do={"hue": 2}, num_samples=4)
+    assert samples.images.shape == (4, 3, 32, 48, 3)
+    assert (samples.images[0] != samples.images[1]).any()  # samples draw the pixel noise
+    with pytest.raises(CausalSpritesError, match="unknown pixel noise 'mean'; use median or draw"):
+        run.counterfactual_query(images, classes, do=do, pixel_noise="mean")  # type: ignore[arg-type]
+
+
 def test_every_query_answers_in_the_data_s_own_image_shape(run: CausalModel) -> None:
     images, classes, _ = squares(1, seed=2)
     assert run.reconstruct(images, classes).shape == (36, 32, 48, 3)

@@ -53,6 +53,7 @@ def test_every_query_answers_with_the_data_s_names(
         "--out", tmp_path / "cf.png", "--out-npz", tmp_path / "cf.npz", "--json",
     )  # fmt: skip
     queries = json.loads(out)["queries"]
+    assert json.loads(out)["pixel_noise"] == "median"  # 8-bit images: the median answer
     assert queries[0]["factual"] == {"hue": 2, "side": 0, "left": 0}  # sorted classes: red is 2
     assert queries[0]["counterfactual"]["hue"] == 2 and queries[1]["do"] == {"hue": 2}
     with np.load(tmp_path / "cf.npz") as arrays:
@@ -64,6 +65,12 @@ def test_every_query_answers_with_the_data_s_names(
     )  # fmt: skip
     with np.load(tmp_path / "same.npz") as arrays:  # image 3 is at left=36: do() changes nothing
         np.testing.assert_array_equal(arrays["counterfactual"], arrays["factual"])
+    for rule in ("median", "draw"):
+        said, _ = run("counterfactual", run_dir, "--index", 0, "--do", "hue=blue", "--pixel-noise",
+                      rule, "--out-npz", tmp_path / f"{rule}.npz", "--json")  # fmt: skip
+        assert json.loads(said)["pixel_noise"] == rule
+    with np.load(tmp_path / "median.npz") as median, np.load(tmp_path / "draw.npz") as drawn:
+        assert (drawn["counterfactual"] != median["counterfactual"]).any()
     read, _ = run("counterfactual", run_dir, "--image", root / "3.png", "--do", "side=6", "--json")
     assert json.loads(read)["queries"][0]["labels"] == "inferred"
     inferred = json.loads(run("infer", run_dir, "--index", 1, "--top", 2, "--json")[0])
@@ -116,6 +123,9 @@ def test_bad_input_on_your_own_images_fails_in_one_line(
     assert "unknown factor 'shape'; factors are hue, side, left" in err
     _, err = run("counterfactual", run_dir, "--index", 0, "--do", "hue=purple", code=1)
     assert "or one of blue, green, red" in err
+    _, err = run("counterfactual", run_dir, "--index", 0, "--do", "hue=red", "--pixel-noise",
+                 "mean", code=1)  # fmt: skip
+    assert err.strip() == "error: unknown pixel noise 'mean'; use median or draw"
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(small)
     _, err = run("infer", run_dir, "--image", small, code=1)

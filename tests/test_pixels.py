@@ -133,6 +133,24 @@ def test_logistic_round_trip_in_the_far_tails(dtype: torch.dtype) -> None:
         assert torch.equal(LOGISTIC.mechanism(params, noise), x)
 
 
+def test_logistic_median_noise_gives_the_median_counterfactual() -> None:
+    """The prediction is monotone in the abducted noise, so the noise's posterior median (u =
+    1/2 within the bin) gives each pixel the median of its counterfactual values, and with the
+    factual parameters the image itself."""
+    shape = (16, 3, 6, 6)
+    factual = torch.cat([torch.rand(shape) * 2 - 1, torch.rand(shape) * 5 - 6], dim=1)
+    changed = torch.cat([torch.rand(shape) * 2 - 1, torch.rand(shape) * 5 - 6], dim=1)
+    x = LOGISTIC.mode(factual)
+    grid = ((torch.arange(1001) + 0.5) / 1001).view(1001, 1, 1, 1, 1)  # its middle is 1/2
+    spread = LOGISTIC.mechanism(changed, LOGISTIC.abduct(factual, x, grid.expand(-1, *shape)))
+    median = LOGISTIC.mechanism(changed, LOGISTIC.abduct(factual, x, torch.full(shape, 0.5)))
+    assert (spread[1:].int() >= spread[:-1].int()).all()  # monotone in u
+    assert torch.equal(spread.sort(0).values[500], median)
+    assert (spread[0] != spread[-1]).float().mean() > 0.1  # the draws do spread
+    same = LOGISTIC.mechanism(factual, LOGISTIC.abduct(factual, x, torch.full(shape, 0.5)))
+    assert torch.equal(same, x)
+
+
 def test_logistic_abduction_is_the_truncated_posterior() -> None:
     """u = F(eps) given x is uniform on (F(lower), F(upper)): its position there is U(0, 1)."""
     params = torch.tensor([0.1, -2.5], dtype=torch.float64).view(1, 2, 1, 1)

@@ -130,6 +130,8 @@ def test_counterfactual_of_the_observed_value_is_the_input(
     assert np.array_equal(refined.images, images)
     generic = model.counterfactual(images, CLASSES, do=everything, method="generic", seed=0)
     assert np.array_equal(generic, images)
+    median = model.counterfactual_query(images, CLASSES, do=everything, pixel_noise="median")
+    assert np.array_equal(median.images, images)  # binary pixels draw unless asked
     inferred = model.infer_labels(images)
     result = model.counterfactual_query(images, None, do={"posX": inferred[:, 3]})
     assert result.inferred and np.array_equal(result.factual, inferred)
@@ -238,6 +240,10 @@ def test_bad_queries_are_refused(model: CausalModel, images: np.ndarray) -> None
         model.counterfactual(images, CLASSES[:2], do={"shape": 0})
     with pytest.raises(CausalSpritesError, match="unknown method"):
         model.counterfactual(images, CLASSES, do={"shape": 0}, method="magic")  # type: ignore[arg-type]
+    with pytest.raises(CausalSpritesError, match="generic abduction draws the pixel noise"):
+        model.counterfactual_query(
+            images, CLASSES, do={"shape": 0}, method="generic", pixel_noise="median"
+        )
     with pytest.raises(CausalSpritesError, match=">= 1"):
         model.counterfactual(images, CLASSES, do={"shape": 0}, num_samples=0)
     with pytest.raises(CausalSpritesError, match="unknown factor"):

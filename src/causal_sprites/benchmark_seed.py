@@ -17,7 +17,7 @@ from torch import Tensor
 from causal_sprites.benchmark_queries import MAX_QUERIES
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
-from causal_sprites.scm.abduction import exact_noise
+from causal_sprites.scm.abduction import exact_noise, pixel_noise_rule
 from causal_sprites.scm.inputs import as_images, as_interventions, as_labels, seeded
 from causal_sprites.scm.queries import CausalModel
 from causal_sprites.scm.results import Abduction
@@ -132,7 +132,7 @@ class SeedModel:
         z = self.style(images, factors, pixels, labels)[None]  # (1, B, d)
         with torch.no_grad():
             probs = run.scm.pixel_probs(labels, z)
-            noise = exact_noise(vae, pixels, labels, probs, 1)
+            noise = exact_noise(vae, pixels, labels, probs, 1, pixel_noise_rule(vae, None, 1))
         noise["u_z"] = z
         return Abduction(noise, labels, False, z, probs)
 

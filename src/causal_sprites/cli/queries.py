@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import numpy as np
 import typer
@@ -30,8 +30,10 @@ from causal_sprites.errors import CausalSpritesError
 from causal_sprites.figures import assignment_text as figure_text
 from causal_sprites.figures import value_label
 from causal_sprites.runs import atomic_path
+from causal_sprites.scm.abduction import pixel_noise_rule
 from causal_sprites.scm.batch import Question, answer
 from causal_sprites.scm.factor_sampling import evidence_text, parse_evidence
+from causal_sprites.scm.inputs import PixelNoise
 from causal_sprites.scm.queries import load_run
 from causal_sprites.viz import (
     counterfactual_distribution_figure,
@@ -205,6 +207,14 @@ def counterfactual(
             help="Also give each answer as a distribution over N draws of the abducted noise.",
         ),
     ] = None,
+    pixel_noise: Annotated[
+        str | None,
+        typer.Option(
+            "--pixel-noise",
+            help="Each pixel's abducted noise: its posterior median (8-bit images' default: "
+            "the median counterfactual) or a draw (binary images' default).",
+        ),
+    ] = None,
     data: DataOption = None,
     seed: SeedOption = 0,
     json_out: JsonOption = False,
@@ -236,7 +246,8 @@ def counterfactual(
         elif item.image is not None:
             factual[k] = read_png(item.image, model.schema)
     questions = [Question(factual[k], labels.get(k), item.do) for k, item in enumerate(items)]
-    answers = answer(model, questions, seed, samples)
+    rule = pixel_noise_rule(model.model, cast(PixelNoise | None, pixel_noise), 1)
+    answers = answer(model, questions, seed, samples, rule)
     images, distributions = answers.images, answers.distributions
     if out is not None:
         shown = slice(0, FIGURE_IMAGES // 4)
@@ -280,6 +291,7 @@ def counterfactual(
             "queries": records,
             "seconds": answers.seconds,
             "seconds_per_query": answers.seconds / len(items),
+            "pixel_noise": rule,
             "out": None if out is None else str(out),
             "out_npz": None if out_npz is None else str(out_npz),
         }

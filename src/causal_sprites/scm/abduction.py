@@ -15,6 +15,7 @@ from torch.distributions import kl_divergence
 
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
+from causal_sprites.scm.inputs import PixelNoise
 from causal_sprites.scm.mechanisms import gumbel_posterior
 from causal_sprites.scm.structural import StructuralModel
 
@@ -28,6 +29,23 @@ PROPOSAL_PIXELS = 2**21
 MAX_PROPOSALS = 4096
 
 
+def pixel_noise_rule(
+    vae: ConditionalVAE, pixel_noise: PixelNoise | None, num_samples: int
+) -> PixelNoise:
+    """How abduction takes each pixel's noise from its posterior given the observed value:
+    `pixel_noise` when given, else its median for one answer on 8-bit images and draws
+    otherwise. The median gives each pixel the median of the model's counterfactual (the
+    mechanism is monotone in the noise), the least absolute error under the model; one draw
+    carried a pixel's residual through a scale up to 12x wider where the counterfactual draws
+    an edge (BENCHMARKS.md). Binary images (dSprites, whose answers are pinned) keep draws."""
+    if pixel_noise not in (None, "median", "draw"):
+        raise CausalSpritesError(f"unknown pixel noise {pixel_noise!r}; use median or draw")
+    if pixel_noise is not None:
+        return pixel_noise
+    eight_bit = vae.likelihood is not None and vae.likelihood.name != "bernoulli"
+    return "median" if eight_bit and num_samples == 1 else "draw"
+
+
 def abduct_noise(
     scm: StructuralModel,
     images: Tensor,
@@ -37,13 +55,15 @@ def abduct_noise(
     method: str,
     style: str,
     refine_steps: int,
+    pixel_noise: PixelNoise = "draw",
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """The noise behind images (B, C, H, W) with labels (B, K): the style from q(z | x, y) (its
     mean, or `num_samples` draws with style="sample", after `refine_steps` per-image ELBO steps);
     the factors' and pixels' noise `exact` (truncated Gumbels; each pixel's noise given its
-    value) or `generic` (rejection sampling through the Pyro model, site by site, every
-    endogenous site set by `pyro.poutine.do` to its observed value). Returns the noise
-    {site: (S, B, ...)}, z (S or 1, B, d) and the image mechanism's parameters behind it."""
+    value, drawn or its median, `pixel_noise_rule`) or `generic` (rejection sampling through the
+    Pyro model, site by site, every endogenous site set by `pyro.poutine.do` to its observed
+    value). Returns the noise {site: (S, B, ...)}, z (S or 1, B, d) and the image mechanism's
+    parameters behind it."""
     vae = scm.vae
     posterior = vae.z_posterior(images, labels, features)
     loc, scale = posterior.mean, posterior.stddev
@@ -56,10 +76,12 @@ def abduct_noise(
     probs = scm.pixel_probs(labels, z)
     pixels = vae.site_images(images)
     if method == "exact":
-        noise = exact_noise(vae, pixels, labels, probs, num_samples)
+        noise = exact_noise(vae, pixels, labels, probs, num_samples, pixel_noise)
     elif vae.likelihood is not None and vae.likelihood.name != "bernoulli":
         # Rejection accepts an 8-bit value with its probability (1e-2 to 1e-6): never done.
         raise CausalSpritesError("generic abduction is for binary images; use method='exact'")
+    elif pixel_noise == "median":
+        raise CausalSpritesError("generic abduction draws the pixel noise; use pixel_noise='draw'")
     else:
         noise = generic_noise(scm, pixels, labels, z, probs, num_samples)
     noise["u_z"] = z.expand(num_samples, *loc.shape)
@@ -67,13 +89,18 @@ def abduct_noise(
 
 
 def exact_noise(
-    vae: ConditionalVAE, x: Tensor, labels: Tensor, probs: Tensor, num_samples: int
+    vae: ConditionalVAE,
+    x: Tensor,
+    labels: Tensor,
+    probs: Tensor,
+    num_samples: int,
+    pixel_noise: PixelNoise = "draw",
 ) -> dict[str, Tensor]:
     """The exact noise posterior of images (B, *x_event) with labels (B, K) and the image
     mechanism's parameters `probs` (decoder means on dSprites): truncated Gumbels per categorical
     factor, a continuous factor's flow inverted,
     each pixel's noise given its value (Uniform(0, p) / Uniform(p, 1) for binary pixels, the
-    noise of the observed 8-bit bin otherwise); S samples."""
+    noise of the observed 8-bit bin otherwise; drawn, or its median); S samples."""
     noise = {}
     values = {name: labels[:, i] for i, name in enumerate(vae.names)}
     for i, name in enumerate(vae.names):
@@ -85,7 +112,11 @@ def exact_noise(
         observed = labels[:, i].long()
         noise[f"u_{name}"] = gumbel_posterior(logits, observed, num_samples=num_samples)
     shape = (num_samples, *x.shape)
-    noise["u_x"] = vae.abduct_pixels(probs, x, torch.rand(shape, device=x.device))
+    if pixel_noise == "median":
+        uniform = torch.full(shape, 0.5, device=x.device)
+    else:
+        uniform = torch.rand(shape, device=x.device)
+    noise["u_x"] = vae.abduct_pixels(probs, x, uniform)
     return noise
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from causal_sprites.model.readout import DRAW_TOP, FactorPosterior
+from causal_sprites.scm.inputs import PixelNoise
 from causal_sprites.scm.results import CounterfactualDistribution
 
 if TYPE_CHECKING:
@@ -54,9 +55,11 @@ def answer(
     questions: Sequence[Question],
     seed: int = 0,
     num_samples: int | None = None,
+    pixel_noise: PixelNoise | None = None,
 ) -> Answers:
-    """Answer every question, grouped by (intervened factors, labels given); with `num_samples`
-    each answer also comes as a distribution over that many draws of the abducted noise."""
+    """Answer every question, grouped by (intervened factors, labels given), each pixel's noise
+    by `pixel_noise` (`abduction.pixel_noise_rule`); with `num_samples` each answer also comes
+    as a distribution over that many draws of the abducted noise."""
     count = len(questions)
     height, width, channels = model.schema.image_shape
     image = (height, width) if channels == 1 else (height, width, channels)
@@ -77,7 +80,7 @@ def answer(
         do = {name: np.array([questions[k].do[name] for k in rows]) for name in names}
         posterior = None if given else _posterior(model, [questions[k] for k in rows], images)
         result = model.counterfactual_query(
-            images, labels, do or None, seed=seed, posterior=posterior
+            images, labels, do or None, seed=seed, posterior=posterior, pixel_noise=pixel_noise
         )
         out.images[rows], out.factual[rows] = result.images, result.factual
         out.counterfactual[rows] = result.counterfactual

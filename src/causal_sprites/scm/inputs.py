@@ -18,6 +18,7 @@ Value = str | int | float
 Interventions = Mapping[str, Value | Sequence[Value] | np.ndarray | Tensor]
 Method = Literal["exact", "generic"]
 Style = Literal["mean", "sample"]
+PixelNoise = Literal["median", "draw"]
 
 
 def as_images(x: np.ndarray | Tensor, schema: Schema) -> Tensor:

@@ -5,7 +5,7 @@ with Gumbel-max factors (Oberst & Sontag 2019) and ChiRho's twin-world counterfa
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +30,13 @@ from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.progress import progress_bar
 from causal_sprites.runs import load_model, read_likelihood_range, resolve_run
 from causal_sprites.runtime import choose_device
-from causal_sprites.scm import distribution, sampling
-from causal_sprites.scm.abduction import REFINE_STEPS, abduct_noise
+from causal_sprites.scm import distribution, sampling, support
+from causal_sprites.scm.abduction import REFINE_STEPS, abduct_noise, pixel_noise_rule
 from causal_sprites.scm.graph import FactorGraph, marginals, restrict
 from causal_sprites.scm.inputs import (
     Interventions,
     Method,
+    PixelNoise,
     Style,
     Value,
     as_images,
@@ -51,10 +52,6 @@ from causal_sprites.scm.results import (
     CounterfactualResult,
 )
 from causal_sprites.scm.structural import CHUNK, StructuralModel, world_slice
-
-#: An intervened value with parents rarer than this under the model's mechanism given them
-#: (`FactorMechanisms.typicality`) is outside the training data: `support_warnings` says so.
-RARE = 1e-4
 
 
 class CausalModel:
@@ -248,15 +245,17 @@ class CausalModel:
         style: Style = "mean",
         refine_steps: int = REFINE_STEPS,
         seed: int | None = None,
+        pixel_noise: PixelNoise | None = None,
     ) -> Abduction:
         """The noise posterior given images (B, H, W) or (B, H, W, C) and labels (B, K) (None:
         the mode of the posterior p(y | x); out-of-distribution images are refused), `exact` or
-        `generic` (see `scm/abduction.abduct_noise`)."""
+        `generic`, each pixel's noise drawn or its median (`scm/abduction`)."""
         check_count(num_samples)
         if method not in ("exact", "generic"):
             raise CausalSpritesError(f"unknown method {method!r}; use exact or generic")
         if style not in ("mean", "sample"):
             raise CausalSpritesError(f"unknown style {style!r}; use mean or sample")
+        rule = pixel_noise_rule(self.model, pixel_noise, num_samples)
         images = as_images(x, self.schema).to(self.device)
         with seeded(seed):
             features = self.model.features(images)
@@ -267,7 +266,7 @@ class CausalModel:
             else:
                 labels = as_labels(y, len(images), self.schema).to(self.device)
             noise, z, probs = abduct_noise(
-                self.scm, images, labels, features, num_samples, method, style, refine_steps
+                self.scm, images, labels, features, num_samples, method, style, refine_steps, rule
             )
         return Abduction(noise, labels, y is None, z, probs)
 
@@ -300,31 +299,6 @@ class CausalModel:
             )
         return worlds[0], worlds[1]
 
-    def support_warnings(
-        self, rows: np.ndarray, intervened: Sequence[Iterable[str]]
-    ) -> list[list[str]]:
-        """Per row of counterfactual factors (B, K), a warning for each intervened factor with
-        parents whose value the model's mechanism makes rarer than `RARE` given the parents
-        there: the image drawn for it is an extrapolation beyond the training data (the
-        pendulum's shadow moved off its angles' projection is drawn worse than no change)."""
-        names = {n for chosen in intervened for n in chosen if self.model.parents[n]}
-        device = next(self.model.parameters()).device
-        values = {
-            n: torch.as_tensor(rows[:, k]).to(device) for k, n in enumerate(self.schema.names)
-        }
-        with torch.no_grad():
-            typical = {n: self.model.typicality(n, values).cpu().numpy() for n in names}
-        return [
-            [
-                f"do({n}={self.schema.factor(n).text(rows[b, self.schema.index(n)])}) has "
-                f"probability {typical[n][b]:.1g} given its parents under the model: outside "
-                "the data it learned from, the image is an extrapolation"
-                for n in chosen
-                if n in typical and typical[n][b] < RARE
-            ]
-            for b, chosen in enumerate(intervened)
-        ]
-
     def counterfactual_query(
         self,
         x: np.ndarray | Tensor,
@@ -336,14 +310,16 @@ class CausalModel:
         refine_steps: int = REFINE_STEPS,
         seed: int | None = None,
         posterior: FactorPosterior | None = None,
+        pixel_noise: PixelNoise | None = None,
     ) -> CounterfactualResult:
         """Abduction, action, prediction for images (B, 64, 64), with do values by name or
         index, shared or one per image. Labels (B, 5), or None: the factors are then latent, read
         off the pixels by the posterior p(y | x) (`posterior`, when the caller has it already):
         one answer abducts from its mode, `num_samples` answers from as many draws of it
-        (out-of-distribution images are refused)."""
+        (out-of-distribution images are refused). `pixel_noise`: `abduction.pixel_noise_rule`."""
         start = time.perf_counter()
         check_count(num_samples)
+        pixel_noise = pixel_noise_rule(self.model, pixel_noise, num_samples)
         images = as_images(x, self.schema)
         actions = as_interventions(do, len(images), self.schema)
         inferred = y is None
@@ -353,7 +329,15 @@ class CausalModel:
             self.refuse_out_of_distribution(posterior)
             if num_samples > 1:
                 return self._counterfactual_over_posterior(
-                    as_user(images), posterior, actions, num_samples, method, style, seed, start
+                    as_user(images),
+                    posterior,
+                    actions,
+                    num_samples,
+                    method,
+                    style,
+                    seed,
+                    start,
+                    pixel_noise,
                 )
             y = posterior.mode
         labels = as_labels(y, len(images), self.schema)
@@ -369,6 +353,7 @@ class CausalModel:
                     method,
                     style,
                     refine_steps,
+                    pixel_noise=pixel_noise,
                 )
                 _, world = self.predict(abduction, {k: v[rows] for k, v in actions.items()})
                 outs.append(self.user_images(world["x"]))
@@ -395,6 +380,7 @@ class CausalModel:
         style: Style,
         seed: int | None,
         start: float,
+        pixel_noise: PixelNoise,
     ) -> CounterfactualResult:
         """`num_samples` counterfactuals of each image (B, 64, 64), each abducted from its own
         draw of the factor posterior: (S, B, ...) results."""
@@ -407,6 +393,7 @@ class CausalModel:
             method=method,
             style=style,
             seed=seed,
+            pixel_noise=pixel_noise,
         )
         return CounterfactualResult(
             result.images.reshape(num_samples, batch, *result.images.shape[1:]),
@@ -432,6 +419,8 @@ class CausalModel:
     #: The counterfactual of each image as a distribution over factor tuples, with one image
     #: each and the per-pixel probability: `scm/distribution.py`'s function, as a method.
     counterfactual_distribution = distribution.counterfactual_distribution
+    #: Warnings for counterfactual factors outside the training data (`scm/support.py`).
+    support_warnings = support.support_warnings
 
 
 def load_run(
