@@ -140,6 +140,14 @@ def counterfactuals(
                 "copy_mae": float(per_image_mae(images[:count], truth).mean()),
                 "seconds_per_image": seconds / count,
             }
+        # Side by side: each pixel's noise drawn, as every answer was before the median.
+        drawn = model.counterfactual_query(
+            images, factors, do={name: values}, seed=seed, pixel_noise="draw"
+        ).images
+        recon_mae = per_image_mae(recon_of_truth, true_images).mean()
+        out[f"do({name}) given"]["drawn_pixel_noise_mae_ratio"] = float(
+            per_image_mae(drawn, true_images).mean() / max(recon_mae, 1e-12)
+        )
     observed = model.counterfactual_query(
         images, factors, do={n: factors[:, k] for k, n in enumerate(NAMES)}, seed=seed
     )
