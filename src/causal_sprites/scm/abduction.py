@@ -35,9 +35,9 @@ def pixel_noise_rule(
     """How abduction takes each pixel's noise from its posterior given the observed value:
     `pixel_noise` when given, else its median for one answer on 8-bit images and draws
     otherwise. The median gives each pixel the median of the model's counterfactual (the
-    mechanism is monotone in the noise), the least absolute error under the model; one draw
-    carried a pixel's residual through a scale up to 12x wider where the counterfactual draws
-    an edge (BENCHMARKS.md). Binary images (dSprites, whose answers are pinned) keep draws."""
+    mechanism is monotone in the noise), the least absolute error under the model; where one
+    draw went far off, the counterfactual's scale was a median 12x the factual's (an edge drawn
+    where the input was flat; BENCHMARKS.md). Binary images (dSprites, pinned) keep draws."""
     if pixel_noise not in (None, "median", "draw"):
         raise CausalSpritesError(f"unknown pixel noise {pixel_noise!r}; use median or draw")
     if pixel_noise is not None:
