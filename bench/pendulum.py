@@ -43,6 +43,7 @@ from causal_sprites.data import pendulum
 from causal_sprites.data.dataset import Dataset
 from causal_sprites.discovery import discover, discover_from_images
 from causal_sprites.model.pixels import bits_per_dim
+from causal_sprites.runs import astray_warning, read_metrics
 from causal_sprites.scm.queries import CausalModel, load_run
 from causal_sprites.train import evaluate_nelbo, fit, training_images, training_labels
 
@@ -234,6 +235,7 @@ def train_and_score(name: str, graph: tuple[tuple[str, str], ...], args: Any) ->
             "mechanism_nll": first.get("mechanism_nll"),
             "mechanism_fit_seconds": first.get("elapsed") if "mechanism_nll" in first else None,
             "regression_mae": held_out.get("regression_mae"),
+            "astray_warning": astray_warning(read_metrics(run_dir)),
         },
         "nelbo_nats": held_out["test_nelbo"],
         "bits_per_dim": bits_per_dim(held_out["test_nelbo"], int(np.prod(images.shape[1:]))),

@@ -13,6 +13,7 @@ from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.runs import (
     append_metrics,
+    astray_warning,
     load_model,
     read_metrics,
     save_model,
@@ -106,3 +107,23 @@ def test_a_metrics_line_cut_by_a_crash_hides_nothing_after_it(tmp_path: Path) ->
     truncate_metrics(tmp_path, lambda record: True)  # what a resume rewrites: the cut line goes
     assert "train_lo\n" not in (tmp_path / "metrics.jsonl").read_text()
     assert [r["step"] for r in read_metrics(tmp_path)] == [50, 100]
+
+
+def test_a_run_that_went_astray_is_told_apart_from_a_healthy_one(tmp_path: Path) -> None:
+    """The last held-out NELBO against the best before it: the pendulum run that spiked mid-run
+    (logged values, rounded) is warned about; a healthy run ending 1.4 % above its best is not."""
+    spiked = [(500, 2324.9), (1000, 2172.2), (2000, 2017.4), (2500, 5.6e8), (4087, 3490.2)]
+    healthy = [(500, 48535.7), (2500, 9000.0), (5000, 3940.5), (5106, 3993.7)]
+    for name, logged in (("spiked", spiked), ("healthy", healthy)):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        append_metrics(run_dir, {"step": 100, "train_nelbo": 1e9})  # no held-out value: ignored
+        for step, nelbo in logged:
+            append_metrics(run_dir, {"step": step, "test_nelbo": nelbo})
+    warning = astray_warning(read_metrics(tmp_path / "spiked"))
+    assert warning is not None and warning.startswith(
+        "the held-out NELBO ended at 3490.2 nats/image, 73% above the 2017.4 it reached at step "
+        "2000: training went astray"
+    )
+    assert astray_warning(read_metrics(tmp_path / "healthy")) is None
+    assert astray_warning([{"step": 10, "test_nelbo": 5.0}]) is None  # one evaluation: no verdict

@@ -218,3 +218,27 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one JSON record to metrics.jsonl."""
     with open(run_dir / METRICS_FILE, "a") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+#: How far a run's final held-out NELBO may end above the best it logged before it: healthy
+#: colour and pendulum runs ended within 1.4 % of their best; a pendulum run whose loss spiked
+#: mid-run and never recovered ended 73 % above (BENCHMARKS.md).
+ASTRAY = 0.1
+
+
+def astray_warning(records: list[dict[str, Any]]) -> str | None:
+    """A warning where the last held-out NELBO of `read_metrics`' records is more than ASTRAY
+    above the best one before it (the run went astray and its final model is not its best),
+    else None."""
+    evaluations = [r for r in records if "test_nelbo" in r]
+    if len(evaluations) < 2:
+        return None
+    final = evaluations[-1]["test_nelbo"]
+    best = min(evaluations[:-1], key=lambda r: r["test_nelbo"])
+    if final <= (1 + ASTRAY) * best["test_nelbo"]:
+        return None
+    return (
+        f"the held-out NELBO ended at {final:.1f} nats/image, {final / best['test_nelbo'] - 1:.0%} "
+        f"above the {best['test_nelbo']:.1f} it reached at step {best['step']}: training went "
+        "astray (a loss spike it did not recover from); train again with another --seed"
+    )

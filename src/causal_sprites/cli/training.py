@@ -30,7 +30,7 @@ from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.nets import pose_draws
 from causal_sprites.model.pixels import bits_per_dim
 from causal_sprites.oracle import train_oracle as fit_oracle
-from causal_sprites.runs import read_metrics
+from causal_sprites.runs import astray_warning, read_metrics
 from causal_sprites.runtime import init_distributed, leave_distributed
 from causal_sprites.train import fit
 from causal_sprites.viz import nelbo_curve_figure
@@ -146,6 +146,9 @@ def train(
             f"{bits_per_dim(final['test_nelbo'], dims):.4f} bits/dim (recon "
             f"{final['test_recon']:.3f}, KL {final['test_kl']:.3f})"
         )
+        warning = astray_warning(read_metrics(out))
+        if warning is not None:
+            typer.echo(f"warning: {warning}", err=True)
     leave_distributed()
 
 
