@@ -10,7 +10,8 @@ the true counterfactual of descendants is known too). The `images` preset trains
 give the NELBO (nats per image, bits per dimension), the reconstruction's mean absolute pixel
 error (0-255), the readout's accuracy per factor from the pixels (the posterior's mode), the
 counterfactual's per-image error and PSNR against the true image for do() on each factor beside
-the model's own reconstruction of that true image, and discovery's SHD from labels and from
+the model's own reconstruction of that true image (and beside the same answers with each pixel's
+noise drawn rather than at its median), and discovery's SHD from labels and from
 pixels. On the variant, the noise of descendants is not in the image, so the pixel targets are
 held on the counterfactuals whose classes match the truth's ("identified"; the agreement is given
 beside a perfect model's ceiling). Diagnostics say why a target is missed: the error of answering
