@@ -42,8 +42,12 @@ def pixel_noise_rule(
         raise CausalSpritesError(f"unknown pixel noise {pixel_noise!r}; use median or draw")
     if pixel_noise is not None:
         return pixel_noise
-    eight_bit = vae.likelihood is not None and vae.likelihood.name != "bernoulli"
-    return "median" if eight_bit and num_samples == 1 else "draw"
+    return "median" if _eight_bit(vae) and num_samples == 1 else "draw"
+
+
+def _eight_bit(vae: ConditionalVAE) -> bool:
+    """Whether the model's images are 8-bit (not binary: dSprites' or a Bernoulli likelihood's)."""
+    return vae.likelihood is not None and vae.likelihood.name != "bernoulli"
 
 
 def abduct_noise(
@@ -77,7 +81,7 @@ def abduct_noise(
     pixels = vae.site_images(images)
     if method == "exact":
         noise = exact_noise(vae, pixels, labels, probs, num_samples, pixel_noise)
-    elif vae.likelihood is not None and vae.likelihood.name != "bernoulli":
+    elif _eight_bit(vae):
         # Rejection accepts an 8-bit value with its probability (1e-2 to 1e-6): never done.
         raise CausalSpritesError("generic abduction is for binary images; use method='exact'")
     elif pixel_noise == "median":
