@@ -145,9 +145,9 @@ def counterfactuals(
         drawn = model.counterfactual_query(
             images, factors, do={name: values}, seed=seed, pixel_noise="draw"
         ).images
-        recon_mae = per_image_mae(recon_of_truth, true_images).mean()
+        redrawn_mae = per_image_mae(recon_of_truth, true_images).mean()
         out[f"do({name}) given"]["drawn_pixel_noise_mae_ratio"] = float(
-            per_image_mae(drawn, true_images).mean() / max(recon_mae, 1e-12)
+            per_image_mae(drawn, true_images).mean() / max(redrawn_mae, 1e-12)
         )
     observed = model.counterfactual_query(
         images, factors, do={n: factors[:, k] for k, n in enumerate(NAMES)}, seed=seed

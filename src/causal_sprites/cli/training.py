@@ -139,14 +139,15 @@ def train(
     progress = progress and distributed.is_main
     final = fit(out, config, store, chosen, resume, progress, tensorboard)
     if distributed.is_main:
-        write_png(nelbo_curve_figure(read_metrics(out)), out / "nelbo.png")
+        records = read_metrics(out)
+        write_png(nelbo_curve_figure(records), out / "nelbo.png")
         dims = math.prod(store.schema.image_shape)
         typer.echo(
             f"{out}: step {final['step']}, test NELBO {final['test_nelbo']:.3f} nats/image, "
             f"{bits_per_dim(final['test_nelbo'], dims):.4f} bits/dim (recon "
             f"{final['test_recon']:.3f}, KL {final['test_kl']:.3f})"
         )
-        warning = astray_warning(read_metrics(out))
+        warning = astray_warning(records)
         if warning is not None:
             typer.echo(f"warning: {warning}", err=True)
     leave_distributed()
