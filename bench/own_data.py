@@ -565,7 +565,7 @@ def train_colour(
             seed=args.seed,
             **{
                 name: weight
-                for name in ("independence_weight", "change_weight")
+                for name in ("independence_weight", "change_weight", "grad_clip")
                 if (weight := getattr(args, name)) is not None
             },
         ),
@@ -584,6 +584,7 @@ def train_colour(
         "train_steps": record["step"],
         "train_seconds": record["elapsed"],
         "train_wall_seconds": wall,
+        "clipped_steps": record.get("clipped_steps", 0),
         "fit_test_nelbo_nats": record["test_nelbo"],
         "fit_test_bits_per_dim": bits_per_dim(record["test_nelbo"], HEIGHT * WIDTH * 3),
         "fit_classifier_accuracy": record["classifier_accuracy"],
@@ -942,6 +943,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--change-weight", type=float, help="the small-change term's weight (default: the preset's)"
+    )
+    parser.add_argument(
+        "--grad-clip",
+        type=float,
+        help="clip at this many times the recent median gradient norm "
+        "(0: none; default: the preset's)",
     )
     parser.add_argument("--keep-runs", type=Path, default=None, help="keep the trained runs here")
     parser.add_argument("--out", type=Path, default=RESULTS / "own-data.json")

@@ -203,14 +203,13 @@ def train_and_score(name: str, graph: tuple[tuple[str, str], ...], args: Any) ->
     train_data, test_data = datasets(args)
     preset = PRESETS["images"]
     train = replace(preset.train, max_minutes=args.minutes, seed=args.seed)
-    if args.change_weight is not None:
-        train = replace(train, change_weight=args.change_weight)
+    overrides = {"change_weight": args.change_weight, "grad_clip": args.grad_clip}
+    train = replace(train, **{k: v for k, v in overrides.items() if v is not None})
     config = replace(preset, graph=graph, train=train)
     run_dir = args.workdir / name
     start = time.perf_counter()
     if args.rescore:
-        last = (run_dir / "metrics.jsonl").read_text().splitlines()[-1]
-        record = {"step": json.loads(last)["step"]}
+        record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
         record = fit(run_dir, config, train_data, torch.device("cpu"), progress=False)
@@ -231,6 +230,8 @@ def train_and_score(name: str, graph: tuple[tuple[str, str], ...], args: Any) ->
             "minutes": args.minutes,
             "rescored": args.rescore,
             "steps": record["step"],
+            "grad_clip": config.train.grad_clip,
+            "clipped_steps": record.get("clipped_steps", 0),
             "wall_seconds": wall,
             "mechanism_nll": first.get("mechanism_nll"),
             "mechanism_fit_seconds": first.get("elapsed") if "mechanism_nll" in first else None,
@@ -267,6 +268,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--change-weight", type=float, help="the small-change term's weight (default: the preset's)"
+    )
+    parser.add_argument(
+        "--grad-clip",
+        type=float,
+        help="clip at this many times the recent median gradient norm "
+        "(0: none; default: the preset's)",
     )
     parser.add_argument(
         "--only", nargs="+", choices=("graph", "no_graph"), help="models to train (default: both)"

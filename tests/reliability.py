@@ -357,6 +357,7 @@ CASES: list[Case] = [
     Case("benchmark", "the data's oracle given no training steps", (*BENCH, "{bad}", "--model", "identity", "--oracle-steps", "0")),
     Case("CLI arguments", "the small-change term on binary images", (*TRAIN, "--steps", "1", "--change-weight", "0.1")),
     Case("CLI arguments", "an unknown pixel-noise rule", ("counterfactual", "{run}", "--data", "{data}", "--out", "{tmp}/cf.png", "--index", "0", "--do", "shape=2", "--pixel-noise", "mean")),
+    Case("CLI arguments", "negative gradient clip", (*TRAIN, "--steps", "1", "--grad-clip", "-1")),
 ]  # fmt: skip
 
 runner = CliRunner()

@@ -90,14 +90,15 @@ def test_evaluate_counterfactual_json_has_the_contract_keys(
     assert "identified_factors: shape, scale, orientation, posX, posY" in plain.stdout
 
 
-def test_train_takes_the_schedule_and_the_pixel_sample_from_flags(
+def test_train_takes_the_schedule_the_pixel_sample_and_the_clip_from_flags(
     tiny_data_file: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
     train = ["train", "--out", str(run), "--data", str(tiny_data_file), "--preset", "tiny"]
     flags = ["--steps", "2", "--no-progress", "--lr-schedule", "cosine", "--no-pixel-sample"]
-    assert runner.invoke(app, [*train, *flags]).exit_code == 0
+    assert runner.invoke(app, [*train, *flags, "--grad-clip", "3"]).exit_code == 0
     stored = json.loads((run / "config.json").read_text())
     assert stored["train"]["lr_schedule"] == "cosine"
     assert stored["train"]["pixel_sample"] is False
+    assert stored["train"]["grad_clip"] == 3.0
     assert stored["model"]["scale_windows"] is True and stored["version"] == 3

@@ -132,9 +132,9 @@ def test_a_time_budget_under_torchrun_keeps_the_ranks_in_step(
     """With --minutes every rank asks the time check (a collective) at the same points, the
     periodic evaluation of rank 0 included; before, rank 0 alone asked there and the job hung."""
     out = tmp_path / "run"
-    # Batches of 16: steps short enough to pass step 100 in 9 s on a loaded machine too (batches
-    # of 64 reached only step 94 beside other jobs).
-    train_nproc(tiny_data_file, out, "--minutes", "0.15", "--batch-size", "16")
+    # Batches of 16 for 12 s: steps short enough to pass step 100 on a loaded machine too
+    # (batches of 64 reached only step 94 in 9 s beside other jobs; batches of 16, step 99).
+    train_nproc(tiny_data_file, out, "--minutes", "0.2", "--batch-size", "16")
     records = read_metrics(out)
     final = [r for r in records if r.get("final")]
     assert len(final) == 1 and final[0]["step"] > 100  # past the tiny preset's first evaluation

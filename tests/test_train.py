@@ -20,7 +20,7 @@ from causal_sprites.data.factors import NUM_IMAGES, index_to_classes
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
 from causal_sprites.model.vae import ConditionalVAE
-from causal_sprites.optim import lr_factor, parameter_groups
+from causal_sprites.optim import GradientGuard, lr_factor, parameter_groups
 from causal_sprites.runs import build_model, load_tensors, read_metrics
 from causal_sprites.runtime import running_elsewhere, threads_for_load
 from causal_sprites.train import fit
@@ -56,13 +56,44 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[name], wb[name]), name
 
 
-def test_stopped_and_resumed_run_is_bit_identical(tiny_data: DSprites, tmp_path: Path) -> None:
-    fit(tmp_path / "whole", with_steps(TINY, 30), tiny_data, CPU, progress=False)
-    fit(tmp_path / "parts", with_steps(TINY, 11), tiny_data, CPU, progress=False)
-    fit(tmp_path / "parts", with_steps(TINY, 30), tiny_data, CPU, resume=True, progress=False)
+@pytest.mark.parametrize(("grad_clip", "stop"), [(None, 11), (0.8, 24)])
+def test_stopped_and_resumed_run_is_bit_identical(
+    tiny_data: DSprites, tmp_path: Path, grad_clip: float | None, stop: int
+) -> None:
+    config = replace(TINY, train=replace(TINY.train, grad_clip=grad_clip))
+    whole = fit(tmp_path / "whole", with_steps(config, 30), tiny_data, CPU, progress=False)
+    fit(tmp_path / "parts", with_steps(config, stop), tiny_data, CPU, progress=False)
+    fit(tmp_path / "parts", with_steps(config, 30), tiny_data, CPU, resume=True, progress=False)
     assert_same_weights(tmp_path / "whole", tmp_path / "parts")
     steps = [r["step"] for r in read_metrics(tmp_path / "parts") if "train_loss" in r]
     assert steps == sorted(set(steps))  # no duplicated log lines after the resume
+    # The clipping bound (recent norms' median) resumes too: steps after the resume clip alike.
+    assert ("clipped_steps" in whole) == (grad_clip is not None)
+
+
+def guarded_gradient(guard: GradientGuard, norm: float) -> float:
+    """Give a two-weight layer a gradient of `norm`; the norm after the guard admitted it."""
+    layer = torch.nn.Linear(2, 1, bias=False)
+    layer.weight.grad = torch.tensor([[0.6, 0.8]]) * norm
+    assert guard.admit(layer)
+    return float(layer.weight.grad.norm())
+
+
+def test_the_guard_clips_a_spike_at_a_multiple_of_the_recent_median_norm() -> None:
+    guard = GradientGuard(clip=5.0)
+    assert guarded_gradient(guard, 1000.0) == pytest.approx(1000.0)  # too few norms yet
+    assert guard.take_largest() == pytest.approx(1000.0)
+    for norm in [2.0] * 60 + [4.0] * 40:  # the window holds the last 100: median 2
+        guarded_gradient(guard, norm)
+    assert guarded_gradient(guard, 9.0) == pytest.approx(9.0)
+    assert guarded_gradient(guard, 300.0) == pytest.approx(10.0)
+    assert guard.clipped_steps == 1 and guard.take_largest() == pytest.approx(300.0)
+    assert guard.take_largest() == 0.0
+    layer = torch.nn.Linear(2, 1, bias=False)
+    layer.weight.grad = torch.tensor([[float("inf"), 0.0]])
+    assert not guard.admit(layer) and len(guard.recent) == 100
+    unclipped = GradientGuard(clip=None, recent=[1.0] * 100)
+    assert guarded_gradient(unclipped, 300.0) == pytest.approx(300.0)
 
 
 @pytest.mark.parametrize(

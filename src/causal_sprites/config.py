@@ -78,6 +78,9 @@ class TrainConfig:
     #: factor's change shows by a lot where it shows and leaves the rest as it was. 8-bit
     #: images only; 0: none.
     change_weight: float = 0.0
+    #: Clip a step's gradient norm at this many times the median of the last 100 steps' norms
+    #: (`optim.GradientGuard`); None or 0: no clipping.
+    grad_clip: float | None = None
     seed: int = 0
     split: Literal["random", "heldout"] = "random"
     test_fraction: float = 0.05
@@ -207,6 +210,7 @@ PRESETS: dict[str, RunConfig] = {
             pixel_sample=False,
             objective_schedule="anneal",
             independence_weight=1e4,
+            grad_clip=5.0,
         ),
     ),
     # Seconds-long runs for tests and trying things.

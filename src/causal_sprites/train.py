@@ -39,8 +39,8 @@ from causal_sprites.model.readout import SearchBudget, elbo, infer_posterior, li
 from causal_sprites.model.refine import propose
 from causal_sprites.model.vae import ConditionalVAE, topological_order
 from causal_sprites.optim import (
+    GradientGuard,
     budget_fraction,
-    gradients,
     lr_factor,
     objective_weights,
     parameter_groups,
@@ -277,9 +277,11 @@ def _fit(
     batches = Batches(images, labels, train_rows, config, distributed)
     steps = total_steps(config, batches.per_epoch)
     step, elapsed = 0, time.monotonic() - started  # the mechanisms' fit counts in the budget
+    guard = GradientGuard(train_cfg.grad_clip)
     if resume:
         state = load_checkpoint(run_dir, model, optimizer)
         step, elapsed = int(state["step"]), float(state["elapsed"])
+        guard = GradientGuard(train_cfg.grad_clip, state.get("grad_norms"))
         if main:
             truncate_metrics(run_dir, lambda r: int(r.get("step", 0)) <= step)
     elif main:
@@ -307,7 +309,8 @@ def _fit(
 
     def checkpoint() -> None:
         if main:
-            save_checkpoint(run_dir, model, optimizer, {"step": step, "elapsed": elapsed})
+            state = {"step": step, "elapsed": elapsed, "grad_norms": list(guard.recent)}
+            save_checkpoint(run_dir, model, optimizer, state)
             save_model(run_dir, model, config)
 
     last_checkpoint = time.monotonic()
@@ -331,8 +334,8 @@ def _fit(
             loss.backward()
             # A batch whose loss or gradient is not finite is skipped (its step counted, so the
             # data order and a resume stay as they were); after the gradients' all-reduce, so
-            # every rank decides alike. Many in a row stop the run.
-            if torch.isfinite(torch.nn.utils.get_total_norm(gradients(model))):
+            # every rank decides (and clips) alike. Many in a row stop the run.
+            if guard.admit(model):
                 optimizer.step()
                 skipped_in_a_row = 0
             else:
@@ -357,7 +360,9 @@ def _fit(
                     "elapsed": elapsed,
                     "images_per_s": rate,
                     **{f"train_{k}": v.item() for k, v in parts.items()},
+                    "grad_norm_max": guard.take_largest(),
                     **({"skipped_steps": skipped_steps} if skipped_steps else {}),
+                    **({"clipped_steps": guard.clipped_steps} if guard.clipped_steps else {}),
                 }
                 record["train_nelbo"] = record["train_recon"] + record["train_kl"]
                 append_metrics(run_dir, record)
@@ -381,6 +386,8 @@ def _fit(
     final = {"step": step, "elapsed": elapsed, "final": True, **final}
     if skipped_steps:
         final["skipped_steps"] = skipped_steps
+    if guard.clipped_steps:
+        final["clipped_steps"] = guard.clipped_steps
     append_metrics(run_dir, final)
     usual = held_out_likelihood_range(model, images, labels, eval_rows)
     write_likelihood_range(run_dir, usual)

@@ -83,6 +83,14 @@ def train(
             "README: the small-change term).",
         ),
     ] = None,
+    grad_clip: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Clip a step's gradient norm at G times the median of the last 100 steps' norms "
+            "(0: none; the images preset clips at 5).",
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard events.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -121,6 +129,7 @@ def train(
         "bf16": bf16,
         "pixel_sample": pixel_sample,
         "change_weight": change_weight,
+        "grad_clip": grad_clip,
     }
     train_config = replace(
         base.train,
