@@ -543,6 +543,26 @@ def discovery_record(result: dict[str, Any], seconds: float) -> dict[str, Any]:
     }
 
 
+#: The `images` preset's training fields a benchmark may override from its command line.
+RECIPE_FLAGS = {
+    "independence_weight": "the HSIC weight",
+    "change_weight": "the small-change term's weight",
+    "grad_clip": "clip at this many times the recent median gradient norm (0: none)",
+}
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """--independence-weight, --change-weight and --grad-clip (default: the preset's)."""
+    for name, meaning in RECIPE_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=float, help=f"{meaning} (default: the preset's)")
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict[str, float]:
+    """The RECIPE_FLAGS given on the command line, as TrainConfig fields."""
+    return {name: value for name in RECIPE_FLAGS if (value := getattr(args, name)) is not None}
+
+
 def train_colour(
     kind: str, args: argparse.Namespace, workdir: Path
 ) -> tuple[CausalModel, Dataset, dict[str, Any]]:
@@ -563,11 +583,7 @@ def train_colour(
             preset.train,
             max_minutes=args.minutes,
             seed=args.seed,
-            **{
-                name: weight
-                for name in ("independence_weight", "change_weight", "grad_clip")
-                if (weight := getattr(args, name)) is not None
-            },
+            **recipe_overrides(args),
         ),
     )
     run_dir = workdir / kind
@@ -938,18 +954,7 @@ def main() -> None:
         "--only", choices=("independent", "variant", "none"), help="colour sets to train"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--independence-weight", type=float, help="the HSIC weight (default: the preset's)"
-    )
-    parser.add_argument(
-        "--change-weight", type=float, help="the small-change term's weight (default: the preset's)"
-    )
-    parser.add_argument(
-        "--grad-clip",
-        type=float,
-        help="clip at this many times the recent median gradient norm "
-        "(0: none; default: the preset's)",
-    )
+    add_recipe_flags(parser)
     parser.add_argument("--keep-runs", type=Path, default=None, help="keep the trained runs here")
     parser.add_argument("--out", type=Path, default=RESULTS / "own-data.json")
     args = parser.parse_args()

@@ -48,7 +48,7 @@ from causal_sprites.scm.queries import CausalModel, load_run
 from causal_sprites.train import evaluate_nelbo, fit, training_images, training_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from own_data import per_image_mae, per_image_psnr
+from own_data import add_recipe_flags, per_image_mae, per_image_psnr, recipe_overrides
 from side_by_side import machine, side_by_side
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -207,8 +207,7 @@ def train_and_score(name: str, graph: tuple[tuple[str, str], ...], args: Any) ->
     train_data, test_data = datasets(args)
     preset = PRESETS["images"]
     train = replace(preset.train, max_minutes=args.minutes, seed=args.seed)
-    overrides = {"change_weight": args.change_weight, "grad_clip": args.grad_clip}
-    train = replace(train, **{k: v for k, v in overrides.items() if v is not None})
+    train = replace(train, **recipe_overrides(args))
     config = replace(preset, graph=graph, train=train)
     run_dir = args.workdir / name
     start = time.perf_counter()
@@ -270,15 +269,7 @@ def main() -> None:
         "--discovery-images", type=int, default=1000, help="held-out images for discovery"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--change-weight", type=float, help="the small-change term's weight (default: the preset's)"
-    )
-    parser.add_argument(
-        "--grad-clip",
-        type=float,
-        help="clip at this many times the recent median gradient norm "
-        "(0: none; default: the preset's)",
-    )
+    add_recipe_flags(parser)
     parser.add_argument(
         "--only", nargs="+", choices=("graph", "no_graph"), help="models to train (default: both)"
     )
