@@ -15,8 +15,8 @@ from causal_sprites.config import ModelConfig, RunConfig
 from causal_sprites.data.factors import FACTORS, SCHEMA
 from causal_sprites.data.render import render
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.joint import log_prior
 from causal_sprites.model.nets import PoseDecoder, edge_pixels
-from causal_sprites.model.readout import log_prior
 from causal_sprites.model.vae import ConditionalVAE, topological_order
 from causal_sprites.runs import load_model, save_model
 from causal_sprites.scm.graph import FactorGraph

@@ -34,8 +34,9 @@ from causal_sprites.config import RunConfig
 from causal_sprites.data.dataset import Dataset
 from causal_sprites.data.dsprites import DSprites
 from causal_sprites.errors import CausalSpritesError
+from causal_sprites.model.joint import elbo
 from causal_sprites.model.pixels import DiscretisedLogistic
-from causal_sprites.model.readout import SearchBudget, elbo, infer_posterior, likelihood_range
+from causal_sprites.model.readout import SearchBudget, infer_posterior, likelihood_range
 from causal_sprites.model.refine import propose
 from causal_sprites.model.vae import ConditionalVAE, topological_order
 from causal_sprites.optim import (
