@@ -7,7 +7,10 @@ values, and the orientations that draw nearly the same sprite) by log p(y) plus 
 log p(x | y) with q(z | x, y), moves to the best and repeats until nothing improves. A mode that
 still explains its image badly is searched again, wider each time (the classifier's top classes
 combined, two factors changed at once, every shape, scale and orientation around the position).
-Every scored tuple enters the normalised posterior; tuples never proposed are taken as negligible.
+On 8-bit images, where the mode is not the classifier's tuple, the finalists are scored again
+with q(z | x, y)'s location refined (`joint.refined_elbo`): the encoder's guess can be worse at
+the true tuple than at a wrong one. Every scored tuple enters the normalised posterior; tuples
+never proposed are taken as negligible.
 The search is bounded (`SearchBudget`): tuples scored per image, the wider searches at all, and
 seconds per call; an image whose search the budget ended while its mode still explains it badly
 is marked incomplete, never passed off as a finished search.
