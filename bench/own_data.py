@@ -312,7 +312,19 @@ def readout(model: CausalModel, images: np.ndarray, truth: np.ndarray) -> dict[s
         "all_factors_right": float((mode == truth).all(1).mean()),
         "complete_fraction": float(posterior.complete.mean()),
         "confusions": confusions,
+        "doubted": doubted_shares(posterior.classifier_agrees, (mode != truth).any(1)),
         "seconds_per_image": seconds / len(images),
+    }
+
+
+def doubted_shares(agrees: np.ndarray, wrong: np.ndarray) -> dict[str, float | None]:
+    """How often the readout warns that its classifier reads other factors: over all images,
+    the misread ones and the rightly read ones (None where there are none)."""
+    doubted = ~agrees
+    return {
+        "all": float(doubted.mean()),
+        "misread": float(doubted[wrong].mean()) if wrong.any() else None,
+        "read_right": float(doubted[~wrong].mean()) if (~wrong).any() else None,
     }
 
 

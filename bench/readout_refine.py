@@ -1,7 +1,9 @@
 """The readout of trained colour-set models with and without refining the doubted images'
 finalists (`SearchBudget.refine`, `model/readout.py`), side by side on the same held-out images
 of bench/own_data.py's generator (its seeds: 1000 for the independent set, 2000 for the variant):
-accuracy per factor, the shape confusions, and seconds per image, the two arms interleaved per run.
+accuracy per factor, the shape confusions, seconds per image, and how often the readout warns
+that its classifier reads other factors (`FactorPosterior.classifier_agrees`) on the misread
+images and on the rightly read ones; the two arms interleaved per run.
 
 Runs come from `bench/own_data.py --keep-runs DIR` (DIR/independent, DIR/variant). Run
 `.venv/bin/python bench/readout_refine.py RUN:KIND [RUN:KIND ...] [--images 600] [--out PATH]`
@@ -67,15 +69,19 @@ def main() -> None:
         if kind not in ("independent", "variant") or not Path(run, "config.json").exists():
             parser.error(f"{item}: give RUN:KIND, RUN a trained run, KIND independent or variant")
         rows.append(compare(Path(run), kind, args.images))
-    print("| run | set | readout worst (amortised -> refined) | shape confusions | s/image |")
-    print("|---|---|---|---|---|")
+    print(
+        "| run | set | readout worst (amortised -> refined) | shape confusions | s/image "
+        "| refined: warned of misread / of right |"
+    )
+    print("|---|---|---|---|---|---|")
     for row in rows:
         before, after = row["amortised"], row["refined"]
         print(
             f"| {row['run']} | {row['kind']} | {before['accuracy_min']:.4f} -> "
             f"{after['accuracy_min']:.4f} | {before['confusions']['shape']} -> "
             f"{after['confusions']['shape']} | {before['seconds_per_image']:.3f} -> "
-            f"{after['seconds_per_image']:.3f} |"
+            f"{after['seconds_per_image']:.3f} | {after['doubted']['misread']} / "
+            f"{after['doubted']['read_right']:.4f} |"
         )
     out = {"machine": machine(load_before), "runs": rows}
     args.out.write_text(json.dumps(out, indent=2) + "\n")

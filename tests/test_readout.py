@@ -184,6 +184,7 @@ def test_infer_command(tmp_path: Path) -> None:
     assert first["index"] == 0 and len(first["candidates"]) == 4
     assert first["candidates"][0]["factors"]["shape"] == 0 and not first["out_of_distribution"]
     assert second["candidates"][0]["factors"] == second["true"]
+    assert first["classifier_agrees"] and second["classifier_agrees"]
     assert result["likelihood_range"]["threshold"] < result["likelihood_range"]["median"]
     blank = tmp_path / "blank.png"
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(blank)

@@ -4,17 +4,28 @@ again with q(z | x, y)'s location refined; binary images and agreed images keep 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from causal_sprites.app_text import candidates_text
 from causal_sprites.config import PRESETS
+from causal_sprites.data.load import load_data
 from causal_sprites.model import readout
 from causal_sprites.model.joint import elbo, refined_elbo
-from causal_sprites.model.readout import REFINE_FINALISTS, SearchBudget, infer_posterior
+from causal_sprites.model.readout import (
+    AGREE_SHARE,
+    REFINE_FINALISTS,
+    FactorPosterior,
+    SearchBudget,
+    infer_posterior,
+)
 from causal_sprites.model.vae import ConditionalVAE
+from causal_sprites.scm.queries import CausalModel, load_run
+from tests.cli_run import run
 from tests.test_any_images import SCHEMA, squares
 
 
@@ -77,10 +88,18 @@ def test_only_doubted_images_are_refined_and_their_answer_follows_the_refined_sc
     plain = infer_posterior(model, x, top=1, budget=SearchBudget(refine=False))
     doubted = (plain.mode != classifier.numpy()).any(1)
     assert 0 < doubted.sum() < len(x)  # the fixture disagrees on some images, not all
+    everything = infer_posterior(model, x, top=2048, budget=SearchBudget(refine=False))
+    share = [  # the posterior probability of each image's classifier tuple
+        everything.probabilities[b][(everything.classes[b] == classifier[b].numpy()).all(1)].sum()
+        for b in range(len(x))
+    ]
+    np.testing.assert_array_equal(plain.classifier_agrees, np.array(share) >= AGREE_SHARE)
+    assert not plain.classifier_agrees.all()
     monkeypatch.setattr(readout, "refined_elbo", favour_classifier)
     second = infer_posterior(model, x, top=1)
     np.testing.assert_array_equal(second.mode[doubted], classifier.numpy()[doubted])
     np.testing.assert_array_equal(second.mode[~doubted], plain.mode[~doubted])
+    assert second.classifier_agrees.all()
     refined_rows = sum(len(t) for t in seen)
     assert doubted.sum() * 2 <= refined_rows <= doubted.sum() * (REFINE_FINALISTS + 1)
     # The likelihood stays the ELBO at q's mean (what the refusal range measured).
@@ -103,3 +122,27 @@ def test_binary_images_and_a_budget_without_refine_never_refine(
     sprites = (torch.rand(6, 1, 64, 64) > 0.9).float()
     posterior = infer_posterior(binary, sprites, top=1)  # doubted images, yet no refinement
     assert posterior.mode.shape == (6, 5)
+
+
+def test_infer_warns_where_the_classifier_reads_other_factors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A posterior that disagrees with its classifier is said to be in doubt, in the text and
+    the JSON, however probable its mode."""
+    real_infer = CausalModel.infer
+
+    def disagreeing(self: CausalModel, *args: object, **kwargs: object) -> FactorPosterior:
+        posterior = real_infer(self, *args, **kwargs)  # type: ignore[arg-type]
+        return replace(posterior, classifier_agrees=np.zeros(len(posterior.mode), dtype=bool))
+
+    agreed, _ = run("infer", "pretrained", "--index", 0)
+    assert "in doubt" not in agreed
+    monkeypatch.setattr(CausalModel, "infer", disagreeing)
+    text, _ = run("infer", "pretrained", "--index", 0)
+    assert "warning: the model's classifier q(y | x) reads other factors" in text
+    said = json.loads(run("infer", "pretrained", "--index", 0, "--json")[0])
+    assert said["images"][0]["classifier_agrees"] is False
+    model, image = load_run("pretrained"), load_data().images([0])
+    assert "In doubt" in candidates_text(model.infer(image, top=2), 2, None, model.schema)
+    monkeypatch.setattr(CausalModel, "infer", real_infer)
+    assert "In doubt" not in candidates_text(model.infer(image, top=2), 2, None, model.schema)

@@ -123,7 +123,8 @@ def candidates_text(
 ) -> str:
     """Markdown lines: an upload's (one image's posterior) `top` most probable factor tuples with
     their probabilities, each continuous factor's spread, and its log-likelihood beside the
-    held-out data's median."""
+    held-out data's median; a search the budget stopped and a classifier that reads otherwise
+    are said."""
     lines = [
         f"**Read off the pixels, p(y | x)** (log-likelihood "
         f"{posterior.log_likelihood[0]:.1f} nats"
@@ -143,6 +144,11 @@ def candidates_text(
         lines.append(
             "- *The search stopped on its budget: no tuple it scored explains this image well, "
             "and better ones may exist.*"
+        )
+    if not posterior.classifier_agrees[0]:
+        lines.append(
+            "- *In doubt: the model's classifier q(y | x) reads other factors, whatever the "
+            "probability above.*"
         )
     return "\n".join(lines)
 

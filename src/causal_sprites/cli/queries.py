@@ -383,6 +383,7 @@ def infer(
             "out_of_distribution": bool(flagged[b]),
             "num_scored": int(posterior.num_scored[b]),
             "search": "complete" if posterior.complete[b] else "budget",
+            "classifier_agrees": bool(posterior.classifier_agrees[b]),
         }
         for b, source in enumerate(sources)
     ]
@@ -402,6 +403,11 @@ def infer(
             )
         if record["search"] == "budget":
             typer.echo("  note: the search stopped on its budget; better factors may exist")
+        if not record["classifier_agrees"]:
+            typer.echo(
+                "  warning: the model's classifier q(y | x) reads other factors; the answer "
+                "is in doubt, whatever its probability"
+            )
         for candidate in record["candidates"]:
             text = assignment_text(candidate["factors"], model.schema)
             typer.echo(f"  {candidate['probability']:7.4f}  {text}")

@@ -47,6 +47,10 @@ ESCALATE_NATS = -30.0
 DRAW_TOP = 8
 #: Candidate tuples scored per decoder call.
 SCORE_CHUNK = 1024
+#: Below this posterior probability the classifier's own tuple is ruled out and the answer is
+#: in doubt (`FactorPosterior.classifier_agrees`); a symmetric sprite's equivalent tuples share
+#: the posterior (a small square at orientation 0: about 1/4 each), so the mode alone is not it.
+AGREE_SHARE = 0.01
 #: Tuples per image (the best scored) whose ELBO is tightened by `joint.refined_elbo` before the
 #: posterior is normalised, on 8-bit images (`_refine_finalists`), and tuples refined at once.
 REFINE_FINALISTS, REFINE_CHUNK = 4, 256
@@ -82,8 +86,11 @@ class FactorPosterior:
     candidate), `probabilities` (B, T) (the T most probable of all scored tuples; rows may sum
     below 1 when more were scored), `log_likelihood` (B,) the ELBO of log p(x | y) at the mode,
     `num_scored` (B,) tuples the decoder scored, `complete` (B,) bool: False where the budget
-    ended the search while the mode still explained its image badly, and `spread` (B, K) a
-    continuous factor's posterior standard deviation in its unit (NaN for categorical ones)."""
+    ended the search while the mode still explained its image badly, `spread` (B, K) a
+    continuous factor's posterior standard deviation in its unit (NaN for categorical ones),
+    and `classifier_agrees` (B,) bool: False where the posterior gives the classifier
+    q(y | x)'s argmax tuple (its categorical factors) less than AGREE_SHARE, so that two
+    readings of one model disagree and the answer is in doubt whatever its probability."""
 
     classes: np.ndarray
     probabilities: np.ndarray
@@ -91,11 +98,14 @@ class FactorPosterior:
     num_scored: np.ndarray
     complete: np.ndarray
     spread: np.ndarray = None  # type: ignore[assignment]  # set in __post_init__
+    classifier_agrees: np.ndarray = None  # type: ignore[assignment]  # set in __post_init__
 
     def __post_init__(self) -> None:
+        batch, _, count = self.classes.shape
         if self.spread is None:  # every factor categorical: no spread
-            batch, _, count = self.classes.shape
             object.__setattr__(self, "spread", np.full((batch, count), np.nan))
+        if self.classifier_agrees is None:
+            object.__setattr__(self, "classifier_agrees", np.ones(batch, dtype=bool))
 
     @classmethod
     def concatenate(cls, parts: list[FactorPosterior]) -> FactorPosterior:
@@ -188,6 +198,8 @@ def infer_posterior(
         modes = {b: _best(scored[b]) for b in modes}
     stopped = [b in search.cut and scored[b][modes[b]][1] < budget.escalate_below for b in modes]
     posterior = _normalise(scored, top, ~np.array(stopped, dtype=bool))
+    agrees = np.array([_share(scored[b], starts[b]) >= AGREE_SHARE for b in range(len(starts))])
+    posterior = dataclasses.replace(posterior, classifier_agrees=agrees)
     if rows is None:
         return posterior
     return _with_continuous(vae, images, features, posterior, rows, scales)
@@ -326,6 +338,12 @@ class _Search:
         joint, likelihood = _score(self.vae, self.images, self.features, index, candidates)
         for b, t, s, ll in zip(rows, tuples, joint.tolist(), likelihood.tolist(), strict=True):
             self.scored[b][t] = (s, ll)
+
+
+def _share(table: dict[tuple[int, ...], tuple[float, float]], key: tuple[int, ...]) -> float:
+    """The posterior probability of one scored tuple among an image's scored set."""
+    joint = np.array([score for score, _ in table.values()])
+    return float(np.exp(table[key][0] - joint.max()) / np.exp(joint - joint.max()).sum())
 
 
 def _best(table: dict[tuple[int, ...], tuple[float, float]]) -> tuple[int, ...]:
