@@ -108,7 +108,7 @@ def test_only_doubted_images_are_refined_and_their_answer_follows_the_refined_sc
     np.testing.assert_allclose(second.log_likelihood, at_mode.numpy(), rtol=1e-4, atol=1e-2)
 
 
-def test_binary_images_and_a_budget_without_refine_never_refine(
+def test_binary_images_and_a_budget_without_refine_never_refine_nor_doubt(
     model: ConditionalVAE, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def refuse(*args: object, **kwargs: object) -> torch.Tensor:
@@ -122,6 +122,7 @@ def test_binary_images_and_a_budget_without_refine_never_refine(
     sprites = (torch.rand(6, 1, 64, 64) > 0.9).float()
     posterior = infer_posterior(binary, sprites, top=1)  # doubted images, yet no refinement
     assert posterior.mode.shape == (6, 5)
+    assert posterior.classifier_agrees.all()  # binary images never raise the doubt
 
 
 def test_infer_warns_where_the_classifier_reads_other_factors(
