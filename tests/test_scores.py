@@ -88,7 +88,7 @@ def test_the_json_has_the_contract_keys_in_order() -> None:
     assert list(out)[-3:] == ["per_factor", "num_images_per_factor", "distributions"]
     assert out["readout"] == {"num_images": 8, "classifier": {"exact": PER_FACTOR},
                               "posterior": {"exact": {}}, "num_stopped_on_budget": 0,
-                              "weak_readout": None}  # fmt: skip
+                              "weak_readout": None, "num_doubted": 0}  # fmt: skip
     assert out["per_factor"]["shape"]["identified"] is True
     assert list(out["per_factor"]["shape"])[-1] == "reversibility_iou_ceiling"
     assert out["distributions"]["entries"][0]["intervention"]["seconds"] == 1.5
@@ -104,6 +104,20 @@ def test_a_readout_cut_short_prints_a_warning() -> None:
     assert lines[-1] == (
         "             readout warning: 3 of 8 images' factor searches stopped on the budget; "
         "too weak: train longer"
+    )
+    doubted = replace(RUN.readout, num_doubted=2)
+    assert Evaluation(replace(RUN, readout=doubted)).lines()[-1] == (
+        "             readout warning: 2 of 8 readings in doubt (the classifier reads other "
+        "factors)"
+    )
+    both = replace(stopped, num_doubted=1)
+    assert (
+        Evaluation(replace(RUN, readout=both))
+        .lines()[-1]
+        .endswith(
+            "stopped on the budget; too weak: train longer; 1 of 8 readings in doubt (the "
+            "classifier reads other factors)"
+        )
     )
 
 

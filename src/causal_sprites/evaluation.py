@@ -128,6 +128,7 @@ def score_run(
             posterior=scored(posterior.mode),
             num_stopped_on_budget=int((~posterior.complete).sum()),
             weak_readout=run.weak_readout,
+            num_doubted=int((~posterior.classifier_agrees).sum()),
         )
         if dsprites:
             return RunScores(

@@ -57,26 +57,34 @@ class Scores:
 class Readout(Scores):
     """Factors read off `num_images` images by the classifier's argmax and by the posterior's
     mode, each scored by `metrics.readout_accuracy`; `num_stopped_on_budget` images whose search
-    the budget ended (`model.readout.SearchBudget`) and, for a run too weak for a pixel readout,
-    why (`weak_readout`, else null)."""
+    the budget ended (`model.readout.SearchBudget`), for a run too weak for a pixel readout,
+    why (`weak_readout`, else null), and `num_doubted` images whose posterior rules out the
+    classifier's reading (`FactorPosterior.classifier_agrees`)."""
 
     num_images: int
     classifier: dict[str, Any]
     posterior: dict[str, Any]
     num_stopped_on_budget: int
     weak_readout: str | None
+    num_doubted: int = 0
 
 
 def readout_warning(readout: dict[str, Any]) -> str | None:
     """What a user must know of a readout (`Readout.to_json()`) before trusting it: how many
-    images' searches stopped on the budget, and why a weak run's readout is cut short."""
+    images' searches stopped on the budget, why a weak run's readout is cut short, and how many
+    readings are in doubt."""
     stopped, total, weak = (
         readout[k] for k in ("num_stopped_on_budget", "num_images", "weak_readout")
     )
-    if not stopped and weak is None:
-        return None
-    text = f"{stopped} of {total} images' factor searches stopped on the budget"
-    return f"{text}; {weak}" if weak else text
+    doubted = readout.get("num_doubted", 0)
+    parts = []
+    if stopped:
+        parts.append(f"{stopped} of {total} images' factor searches stopped on the budget")
+    if weak is not None:
+        parts.append(weak)
+    if doubted:
+        parts.append(f"{doubted} of {total} readings in doubt (the classifier reads other factors)")
+    return "; ".join(parts) or None
 
 
 @dataclass(frozen=True)
