@@ -200,8 +200,10 @@ def infer_posterior(
         modes = {b: _best(scored[b]) for b in modes}
     stopped = [b in search.cut and scored[b][modes[b]][1] < budget.escalate_below for b in modes]
     posterior = _normalise(scored, top, ~np.array(stopped, dtype=bool))
-    shares = [_share(table, start) for table, start in zip(scored, starts, strict=True)]
-    agrees = (np.array(shares) >= AGREE_SHARE) | (not eight_bit)
+    agrees = np.ones(len(starts), dtype=bool)  # binary images never doubt (AGREE_SHARE)
+    if eight_bit:
+        shares = [_share(table, start) for table, start in zip(scored, starts, strict=True)]
+        agrees = np.array(shares) >= AGREE_SHARE
     posterior = dataclasses.replace(posterior, classifier_agrees=agrees)
     if rows is None:
         return posterior
