@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from causal_sprites.app_text import candidates_text
+from causal_sprites.cli.queries import DOUBTED_LABELS
 from causal_sprites.config import PRESETS
 from causal_sprites.data.load import load_data
 from causal_sprites.model import readout
@@ -27,6 +29,7 @@ from causal_sprites.model.vae import ConditionalVAE
 from causal_sprites.scm.queries import CausalModel, load_run
 from tests.cli_run import run
 from tests.test_any_images import SCHEMA, squares
+from tests.test_cli_queries import write_png
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +128,12 @@ def test_binary_images_and_a_budget_without_refine_never_refine_nor_doubt(
     assert posterior.classifier_agrees.all()  # binary images never raise the doubt
 
 
-def test_infer_warns_where_the_classifier_reads_other_factors(
-    monkeypatch: pytest.MonkeyPatch,
+def test_infer_and_counterfactual_warn_where_the_classifier_reads_other_factors(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A posterior that disagrees with its classifier is said to be in doubt, in the text and
-    the JSON, however probable its mode."""
+    the JSON of `infer`, the app's reading and a counterfactual's labels read off the pixels,
+    however probable its mode."""
     real_infer = CausalModel.infer
 
     def disagreeing(self: CausalModel, *args: object, **kwargs: object) -> FactorPosterior:
@@ -145,5 +149,13 @@ def test_infer_warns_where_the_classifier_reads_other_factors(
     assert said["images"][0]["classifier_agrees"] is False
     model, image = load_run("pretrained"), load_data().images([0])
     assert "In doubt" in candidates_text(model.infer(image, top=2), 2, None, model.schema)
+    sprite = write_png(tmp_path / "sprite.png", image[0] * 255)
+    asked = ("counterfactual", "pretrained", "--image", sprite, "--do", "posX=3")
+    text, _ = run(*asked)
+    assert f"  warning: {DOUBTED_LABELS}" in text
+    (query,) = json.loads(run(*asked, "--json")[0])["queries"]
+    assert query["labels"] == "inferred" and query["warnings"] == [DOUBTED_LABELS]
     monkeypatch.setattr(CausalModel, "infer", real_infer)
     assert "In doubt" not in candidates_text(model.infer(image, top=2), 2, None, model.schema)
+    (query,) = json.loads(run(*asked, "--json")[0])["queries"]
+    assert query["warnings"] == []

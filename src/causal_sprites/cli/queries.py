@@ -268,6 +268,8 @@ def counterfactual(
     if out_npz is not None:
         _write_npz(out_npz, factual, images)
     warnings = model.support_warnings(answers.counterfactual, [list(i.do) for i in items])
+    for row in np.flatnonzero(answers.doubted).tolist():
+        warnings[row] = [*warnings[row], DOUBTED_LABELS]
     records: list[dict[str, Any]] = [
         {
             "index": item.index,
@@ -311,6 +313,13 @@ def counterfactual(
     for path in (out, out_npz):
         if path is not None:
             typer.echo(path)
+
+
+#: What a counterfactual whose labels were read off the pixels says when the reading is in doubt.
+DOUBTED_LABELS = (
+    "the factors read off this image are in doubt: the model's classifier q(y | x) reads "
+    "other factors"
+)
 
 
 def _changes(factual: dict[str, Any], counterfactual: dict[str, Any], schema: Schema) -> str:

@@ -35,7 +35,9 @@ class Question:
 class Answers:
     """Per question, in order: the counterfactual image (B, 64, 64) uint8, factual and
     counterfactual classes (B, 5), whether the labels were given, the size of the model call it
-    was answered in (B,), and, when asked for, the
+    was answered in (B,), whether labels read off the pixels are in doubt (B,; the posterior
+    rules out the classifier's reading, `FactorPosterior.classifier_agrees`), and, when asked
+    for, the
     distribution over counterfactual tuples (`distributions[k]`: classes (T, 5), probabilities
     (T,), images (T, 64, 64), pixel probabilities (64, 64), method)."""
 
@@ -44,6 +46,7 @@ class Answers:
     counterfactual: np.ndarray
     given: np.ndarray
     batch_size: np.ndarray
+    doubted: np.ndarray
     seconds: float = 0.0
     distributions: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]] = field(
         default_factory=dict
@@ -70,6 +73,7 @@ def answer(
         np.zeros((count, len(model.schema.names)), kind),
         np.array([q.labels is not None for q in questions], dtype=bool),
         np.zeros(count, np.int64),
+        np.zeros(count, dtype=bool),
     )
     groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
     for k, question in enumerate(questions):
@@ -85,6 +89,8 @@ def answer(
         out.images[rows], out.factual[rows] = result.images, result.factual
         out.counterfactual[rows] = result.counterfactual
         out.batch_size[rows] = len(rows)
+        if posterior is not None:
+            out.doubted[rows] = ~posterior.classifier_agrees
         out.seconds += result.seconds
         if num_samples is not None:
             spread = model.counterfactual_distribution(
