@@ -37,9 +37,8 @@ class Answers:
     counterfactual classes (B, 5), whether the labels were given, the size of the model call it
     was answered in (B,), whether labels read off the pixels are in doubt (B,; the posterior
     rules out the classifier's reading, `FactorPosterior.classifier_agrees`), and, when asked
-    for, the
-    distribution over counterfactual tuples (`distributions[k]`: classes (T, 5), probabilities
-    (T,), images (T, 64, 64), pixel probabilities (64, 64), method)."""
+    for, the distribution over counterfactual tuples (`distributions[k]`: classes (T, 5),
+    probabilities (T,), images (T, 64, 64), pixel probabilities (64, 64), method)."""
 
     images: np.ndarray
     factual: np.ndarray
